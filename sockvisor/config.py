@@ -1,0 +1,872 @@
+"""The INI configuration: parsing, validation and the frozen dataclasses the rest uses.
+
+Everything a user can get wrong in a config file is caught here, before a socket
+is bound or a worker spawned, and reported as a `ConfigError` that names the file,
+the section and the key.  Each section kind has one option table (`_SOCKET_OPTIONS`,
+`_WATCHER_OPTIONS`, `_GLOBAL_OPTIONS`) that lists every key, how it is parsed and
+the Circus names that mean the same thing; an unknown key is an error with a
+did-you-mean, never silently kept.
+
+Substitutions:
+  * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved here, against the watcher's
+    final environment (its `env` on top of sockvisor's own environment);
+  * `$(sockvisor.wid)` and `$(sockvisor.sockets.NAME)` (and the `circus.` spellings)
+    depend on the worker and are resolved at spawn time by `expand_worker_args`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import enum
+import grp
+import os
+import pwd
+import re
+import shlex
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(Exception):
+    """A config problem, located as precisely as we know: file, section, key."""
+
+    def __init__(self, message: str, *, path: str | None = None,
+                 section: str | None = None, key: str | None = None):
+        self.message = message
+        self.path = path
+        self.section = section
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.path or "<config>"]
+        if self.section is not None:
+            where.append(f"[{self.section}]")
+        if self.key is not None:
+            where.append(self.key)
+        return f"{': '.join(where)}: {self.message}"
+
+
+class OutputKind(enum.Enum):
+    INHERIT = "inherit"   # the worker writes to sockvisor's own stdout/stderr
+    NULL = "null"         # /dev/null
+    FILE = "file"         # a file sockvisor writes, rotated by size
+    PREFIX = "prefix"     # through sockvisor, each line prefixed `watcher[pid]`
+
+
+class ReadyKind(enum.Enum):
+    STARTED = "started"   # exec succeeded
+    NOTIFY = "notify"     # the worker sent READY=1 to its NOTIFY_SOCKET
+    DELAY = "delay"       # the worker stayed alive this many seconds
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    kind: OutputKind = OutputKind.INHERIT
+    path: str | None = None
+    max_bytes: int = 0          # 0: never rotate
+    backup_count: int = 5
+
+
+@dataclass(frozen=True)
+class ReadyPolicy:
+    kind: ReadyKind = ReadyKind.STARTED
+    delay: float = 0.0
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    respawn: bool = True
+    # A worker that dies before `min_uptime` seconds is a failed start: it is
+    # restarted after an exponential backoff, and too many of them make the
+    # watcher FATAL.  One that ran longer is replaced at once.
+    min_uptime: float = 1.0
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    max_restarts: int = 5       # failed starts allowed within `window`...
+    window: float = 60.0        # ...before the watcher goes FATAL
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    name: str
+    family: socket.AddressFamily
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    backlog: int = 2048
+    mode: int | None = None       # unix sockets: file mode
+    owner: int | None = None      # unix sockets: uid
+    group: int | None = None      # unix sockets: gid
+    blocking: bool = True         # how workers get the shared file
+    reuseport: bool = False
+
+    @property
+    def is_unix(self) -> bool:
+        return self.family == socket.AF_UNIX
+
+    def describe(self) -> str:
+        if self.is_unix:
+            return f"unix:{self.path}"
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    name: str
+    cmd: str
+    args: tuple[str, ...] = ()
+    numprocesses: int = 1
+    sockets: tuple[str, ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None        # the name of `uid`, for USER/LOGNAME/HOME
+    home: str | None = None
+    working_dir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    copy_env: bool = False
+    umask: int | None = None
+    stop_signal: int = signal.SIGTERM
+    graceful_timeout: float = 30.0
+    restart: RestartPolicy = RestartPolicy()
+    ready: ReadyPolicy = ReadyPolicy()
+    reload_batch: int = 0          # workers replaced at a time in a reload; 0: all
+    stdout: OutputConfig = OutputConfig()
+    stderr: OutputConfig = OutputConfig()
+    autostart: bool = True
+    rlimits: Mapping[str, int] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        return [self.cmd, *self.args]
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    endpoint: str | None = None          # None: the default ipc path
+    pubsub_endpoint: str | None = None   # None: next to the control endpoint
+    endpoint_group: int | None = None
+    curve_secret_key_file: str | None = None
+    curve_authorized_keys_dir: str | None = None
+    loglevel: str = "info"
+    subreaper: bool = False
+    umask: int | None = None
+    notify_socket_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    globals: GlobalConfig
+    sockets: Mapping[str, SocketConfig]
+    watchers: Mapping[str, WatcherConfig]
+    warnings: tuple[str, ...] = ()   # Circus keys accepted but meaningless here
+
+
+# --------------------------------------------------------------------------- parsers
+# Each parser takes the raw string and returns the value or raises ValueError
+# with a message that reads well after "file: [section] key: ".
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 0)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if low is not None and value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise ValueError(f"must be at most {high}, got {value}")
+        return value
+    return parse
+
+
+def _parse_float(low: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+        if value != value or value < low:
+            raise ValueError(f"must be a number of at least {low}, got {raw!r}")
+        return value
+    return parse
+
+
+def _parse_octal(raw: str) -> int:
+    try:
+        value = int(raw.strip(), 8)
+    except ValueError:
+        raise ValueError(f"expected an octal mode such as 0660, got {raw!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise ValueError(f"mode out of range: {raw!r}")
+    return value
+
+
+def _parse_signal(raw: str) -> int:
+    name = raw.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if number in {s.value for s in signal.Signals}:
+            return number
+        raise ValueError(f"unknown signal number {number}")
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name].value
+    except KeyError:
+        raise ValueError(f"unknown signal {raw.strip()!r}") from None
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_nonempty(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item for item in re.split(r"[\s,]+", raw.strip()) if item)
+
+
+def _parse_user(raw: str) -> pwd.struct_passwd:
+    name = raw.strip()
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, OverflowError):
+        raise ValueError(f"unknown user {name!r}") from None
+
+
+def _parse_group(raw: str) -> int:
+    name = raw.strip()
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        raise ValueError(f"unknown group {name!r}") from None
+
+
+def _parse_output(raw: str) -> OutputConfig:
+    value = raw.strip()
+    lowered = value.lower()
+    if lowered in ("inherit", ""):
+        return OutputConfig(OutputKind.INHERIT)
+    if lowered in ("null", "none", "/dev/null"):
+        return OutputConfig(OutputKind.NULL)
+    if lowered in ("prefix", "sockvisor"):
+        return OutputConfig(OutputKind.PREFIX)
+    if lowered.startswith("file:"):
+        value = value[len("file:"):].strip()
+    if value.startswith("/"):
+        return OutputConfig(OutputKind.FILE, path=value)
+    raise ValueError("expected inherit, null, prefix, or file:/absolute/path, "
+                     f"got {raw.strip()!r}")
+
+
+def _parse_ready(raw: str) -> ReadyPolicy:
+    value = raw.strip().lower()
+    if value in ("started", "exec"):
+        return ReadyPolicy(ReadyKind.STARTED)
+    if value == "notify":
+        return ReadyPolicy(ReadyKind.NOTIFY)
+    if value.startswith("delay:"):
+        return ReadyPolicy(ReadyKind.DELAY, delay=_parse_float()(value[len("delay:"):]))
+    raise ValueError(f"expected started, notify or delay:SECONDS, got {raw.strip()!r}")
+
+
+def _parse_circus_stream_class(raw: str) -> OutputKind:
+    name = raw.strip().rsplit(".", 1)[-1]
+    kinds = {"FileStream": OutputKind.FILE, "WatchedFileStream": OutputKind.FILE,
+             "NullStream": OutputKind.NULL, "StdoutStream": OutputKind.PREFIX,
+             "FancyStdoutStream": OutputKind.PREFIX}
+    if name not in kinds:
+        raise ValueError(f"Circus stream class {raw.strip()!r} is not supported by "
+                         "sockvisor (supported: FileStream, NullStream, StdoutStream)")
+    return kinds[name]
+
+
+@dataclass(frozen=True)
+class _Option:
+    parse: Callable[[str], Any]
+    aliases: tuple[str, ...] = ()     # Circus's (or other) names for the same thing
+
+
+@dataclass(frozen=True)
+class _Unsupported:
+    """A key we know (from Circus) and refuse, with the reason."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Ignored:
+    """A Circus key that has no meaning here; accepted so Circus configs load."""
+    reason: str
+
+
+_GLOBAL_OPTIONS: dict[str, _Option] = {
+    "endpoint": _Option(_parse_nonempty),
+    "pubsub_endpoint": _Option(_parse_nonempty),
+    "endpoint_group": _Option(_parse_group),
+    "curve_secret_key_file": _Option(_parse_nonempty),
+    "curve_authorized_keys_dir": _Option(_parse_nonempty),
+    "loglevel": _Option(_parse_str),
+    "subreaper": _Option(_parse_bool),
+    "umask": _Option(_parse_octal),
+    "notify_socket_dir": _Option(_parse_nonempty),
+}
+
+_GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
+    "check_delay": _Ignored("sockvisor does not poll: child exits are events"),
+    "warmup_delay": _Ignored("sockvisor starts workers without a fixed delay"),
+    "debug": _Ignored("use loglevel = debug"),
+    "debug_gc": _Ignored("not applicable"),
+    "stats_endpoint": _Ignored("use the `stats` command"),
+    "statsd": _Unsupported("statsd is not supported"),
+    "httpd": _Unsupported("the Circus web console is not supported"),
+    "httpd_host": _Unsupported("the Circus web console is not supported"),
+    "httpd_port": _Unsupported("the Circus web console is not supported"),
+    "endpoint_owner": _Unsupported("use endpoint_group: sockvisor's endpoint is 0600 "
+                                   "and a group can be given operator rights"),
+    "pidfile": _Unsupported("sockvisor does not daemonize; use systemd or a container"),
+    "logoutput": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
+    "loggerconfig": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
+    "papa_endpoint": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
+    "fqdn_prefix": _Ignored("not applicable"),
+}
+
+_SOCKET_OPTIONS: dict[str, _Option] = {
+    "host": _Option(_parse_nonempty),
+    "port": _Option(_parse_int(0, 65535)),
+    "path": _Option(_parse_nonempty),
+    "family": _Option(_parse_str),
+    "backlog": _Option(_parse_int(1, 1 << 20)),
+    "mode": _Option(_parse_octal),
+    "owner": _Option(_parse_user),
+    "group": _Option(_parse_group),
+    "blocking": _Option(_parse_bool),
+    "reuseport": _Option(_parse_bool, aliases=("so_reuseport",)),
+    "type": _Option(_parse_str),
+    "umask": _Option(_parse_octal),
+    "replace": _Option(_parse_bool),
+}
+
+_SOCKET_CIRCUS: dict[str, _Unsupported | _Ignored] = {
+    "interface": _Unsupported("SO_BINDTODEVICE is not supported; bind to the interface's address"),
+    "proto": _Unsupported("only the default protocol is supported"),
+}
+
+_WATCHER_OPTIONS: dict[str, _Option] = {
+    "cmd": _Option(_parse_nonempty),
+    "args": _Option(_parse_str),
+    "numprocesses": _Option(_parse_int(0, 100_000)),
+    "sockets": _Option(_parse_list),
+    "use_sockets": _Option(_parse_bool),
+    "uid": _Option(_parse_user, aliases=("user",)),
+    "gid": _Option(_parse_group, aliases=("group",)),
+    "working_dir": _Option(_parse_nonempty),
+    "env": _Option(_parse_str),
+    "copy_env": _Option(_parse_bool),
+    "copy_path": _Option(_parse_bool),
+    "umask": _Option(_parse_octal),
+    "stop_signal": _Option(_parse_signal),
+    "graceful_timeout": _Option(_parse_float()),
+    "respawn": _Option(_parse_bool),
+    "min_uptime": _Option(_parse_float()),
+    "backoff_base": _Option(_parse_float(0.0)),
+    "backoff_max": _Option(_parse_float(0.0)),
+    "max_restarts": _Option(_parse_int(0), aliases=("max_retry",)),
+    "restart_window": _Option(_parse_float(0.0)),
+    "stdout": _Option(_parse_output),
+    "stderr": _Option(_parse_output),
+    "stdout_max_bytes": _Option(_parse_int(0), aliases=("stdout_stream.max_bytes",)),
+    "stdout_backup_count": _Option(_parse_int(0), aliases=("stdout_stream.backup_count",)),
+    "stderr_max_bytes": _Option(_parse_int(0), aliases=("stderr_stream.max_bytes",)),
+    "stderr_backup_count": _Option(_parse_int(0), aliases=("stderr_stream.backup_count",)),
+    "stdout_stream.class": _Option(_parse_circus_stream_class),
+    "stdout_stream.filename": _Option(_parse_nonempty),
+    "stderr_stream.class": _Option(_parse_circus_stream_class),
+    "stderr_stream.filename": _Option(_parse_nonempty),
+    "ready": _Option(_parse_ready),
+    "ready_timeout": _Option(_parse_float(0.0)),
+    "reload_batch": _Option(_parse_int(0)),
+    "autostart": _Option(_parse_bool),
+    "shell": _Option(_parse_bool),
+    "priority": _Option(_parse_int()),
+}
+for _resource in ("nofile", "nproc", "core", "as", "fsize", "memlock", "stack", "cpu", "data"):
+    _WATCHER_OPTIONS[f"rlimit_{_resource}"] = _Option(_parse_int(-1))
+
+_WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
+    "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
+    "max_age": _Unsupported("periodic recycling of workers is not supported"),
+    "max_age_variance": _Unsupported("periodic recycling of workers is not supported"),
+    "hooks": _Unsupported("hooks are not supported"),
+    "virtualenv": _Unsupported("set cmd to the virtualenv's interpreter instead"),
+    "virtualenv_py_ver": _Unsupported("set cmd to the virtualenv's interpreter instead"),
+    "singleton": _Unsupported("use numprocesses = 1"),
+    "on_demand": _Unsupported("on-demand start is not supported"),
+    "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
+    "close_child_stdout": _Unsupported("use stdout = null"),
+    "close_child_stderr": _Unsupported("use stderr = null"),
+    "stop_children": _Ignored("sockvisor always stops a worker's whole process group"),
+    "respawn_delay": _Unsupported("use backoff_base"),
+    "executable": _Unsupported("put the program in cmd"),
+    "send_hup": _Unsupported("use stop_signal or the signal command"),
+    "use_papa": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
+    "stream_backend": _Ignored("not applicable"),
+    "stdin_socket": _Unsupported("stdin sockets are not supported"),
+}
+
+_SUBSTITUTION = re.compile(r"\$\((sockvisor|circus)\.([A-Za-z0-9_.\-]+)\)")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+# --------------------------------------------------------------------------- loading
+
+def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate `path`; raise ConfigError naming where the problem is."""
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       default_section="\0none")
+    parser.optionxform = str  # keys are case-sensitive (env var names)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path) from None
+    except PermissionError:
+        raise ConfigError("permission denied reading the file", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a config file", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason})", path=path) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"section defined twice (line {exc.lineno})",
+                          path=path, section=exc.section) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"key defined twice in the section (line {exc.lineno})",
+                          path=path, section=exc.section, key=exc.option) from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"line {exc.lineno}: a key before any [section]",
+                          path=path) from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
+        raise ConfigError(f"cannot parse line(s) {lines}", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    return _Loader(os.path.abspath(path), parser, environ).build()
+
+
+class _Loader:
+    def __init__(self, path: str, parser: configparser.ConfigParser,
+                 environ: Mapping[str, str]):
+        self.path = path
+        self.parser = parser
+        self.environ = environ
+        self.warnings: list[str] = []
+
+    def error(self, message: str, section: str | None = None,
+              key: str | None = None) -> ConfigError:
+        return ConfigError(message, path=self.path, section=section, key=key)
+
+    def build(self) -> Config:
+        global_sections: list[str] = []
+        socket_sections: dict[str, str] = {}
+        watcher_sections: dict[str, str] = {}
+        env_sections: dict[str, str] = {}
+        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
+        for section in self.parser.sections():
+            if section in ("sockvisor", "circus"):
+                global_sections.append(section)
+                continue
+            kind, sep, name = section.partition(":")
+            if sep and kind.strip() in kinds:
+                name = name.strip()
+                if not _NAME.match(name):
+                    raise self.error("names may use letters, digits, '_', '.' and '-' only",
+                                     section)
+                if name in kinds[kind.strip()]:
+                    raise self.error(f"duplicate {kind.strip()} name {name!r} (also "
+                                     f"[{kinds[kind.strip()][name]}])", section)
+                kinds[kind.strip()][name] = section
+                continue
+            if sep and kind.strip() == "plugin":
+                raise self.error("Circus plugins are not supported; sockvisor has "
+                                 "flapping detection built in (max_restarts, restart_window)",
+                                 section)
+            hint = _did_you_mean(kind if sep else section,
+                                 ["sockvisor", "circus", "socket", "watcher", "env"])
+            raise self.error("unknown section; expected [sockvisor], [socket:NAME], "
+                             f"[watcher:NAME] or [env:NAME]{hint}", section)
+        if len(global_sections) > 1:
+            raise self.error("[sockvisor] and [circus] are the same section; use one",
+                             global_sections[1])
+        for name, section in env_sections.items():
+            if name not in watcher_sections:
+                raise self.error(f"no [watcher:{name}] for this environment", section)
+
+        globals_ = self.build_globals(global_sections[0] if global_sections else None)
+        sockets = {name: self.build_socket(name, section)
+                   for name, section in socket_sections.items()}
+        watchers = {name: self.build_watcher(name, section,
+                                             env_sections.get(name), sockets)
+                    for name, section in watcher_sections.items()}
+        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
+
+    # ---- option tables
+
+    def read_options(self, section: str, options: dict[str, _Option],
+                     circus: dict[str, _Unsupported | _Ignored]) -> dict[str, Any]:
+        """Parse every key of `section` by its table; canonical names in the result."""
+        by_name: dict[str, str] = {}
+        for canonical, option in options.items():
+            by_name[canonical] = canonical
+            for alias in option.aliases:
+                by_name[alias] = canonical
+        values: dict[str, Any] = {}
+        seen_as: dict[str, str] = {}
+        for key, raw in self.parser.items(section):
+            if key in circus and key not in by_name:
+                entry = circus[key]
+                if isinstance(entry, _Unsupported):
+                    raise self.error(f"not supported by sockvisor: {entry.reason}",
+                                     section, key)
+                self.warnings.append(f"{self.path}: [{section}] {key}: ignored: {entry.reason}")
+                continue
+            canonical = by_name.get(key)
+            if canonical is None:
+                hint = _did_you_mean(key, list(by_name) + list(circus))
+                raise self.error(f"unknown key{hint}", section, key)
+            if canonical in seen_as:
+                raise self.error(f"same setting as {seen_as[canonical]!r}; give it once",
+                                 section, key)
+            seen_as[canonical] = key
+            try:
+                values[canonical] = options[canonical].parse(raw)
+            except ValueError as exc:
+                raise self.error(str(exc), section, key) from None
+        values["__keys__"] = seen_as
+        return values
+
+    def build_globals(self, section: str | None) -> GlobalConfig:
+        if section is None:
+            return GlobalConfig()
+        values = self.read_options(section, _GLOBAL_OPTIONS, _GLOBAL_CIRCUS)
+        endpoint = values.get("endpoint")
+        if endpoint is not None:
+            self.check_endpoint(endpoint, section, "endpoint", values)
+        pubsub = values.get("pubsub_endpoint")
+        if pubsub is not None:
+            self.check_endpoint(pubsub, section, "pubsub_endpoint", values)
+        level = values.get("loglevel", "info").lower()
+        if level not in ("debug", "info", "warning", "error", "critical"):
+            raise self.error("expected debug, info, warning, error or critical",
+                             section, "loglevel")
+        for key in ("curve_secret_key_file", "curve_authorized_keys_dir"):
+            if key in values and not os.path.exists(values[key]):
+                raise self.error(f"no such file or directory: {values[key]}", section, key)
+        if ("curve_secret_key_file" in values) != ("curve_authorized_keys_dir" in values):
+            raise self.error("CURVE needs both curve_secret_key_file and "
+                             "curve_authorized_keys_dir", section)
+        return GlobalConfig(
+            endpoint=endpoint,
+            pubsub_endpoint=pubsub,
+            endpoint_group=values.get("endpoint_group"),
+            curve_secret_key_file=values.get("curve_secret_key_file"),
+            curve_authorized_keys_dir=values.get("curve_authorized_keys_dir"),
+            loglevel=level,
+            subreaper=values.get("subreaper", False),
+            umask=values.get("umask"),
+            notify_socket_dir=values.get("notify_socket_dir"),
+        )
+
+    def check_endpoint(self, endpoint: str, section: str, key: str,
+                       values: dict[str, Any]) -> None:
+        scheme, sep, rest = endpoint.partition("://")
+        if not sep or not rest:
+            raise self.error(f"expected ipc://PATH or tcp://HOST:PORT, got {endpoint!r}",
+                             section, key)
+        if scheme == "ipc":
+            if not rest.startswith("/") and not rest.startswith("@"):
+                raise self.error("an ipc:// endpoint needs an absolute path", section, key)
+        elif scheme == "tcp":
+            if "curve_secret_key_file" not in values:
+                raise self.error("a tcp:// endpoint has no access control of its own: "
+                                 "configure curve_secret_key_file and "
+                                 "curve_authorized_keys_dir, or use ipc://", section, key)
+        else:
+            raise self.error(f"unsupported transport {scheme!r}; use ipc:// or tcp://",
+                             section, key)
+
+    def build_socket(self, name: str, section: str) -> SocketConfig:
+        values = self.read_options(section, _SOCKET_OPTIONS, _SOCKET_CIRCUS)
+        keys = values["__keys__"]
+        sock_type = values.get("type", "SOCK_STREAM").upper()
+        if sock_type not in ("SOCK_STREAM", "STREAM", "TCP"):
+            raise self.error("only stream sockets are supported", section, keys["type"])
+        family_name = values.get("family", "").upper()
+        if family_name and family_name not in ("AF_INET", "AF_INET6", "AF_UNIX"):
+            raise self.error(f"expected AF_INET, AF_INET6 or AF_UNIX, got {family_name!r}",
+                             section, keys["family"])
+        path = values.get("path")
+        if path is not None:
+            for key in ("host", "port"):
+                if key in values:
+                    raise self.error("a unix socket (path) takes no host or port",
+                                     section, keys[key])
+            if family_name and family_name != "AF_UNIX":
+                raise self.error("a path means AF_UNIX", section, keys["family"])
+            if not os.path.isabs(path):
+                raise self.error("the path must be absolute", section, keys["path"])
+            if len(os.fsencode(path)) >= 108:
+                raise self.error("unix socket paths are limited to 107 bytes", section,
+                                 keys["path"])
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise self.error(f"directory {parent} does not exist", section, keys["path"])
+            return SocketConfig(
+                name=name, family=socket.AF_UNIX, path=path,
+                backlog=values.get("backlog", 2048), mode=values.get("mode"),
+                owner=values["owner"].pw_uid if "owner" in values else None,
+                group=values.get("group"), blocking=values.get("blocking", True))
+        for key in ("mode", "owner", "group"):
+            if key in values:
+                raise self.error("only unix sockets (path = ...) take mode, owner, group",
+                                 section, keys[key])
+        if "port" not in values:
+            raise self.error("a socket needs port (with host) or path", section, "port")
+        host = values.get("host", "127.0.0.1")
+        family = self.resolve_family(host, family_name, section, keys.get("host", "host"))
+        if family == socket.AF_INET6:
+            host = host.strip("[]")
+        return SocketConfig(
+            name=name, family=family, host=host, port=values["port"],
+            backlog=values.get("backlog", 2048), blocking=values.get("blocking", True),
+            reuseport=values.get("reuseport", False))
+
+    def resolve_family(self, host: str, family_name: str, section: str,
+                       key: str) -> socket.AddressFamily:
+        bare = host.strip("[]")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, bare)
+            except OSError:
+                continue
+            if family_name and family_name != family.name:
+                raise self.error(f"{host!r} is not an {family_name} address", section, key)
+            return family
+        if host == "localhost":
+            return socket.AF_INET6 if family_name == "AF_INET6" else socket.AF_INET
+        raise self.error(f"expected an IPv4 or IPv6 address, got {host!r} (host names "
+                         "are not resolved: the bound address must not depend on DNS)",
+                         section, key)
+
+    def build_watcher(self, name: str, section: str, env_section: str | None,
+                      sockets: Mapping[str, SocketConfig]) -> WatcherConfig:
+        values = self.read_options(section, _WATCHER_OPTIONS, _WATCHER_CIRCUS)
+        keys = values["__keys__"]
+        if "cmd" not in values:
+            raise self.error("a watcher needs cmd", section, "cmd")
+        if values.get("shell"):
+            raise self.error("shell = true is not supported: sockets and signals must "
+                             "reach the program itself; put the program in cmd",
+                             section, keys["shell"])
+
+        env: dict[str, str] = {}
+        if "env" in values:
+            for item in filter(None, (part.strip() for part in values["env"].split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or not _ENV_KEY.match(key.strip()):
+                    raise self.error(f"expected NAME=VALUE pairs separated by commas, "
+                                     f"got {item!r}", section, keys["env"])
+                env[key.strip()] = value.strip()
+        if env_section is not None:
+            for key, value in self.parser.items(env_section):
+                if not _ENV_KEY.match(key):
+                    raise self.error("not a valid environment variable name",
+                                     env_section, key)
+                env[key] = value.strip()
+        copy_env = values.get("copy_env", False)
+        # Without copy_env a worker still gets sockvisor's PATH, so `cmd = python3`
+        # resolves the way it does in the shell that wrote the config.
+        base_env = (dict(self.environ) if copy_env
+                    else {"PATH": self.environ.get("PATH", os.defpath)})
+        # $VAR / ${VAR} in [env:NAME] values refers to sockvisor's environment, as in Circus.
+        env = {key: self.expand_env_refs(value, env_section or section, key)
+               for key, value in env.items()}
+        full_env = {**base_env, **env}
+        lookup_env = {**self.environ, **env}
+
+        # Which sockets: an explicit list, all (use_sockets), or those named in
+        # $(sockvisor.sockets.NAME) substitutions.
+        wanted: list[str] = []
+        if values.get("use_sockets") and "sockets" not in values:
+            wanted = list(sockets)
+        for socket_name in values.get("sockets", ()):
+            if socket_name not in sockets:
+                hint = _did_you_mean(socket_name, list(sockets))
+                raise self.error(f"no [socket:{socket_name}] is defined{hint}",
+                                 section, keys["sockets"])
+            if socket_name in wanted:
+                raise self.error(f"socket {socket_name!r} listed twice", section,
+                                 keys["sockets"])
+            wanted.append(socket_name)
+
+        cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
+        try:
+            args = tuple(shlex.split(values.get("args", "")))
+            cmd_parts = shlex.split(cmd)
+        except ValueError as exc:
+            raise self.error(f"cannot split into words: {exc}", section,
+                             keys["args"] if "args" in values else keys["cmd"]) from None
+        if not cmd_parts:
+            raise self.error("must not be empty", section, keys["cmd"])
+        args = tuple(cmd_parts[1:]) + tuple(
+            self.expand_static(arg, lookup_env, section, keys.get("args", "args"))
+            for arg in args)
+        for text, key in [(cmd_parts[0], keys["cmd"])] + [(a, keys.get("args", keys["cmd"]))
+                                                           for a in args]:
+            for match in _SUBSTITUTION.finditer(text):
+                ref = match.group(2)
+                if ref.startswith("sockets."):
+                    socket_name = ref[len("sockets."):]
+                    if socket_name not in sockets:
+                        raise self.error(f"$({match.group(1)}.{ref}): no [socket:"
+                                         f"{socket_name}] is defined", section, key)
+                    if socket_name not in wanted:
+                        wanted.append(socket_name)
+                elif ref != "wid":
+                    raise self.error(f"unknown substitution $({match.group(1)}.{ref}); "
+                                     "known: sockets.NAME, wid, env.NAME", section, key)
+
+        uid = gid = None
+        user = home = None
+        if "uid" in values:
+            entry = values["uid"]
+            uid, user, home = entry.pw_uid, entry.pw_name, entry.pw_dir
+            gid = entry.pw_gid
+        if "gid" in values:
+            gid = values["gid"]
+        if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
+            if os.geteuid() != 0:
+                raise self.error("switching user or group needs sockvisor to run as root",
+                                 section, keys.get("uid", keys.get("gid")))
+        working_dir = values.get("working_dir")
+        if working_dir is not None and not os.path.isdir(working_dir):
+            raise self.error(f"no such directory: {working_dir}", section, keys["working_dir"])
+
+        restart = RestartPolicy(
+            respawn=values.get("respawn", True),
+            min_uptime=values.get("min_uptime", RestartPolicy.min_uptime),
+            backoff_base=values.get("backoff_base", RestartPolicy.backoff_base),
+            backoff_max=values.get("backoff_max", RestartPolicy.backoff_max),
+            max_restarts=values.get("max_restarts", RestartPolicy.max_restarts),
+            window=values.get("restart_window", RestartPolicy.window),
+        )
+        if restart.backoff_max < restart.backoff_base:
+            raise self.error("must not be less than backoff_base", section,
+                             keys.get("backoff_max", "backoff_max"))
+        ready = values.get("ready", ReadyPolicy())
+        ready = ReadyPolicy(ready.kind, ready.delay,
+                            values.get("ready_timeout", ReadyPolicy.timeout))
+        if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
+            raise self.error("the ready delay must be shorter than ready_timeout",
+                             section, keys["ready"])
+        rlimits = {key[len("rlimit_"):]: value for key, value in values.items()
+                   if key.startswith("rlimit_")}
+        return WatcherConfig(
+            name=name, cmd=cmd_parts[0], args=args,
+            numprocesses=values.get("numprocesses", 1), sockets=tuple(wanted),
+            uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
+            env=full_env, copy_env=copy_env, umask=values.get("umask"),
+            stop_signal=values.get("stop_signal", signal.SIGTERM),
+            graceful_timeout=values.get("graceful_timeout", 30.0),
+            restart=restart, ready=ready, reload_batch=values.get("reload_batch", 0),
+            stdout=self.build_output("stdout", values, section),
+            stderr=self.build_output("stderr", values, section),
+            autostart=values.get("autostart", True),
+            rlimits=rlimits,
+        )
+
+    def build_output(self, stream: str, values: dict[str, Any], section: str) -> OutputConfig:
+        keys = values["__keys__"]
+        output: OutputConfig = values.get(stream, OutputConfig())
+        circus_class = values.get(f"{stream}_stream.class")
+        if circus_class is not None:
+            if stream in values:
+                raise self.error(f"give either {stream} or {stream}_stream.class", section,
+                                 keys[f"{stream}_stream.class"])
+            output = OutputConfig(circus_class)
+            if circus_class == OutputKind.FILE:
+                filename = values.get(f"{stream}_stream.filename")
+                if filename is None:
+                    raise self.error("FileStream needs a filename", section,
+                                     f"{stream}_stream.filename")
+                output = OutputConfig(OutputKind.FILE, path=filename)
+        if output.kind == OutputKind.FILE:
+            assert output.path is not None
+            parent = os.path.dirname(output.path) or "."
+            if not os.path.isdir(parent):
+                raise self.error(f"directory {parent} does not exist", section,
+                                 keys.get(stream, f"{stream}_stream.filename"))
+            output = OutputConfig(
+                OutputKind.FILE, path=output.path,
+                max_bytes=values.get(f"{stream}_max_bytes", 0),
+                backup_count=values.get(f"{stream}_backup_count", 5))
+        return output
+
+    def expand_env_refs(self, value: str, section: str, key: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            return self.environ.get(name, "")
+        return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))",
+                      replace, value)
+
+    def expand_static(self, text: str, env: Mapping[str, str], section: str,
+                      key: str) -> str:
+        """Resolve $(sockvisor.env.X); leave per-worker substitutions for spawn time."""
+        def replace(match: re.Match[str]) -> str:
+            ref = match.group(2)
+            if ref.startswith("env."):
+                name = ref[len("env."):]
+                if name not in env:
+                    raise self.error(f"$({match.group(1)}.{ref}): {name} is not set",
+                                     section, key)
+                return env[name]
+            return match.group(0)
+        return _SUBSTITUTION.sub(replace, text)
+
+
+def expand_worker_args(argv: list[str], wid: int, fds: Mapping[str, int]) -> list[str]:
+    """Resolve $(sockvisor.wid) and $(sockvisor.sockets.NAME) for one worker."""
+    def replace(match: re.Match[str]) -> str:
+        ref = match.group(2)
+        if ref == "wid":
+            return str(wid)
+        if ref.startswith("sockets."):
+            return str(fds[ref[len("sockets."):]])
+        return match.group(0)
+    return [_SUBSTITUTION.sub(replace, arg) for arg in argv]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
