@@ -292,7 +292,11 @@ def _parse_ready(raw: str) -> ReadyPolicy:
 
 
 def _parse_circus_stream_class(raw: str) -> OutputKind:
-    name = raw.strip().rsplit(".", 1)[-1]
+    # Circus's own classes, bare or as circus.stream.X; `mypkg.FileStream` is a
+    # user's class that happens to share the name, not ours to imitate.
+    module, _, name = raw.strip().rpartition(".")
+    if module and not (module + ".").startswith("circus.stream."):
+        name = ""
     kinds = {"FileStream": OutputKind.FILE, "WatchedFileStream": OutputKind.FILE,
              "NullStream": OutputKind.NULL, "StdoutStream": OutputKind.PREFIX,
              "FancyStdoutStream": OutputKind.PREFIX}
@@ -441,8 +445,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 
 # --------------------------------------------------------------------------- loading
 
-def load(path: str, environ: Mapping[str, str] | None = None) -> Config:
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate `path`; raise ConfigError naming where the problem is."""
+    path = os.fspath(path)  # a pathlib.Path would break ConfigError.__str__
     environ = os.environ if environ is None else environ
     parser = configparser.ConfigParser(interpolation=None, strict=True,
                                        default_section="\0none")
@@ -508,6 +513,9 @@ class _Loader:
                                      f"[{kinds[kind.strip()][name]}])", section)
                 kinds[kind.strip()][name] = section
                 continue
+            if not sep and section.strip() in kinds:
+                raise self.error(f"a {section.strip()} section needs a name: "
+                                 f"[{section.strip()}:NAME]", section)
             if sep and kind.strip() == "plugin":
                 raise self.error("Circus plugins are not supported; sockvisor has "
                                  "flapping detection built in (max_restarts, restart_window)",
@@ -544,8 +552,10 @@ class _Loader:
         values: dict[str, Any] = {}
         seen_as: dict[str, str] = {}
         for key, raw in self.parser.items(section):
-            if key in circus and key not in by_name:
-                entry = circus[key]
+            # Circus spells hooks `hooks.before_start = ...`: look dotted keys up by prefix.
+            circus_key = key if key in circus else key.partition(".")[0]
+            if circus_key in circus and key not in by_name:
+                entry = circus[circus_key]
                 if isinstance(entry, _Unsupported):
                     raise self.error(f"not supported by sockvisor: {entry.reason}",
                                      section, key)
@@ -553,7 +563,8 @@ class _Loader:
                 continue
             canonical = by_name.get(key)
             if canonical is None:
-                hint = _did_you_mean(key, list(by_name) + list(circus))
+                # Suggest a supported key before a Circus key we would refuse.
+                hint = _did_you_mean(key, list(by_name)) or _did_you_mean(key, list(circus))
                 raise self.error(f"unknown key{hint}", section, key)
             if canonical in seen_as:
                 raise self.error(f"same setting as {seen_as[canonical]!r}; give it once",
@@ -651,10 +662,15 @@ class _Loader:
             if key in values:
                 raise self.error("only unix sockets (path = ...) take mode, owner, group",
                                  section, keys[key])
+        if family_name == "AF_UNIX":
+            raise self.error("an AF_UNIX socket needs path", section, keys["family"])
         if "port" not in values:
             raise self.error("a socket needs port (with host) or path", section, "port")
-        host = values.get("host", "127.0.0.1")
+        # The default host is the loopback address of the family asked for.
+        host = values.get("host", "::1" if family_name == "AF_INET6" else "127.0.0.1")
         family = self.resolve_family(host, family_name, section, keys.get("host", "host"))
+        if host == "localhost":   # a fixed address, not whatever /etc/hosts says
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         if family == socket.AF_INET6:
             host = host.strip("[]")
         return SocketConfig(
@@ -664,10 +680,10 @@ class _Loader:
 
     def resolve_family(self, host: str, family_name: str, section: str,
                        key: str) -> socket.AddressFamily:
-        bare = host.strip("[]")
-        for family in (socket.AF_INET, socket.AF_INET6):
+        # Brackets belong to IPv6 only: "[127.0.0.1]" would pass here and fail at bind.
+        for family, address in ((socket.AF_INET, host), (socket.AF_INET6, host.strip("[]"))):
             try:
-                socket.inet_pton(family, bare)
+                socket.inet_pton(family, address)
             except OSError:
                 continue
             if family_name and family_name != family.name:
@@ -731,19 +747,16 @@ class _Loader:
             wanted.append(socket_name)
 
         cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
-        try:
-            args = tuple(shlex.split(values.get("args", "")))
-            cmd_parts = shlex.split(cmd)
-        except ValueError as exc:
-            raise self.error(f"cannot split into words: {exc}", section,
-                             keys["args"] if "args" in values else keys["cmd"]) from None
+        # Split cmd and args separately so an error names the key that has it.
+        cmd_parts = self.split_words(cmd, section, keys["cmd"])
         if not cmd_parts:
             raise self.error("must not be empty", section, keys["cmd"])
-        args = tuple(cmd_parts[1:]) + tuple(
-            self.expand_static(arg, lookup_env, section, keys.get("args", "args"))
-            for arg in args)
-        for text, key in [(cmd_parts[0], keys["cmd"])] + [(a, keys.get("args", keys["cmd"]))
-                                                           for a in args]:
+        extra_args = [
+            self.expand_static(arg, lookup_env, section, keys["args"])
+            for arg in self.split_words(values.get("args", ""), section, keys.get("args"))]
+        args = tuple(cmd_parts[1:]) + tuple(extra_args)
+        for text, key in ([(part, keys["cmd"]) for part in cmd_parts]
+                          + [(arg, keys["args"]) for arg in extra_args]):
             for match in _SUBSTITUTION.finditer(text):
                 ref = match.group(2)
                 if ref.startswith("sockets."):
@@ -806,14 +819,24 @@ class _Loader:
             rlimits=rlimits,
         )
 
+    def split_words(self, text: str, section: str, key: str | None) -> list[str]:
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            raise self.error(f"cannot split into words: {exc}", section, key) from None
+
     def build_output(self, stream: str, values: dict[str, Any], section: str) -> OutputConfig:
         keys = values["__keys__"]
         output: OutputConfig = values.get(stream, OutputConfig())
         circus_class = values.get(f"{stream}_stream.class")
+        circus_key = f"{stream}_stream.class"
+        if circus_class is None and f"{stream}_stream.filename" in values:
+            # As in Circus, a filename without a class is a FileStream.
+            circus_class, circus_key = OutputKind.FILE, f"{stream}_stream.filename"
         if circus_class is not None:
             if stream in values:
-                raise self.error(f"give either {stream} or {stream}_stream.class", section,
-                                 keys[f"{stream}_stream.class"])
+                raise self.error(f"give either {stream} or {circus_key}", section,
+                                 keys[circus_key])
             output = OutputConfig(circus_class)
             if circus_class == OutputKind.FILE:
                 filename = values.get(f"{stream}_stream.filename")
