@@ -1,0 +1,58 @@
+"""The restart policy: how long to wait before the next start, and when to give up.
+
+Pure logic over an injectable clock, so it is tested without sleeping.  A worker
+that dies before `min_uptime` is a *failed start*: the next start waits
+`backoff_base * 2**(n-1)` seconds (capped at `backoff_max`), and more than
+`max_restarts` failed starts inside `window` seconds make the watcher FATAL.  A
+worker that ran at least `min_uptime` was healthy: it is replaced at once and the
+backoff starts over.  Counting only failed starts keeps a long-running worker
+that is killed now and then (OOM, an operator's kill -9) from ever looking like
+a crash loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sockvisor.config import RestartPolicy
+
+
+@dataclass(frozen=True)
+class Decision:
+    delay: float          # seconds to wait before the replacement starts
+    fatal: bool           # stop spawning: the watcher keeps failing
+    reason: str = ""
+
+
+class RestartTracker:
+    def __init__(self, policy: RestartPolicy, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.clock = clock
+        self.failures: collections.deque[float] = collections.deque()
+        self.consecutive = 0
+
+    def on_exit(self, uptime: float) -> Decision:
+        """Record a worker's death after `uptime` seconds and decide what follows."""
+        if uptime >= self.policy.min_uptime:
+            self.consecutive = 0
+            return Decision(0.0, False)
+        now = self.clock()
+        self.consecutive += 1
+        self.failures.append(now)
+        while self.failures and now - self.failures[0] > self.policy.window:
+            self.failures.popleft()
+        if len(self.failures) > self.policy.max_restarts:
+            return Decision(0.0, True,
+                            f"{len(self.failures)} failed starts within "
+                            f"{self.policy.window:g}s (max_restarts = "
+                            f"{self.policy.max_restarts})")
+        delay = min(self.policy.backoff_base * 2 ** (self.consecutive - 1),
+                    self.policy.backoff_max)
+        return Decision(delay, False)
+
+    def reset(self) -> None:
+        self.failures.clear()
+        self.consecutive = 0

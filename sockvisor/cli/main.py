@@ -1,0 +1,54 @@
+"""The `sockvisor` command: `start` runs the supervisor, `check` validates a config.
+
+Exit status: 0 stopped cleanly, 1 failed while running, 2 bad config or usage
+(nothing was bound or spawned), 3 a socket or the control endpoint could not be
+opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from sockvisor import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sockvisor",
+        description="Hold listening sockets and supervise the workers that serve them.")
+    parser.add_argument("--version", action="version", version=f"sockvisor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = commands.add_parser("start", help="run the supervisor in the foreground")
+    start.add_argument("config", help="the INI file")
+    start.add_argument("--log-level", default=None,
+                       help="override [sockvisor] loglevel (debug, info, warning, error)")
+    check = commands.add_parser("check", help="validate a config without binding or spawning")
+    check.add_argument("config", help="the INI file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sockvisor import config as config_module
+    from sockvisor import log
+
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        print(f"sockvisor: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        for warning in config.warnings:
+            print(f"sockvisor: warning: {warning}", file=sys.stderr)
+        print(f"{config.path}: OK ({len(config.sockets)} sockets, "
+              f"{len(config.watchers)} watchers)")
+        return 0
+    log.setup(args.log_level or config.globals.loglevel)
+    from sockvisor.supervisor import Supervisor
+    return asyncio.run(Supervisor(config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Logging set-up: one line per event, with a level, fit for a terminal or journald.
+
+Under journald (stderr is the stream named by $JOURNAL_STREAM) each line starts with
+the sd-daemon priority prefix `<N>` so the journal records the level, and carries no
+timestamp of its own (journald adds one).  No colour anywhere: logs are read by
+machines as often as by people.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+             logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        # One record, one journal entry: continuation lines keep the priority.
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+def stderr_is_journal() -> bool:
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    if not device or not inode:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == stream
+
+
+def setup(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("sockvisor")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,40 @@
+"""Where a config's default control endpoints live.
+
+One directory per config file (named after the file and a hash of its absolute
+path), mode 0700, under /run/sockvisor as root and $XDG_RUNTIME_DIR/sockvisor
+otherwise.  `sockvisorctl -c conf.ini` computes the same path, so nobody has to
+write an endpoint down twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+def runtime_base() -> str:
+    if os.geteuid() == 0:
+        return "/run/sockvisor"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "sockvisor")
+    return f"/tmp/sockvisor-{os.geteuid()}"
+
+
+def runtime_dir(config_path: str) -> str:
+    absolute = os.path.abspath(config_path)
+    stem = os.path.splitext(os.path.basename(absolute))[0][:40] or "sockvisor"
+    digest = hashlib.sha256(absolute.encode()).hexdigest()[:10]
+    return os.path.join(runtime_base(), f"{stem}-{digest}")
+
+
+def default_endpoint(config_path: str) -> str:
+    return f"ipc://{runtime_dir(config_path)}/control"
+
+
+def default_admin_endpoint(config_path: str) -> str:
+    return f"ipc://{runtime_dir(config_path)}/admin"
+
+
+def default_pubsub_endpoint(config_path: str) -> str:
+    return f"ipc://{runtime_dir(config_path)}/events"

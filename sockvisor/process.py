@@ -1,0 +1,348 @@
+"""One worker process: fork/exec with its sockets at fds 3…, its environment, its
+privileges dropped, and the way it is stopped.
+
+Why our own fork/exec instead of `subprocess`: the sd_listen_fds convention needs
+the sockets renumbered to 3, 4, … and `LISTEN_PID` set to the *child's* pid, which
+is only known after fork; and `PR_SET_PDEATHSIG` must be set after the uid change
+(the kernel clears it on a credential change).  The child runs only `os.*` calls
+between fork and exec.  Failures there (a missing binary, a bad working_dir) travel
+back over a close-on-exec pipe: EOF means exec succeeded, bytes mean it failed.
+
+Signals: all signals are blocked around fork, so that a signal arriving in the
+child before exec can never run sockvisor's handlers (which would write into the
+event loop's wake-up fd, shared with the parent).  The child resets every handler
+to the default, including SIGPIPE which Python ignores, then unblocks and execs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from sockvisor.config import WatcherConfig
+from sockvisor.states import WORKER_TRANSITIONS, WorkerState, check_transition
+
+log = logging.getLogger("sockvisor.process")
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_ALL_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+_RLIMITS = {name[len("RLIMIT_"):].lower(): getattr(resource, name)
+            for name in dir(resource) if name.startswith("RLIMIT_")}
+_MAX_FD = os.sysconf("SC_OPEN_MAX")
+
+
+@dataclass
+class SpawnSpec:
+    """Everything the child needs, computed in the parent before fork."""
+    argv: list[str]
+    env: dict[str, str]               # LISTEN_PID is added in the child
+    fds: list[int]                    # become 3, 4, … in this order
+    stdout: int | None = None         # None: inherit sockvisor's
+    stderr: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    umask: int | None = None
+    cwd: str | None = None
+    rlimits: Mapping[str, int] = field(default_factory=dict)
+    pdeathsig: int = signal.SIGKILL
+
+
+class SpawnError(Exception):
+    """The child could not exec; `stage` says what it was doing."""
+
+    def __init__(self, stage: str, err: int, detail: str):
+        self.stage = stage
+        self.errno = err
+        self.detail = detail
+        super().__init__(f"{stage}: {detail}")
+
+
+def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
+    """Fork and exec `spec`; return (pid, read end of the exec-status pipe)."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    parent_pid = os.getpid()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    pid = -1
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            _child(spec, stdin, status_w, parent_pid, old_mask)
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(status_w)
+        os.close(stdin)
+    return pid, status_r
+
+
+def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
+           old_mask: set) -> None:
+    stage = "start"
+    try:
+        stage = "signals"
+        signal.set_wakeup_fd(-1)
+        for signum in _ALL_SIGNALS:
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        stage = "setsid"
+        os.setsid()   # own session and process group: stoppable as a group,
+                      # and a terminal's Ctrl-C goes to sockvisor, not to workers
+        stage = "rlimits"
+        for name, value in spec.rlimits.items():
+            limit = resource.RLIM_INFINITY if value < 0 else value
+            resource.setrlimit(_RLIMITS[name], (limit, limit))
+        if spec.umask is not None:
+            os.umask(spec.umask)
+        stage = "working_dir"
+        if spec.cwd is not None:
+            os.chdir(spec.cwd)
+        stage = "fds"
+        status_w = _arrange_fds(spec, stdin, status_w)
+        stage = "privileges"
+        if spec.uid is not None or spec.gid is not None:
+            if spec.groups is not None:
+                os.setgroups(spec.groups)
+            if spec.gid is not None:
+                os.setresgid(spec.gid, spec.gid, spec.gid)
+            if spec.uid is not None:
+                os.setresuid(spec.uid, spec.uid, spec.uid)
+        stage = "pdeathsig"
+        # After the uid change: the kernel clears the setting on credential changes.
+        if _libc.prctl(PR_SET_PDEATHSIG, spec.pdeathsig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        if os.getppid() != parent_pid:
+            os._exit(0)   # sockvisor died between fork and prctl
+        stage = "exec"
+        env = dict(spec.env)
+        env["LISTEN_PID"] = str(os.getpid())
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.execvpe(spec.argv[0], spec.argv, env)
+    except BaseException as exc:  # noqa: BLE001 - must reach the parent, then exit
+        err = getattr(exc, "errno", None) or 0
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        message = f"{stage}\0{err}\0{detail}".encode(errors="replace")
+        try:
+            os.write(status_w, message[:4000])
+        finally:
+            os._exit(127)
+
+
+def _arrange_fds(spec: SpawnSpec, stdin: int, status_w: int) -> int:
+    """Put stdin/out/err and the sockets at 0, 1, 2, 3…; close every other fd.
+
+    Sources are first copied above the highest target so that a dup2 onto a
+    target can never clobber a source still to be placed; dup2 clears
+    close-on-exec on the target, the copies keep it.
+    """
+    targets: dict[int, int] = {0: stdin}
+    if spec.stdout is not None:
+        targets[1] = spec.stdout
+    if spec.stderr is not None:
+        targets[2] = spec.stderr
+    for index, fd in enumerate(spec.fds):
+        targets[3 + index] = fd
+    first_free = 3 + len(spec.fds)
+    status_w = _fcntl_dupfd_cloexec(status_w, first_free)
+    staged = {target: _fcntl_dupfd_cloexec(source, first_free)
+              for target, source in targets.items()}
+    for target, copy in staged.items():
+        os.dup2(copy, target, inheritable=True)
+    # Close everything above the sockets but the status pipe (which closes on exec).
+    os.closerange(first_free, status_w)
+    os.closerange(status_w + 1, _MAX_FD)
+    return status_w
+
+
+def _fcntl_dupfd_cloexec(fd: int, minimum: int) -> int:
+    import fcntl
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, minimum)
+
+
+def read_spawn_status(status_r: int) -> SpawnError | None:
+    """Read the exec-status pipe once it is readable: None if exec succeeded."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(status_r, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        return None
+    stage, err, detail = (data.decode(errors="replace").split("\0") + ["", ""])[:3]
+    return SpawnError(stage, int(err or 0), detail)
+
+
+class Worker:
+    """One process of a watcher, from fork to reap."""
+
+    def __init__(self, config: WatcherConfig, wid: int, generation: int, pid: int,
+                 on_state: Callable[["Worker", WorkerState, WorkerState], None]):
+        self.config = config          # the configuration this worker was started from
+        self.watcher_name = config.name
+        self.wid = wid
+        self.generation = generation
+        self.pid = pid
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_at: float | None = None
+        self.exec_ok = False
+        self.spawn_error: SpawnError | None = None
+        self.exit_status: int | None = None
+        self.stop_requested = False   # its exit is expected: no replacement
+        self.ready_failed = False     # stopped for missing ready_timeout
+        self.status_fd: int | None = None   # exec-status pipe, until read
+        self.status_text = ""         # last STATUS= it sent
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._on_state = on_state
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def __repr__(self) -> str:
+        return (f"<Worker {self.watcher_name}[{self.pid}] wid={self.wid} "
+                f"gen={self.generation} {self.state.value}>")
+
+    @property
+    def label(self) -> str:
+        return f"{self.watcher_name}[{self.pid}]"
+
+    @property
+    def alive(self) -> bool:
+        return self.state != WorkerState.EXITED
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def transition(self, new: WorkerState) -> None:
+        """The only place a worker's state changes."""
+        old = self.state
+        if old == new:
+            return
+        check_transition(WORKER_TRANSITIONS, old, new)
+        self.state = new
+        self._on_state(self, old, new)
+
+    def add_timer(self, handle: asyncio.TimerHandle) -> None:
+        self._timers.append(handle)
+
+    def mark_ready(self) -> None:
+        if self.state != WorkerState.STARTING:
+            return
+        self.ready_at = time.monotonic()
+        self.transition(WorkerState.RUNNING)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def fail_readiness(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(WorkerNotReady(self, reason))
+
+    def on_exit(self, status: int) -> None:
+        """Called by the reaper."""
+        self.exit_status = status
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self.transition(WorkerState.EXITED)
+        self.fail_readiness(f"exited before it was ready ({_status_text(status)})")
+        if not self.exited.done():
+            self.exited.set_result(status)
+
+    def signal(self, signum: int) -> bool:
+        if self.state == WorkerState.EXITED:
+            return False
+        try:
+            os.kill(self.pid, signum)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's whole process group (it is the group leader)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, signum: int, graceful_timeout: float, expected: bool = True) -> int:
+        """stop signal → wait graceful_timeout → SIGKILL the group; return the status.
+
+        `expected=False` stops it as a failure (its exit counts toward the restart
+        policy), e.g. a worker that missed its ready_timeout.
+        """
+        if expected:
+            self.stop_requested = True
+        if self.state in (WorkerState.STARTING, WorkerState.RUNNING):
+            self.transition(WorkerState.STOPPING)
+            self.fail_readiness("stopped before it was ready")
+            self.signal(signum)
+        if self.state == WorkerState.STOPPING and graceful_timeout >= 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), graceful_timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s did not exit within graceful_timeout (%gs): SIGKILL",
+                            self.label, graceful_timeout)
+        # Leftovers of the group (the worker's children) go with it.
+        self.kill_group()
+        return await asyncio.shield(self.exited)
+
+
+class WorkerNotReady(Exception):
+    def __init__(self, worker: Worker, reason: str):
+        self.worker = worker
+        self.reason = reason
+        super().__init__(f"{worker.label}: {reason}")
+
+
+def _status_text(status: int) -> str:
+    from sockvisor.reaper import describe_status
+    return describe_status(status)
+
+
+def user_groups(user: str | None, gid: int | None) -> list[int] | None:
+    """The supplementary groups of `user` (what initgroups would set)."""
+    if user is None:
+        return [gid] if gid is not None else None
+    try:
+        return os.getgrouplist(user, gid if gid is not None else 0)
+    except OSError:
+        return [gid] if gid is not None else []
+
+
+def listen_env(names: list[str]) -> dict[str, str]:
+    """LISTEN_FDS / LISTEN_FDNAMES for sockets at 3…; LISTEN_PID is set in the child."""
+    if not names:
+        return {}
+    return {"LISTEN_FDS": str(len(names)), "LISTEN_FDNAMES": ":".join(names)}
+
+
+def describe_spawn_error(error: SpawnError, argv0: str) -> str:
+    if error.stage == "exec" and error.errno == errno.ENOENT:
+        return f"cannot execute {argv0!r}: not found"
+    if error.stage == "exec" and error.errno == errno.EACCES:
+        return f"cannot execute {argv0!r}: permission denied"
+    if error.stage == "exec":
+        return f"cannot execute {argv0!r}: {error.detail}"
+    return f"{error.stage} failed before exec: {error.detail}"

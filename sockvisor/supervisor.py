@@ -1,0 +1,295 @@
+"""The arbiter: start-up and shut-down order, and ownership of everything long-lived.
+
+Start-up: sockets first (adopted from the service manager, else bound) — if one
+fails, nothing is spawned; then the reaper, the workers' notify socket, the
+control channel, and the watchers; READY=1 to systemd once every autostart
+watcher's first generation is ready.  Shut-down is the reverse: STOPPING=1, every
+watcher stops its workers (stop_signal, graceful_timeout, SIGKILL), the control
+channel closes, and the listening sockets close last.
+
+Signals are handled in the event loop (asyncio's wake-up fd): SIGTERM/SIGINT stop
+gracefully, SIGQUIT stops at once, SIGHUP re-reads the config.  This works as
+PID 1 too, where the kernel gives no default action to any signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from sockvisor import config as config_module
+from sockvisor import systemd
+from sockvisor.config import Config, ConfigError, SocketConfig
+from sockvisor.process import Worker
+from sockvisor.readiness import ReadinessListener
+from sockvisor.reaper import Reaper, become_subreaper
+from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
+from sockvisor.states import WatcherState
+from sockvisor.watcher import Watcher, WatcherContext
+
+log = logging.getLogger("sockvisor")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_SOCKET = 3
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; carries the exit status to use."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class StopMode(enum.Enum):
+    GRACEFUL = "graceful"
+    IMMEDIATE = "immediate"
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, notifier: systemd.Notifier | None = None):
+        self.config = config
+        self.notifier = notifier or systemd.Notifier.from_environ()
+        self.sockets: dict[str, ListeningSocket] = {}
+        self.watchers: dict[str, Watcher] = {}
+        self.workers_by_pid: dict[int, Worker] = {}
+        self.subscribers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.started_at = time.time()
+        self.reaper: Reaper | None = None
+        self.readiness: ReadinessListener | None = None
+        self.control: Any = None
+        self._stop_requested: asyncio.Future[StopMode] | None = None
+        self._status_pending = False
+        self._watchdog_task: asyncio.Task | None = None
+        self._config_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ events
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        for subscriber in self.subscribers:
+            try:
+                subscriber(topic, data)
+            except Exception:
+                log.exception("event subscriber failed on %s", topic)
+        if not self._status_pending and self.notifier.enabled:
+            self._status_pending = True
+            asyncio.get_running_loop().call_soon(self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_pending = False
+        self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        parts = []
+        for watcher in self.watchers.values():
+            text = f"{watcher.name}: {watcher.ready_count()}/{watcher.numprocesses} ready"
+            if watcher.state in (WatcherState.FATAL, WatcherState.RELOADING,
+                                 WatcherState.STOPPED):
+                text += f" ({watcher.state.value})"
+            parts.append(text)
+        return "; ".join(parts) or "no watchers"
+
+    # ------------------------------------------------------------------ start-up
+
+    def open_sockets(self) -> None:
+        """Adopt what the service manager passed, bind the rest; all or nothing."""
+        passed = systemd.listen_fds()
+        by_name: dict[str, int] = {}
+        for name, fd in passed:
+            if name in self.config.sockets and name not in by_name:
+                by_name[name] = fd
+            else:
+                log.warning("fd %d passed by the service manager as %r matches no "
+                            "[socket:NAME] section; closing it", fd, name)
+                os.close(fd)
+        try:
+            for name, socket_config in self.config.sockets.items():
+                if name in by_name:
+                    self.sockets[name] = adopt(socket_config, by_name.pop(name))
+                else:
+                    self.sockets[name] = bind(socket_config)
+        except SocketError as exc:
+            for fd in by_name.values():
+                os.close(fd)
+            self.close_sockets()
+            raise StartupError(str(exc), EXIT_SOCKET) from None
+        if systemd.fdstore_allowed() and self.notifier.enabled:
+            for name, listening in self.sockets.items():
+                self.notifier.fdstore([listening.fd], name)
+
+    def close_sockets(self) -> None:
+        for listening in self.sockets.values():
+            listening.close()
+        self.sockets.clear()
+
+    def _context(self) -> WatcherContext:
+        assert self.reaper is not None
+        return WatcherContext(reaper=self.reaper, sockets=self.sockets,
+                              notify_address=self.readiness.address if self.readiness else None,
+                              publish=self.publish, workers_by_pid=self.workers_by_pid)
+
+    def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
+        worker = self.workers_by_pid.get(pid)
+        if worker is None:
+            # A child of the worker (same session: the worker is its leader) may
+            # speak for it, as gunicorn's arbiter does for its own workers.
+            try:
+                worker = self.workers_by_pid.get(os.getsid(pid))
+            except OSError:
+                worker = None
+        if worker is None:
+            log.debug("notify message from pid %d, which is no worker: ignored", pid)
+            return
+        watcher = self.watchers.get(worker.watcher_name)
+        if watcher is not None:
+            watcher.on_notify(worker, fields)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+        if self.config.globals.umask is not None:
+            os.umask(self.config.globals.umask)
+        self._stop_requested = loop.create_future()
+        try:
+            self.open_sockets()
+        except StartupError as exc:
+            log.error("%s", exc)
+            return exc.status
+        if os.getpid() != 1 and self.config.globals.subreaper:
+            become_subreaper()
+        self.reaper = Reaper(loop)
+        self.reaper.start()
+        self.readiness = ReadinessListener(os.path.basename(self.config.path))
+        self.readiness.start(loop, self._on_notify)
+        for signum, mode in ((signal.SIGTERM, StopMode.GRACEFUL),
+                             (signal.SIGINT, StopMode.GRACEFUL),
+                             (signal.SIGQUIT, StopMode.IMMEDIATE)):
+            loop.add_signal_handler(signum, self.request_stop, mode)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            await self._start_control()
+        except StartupError as exc:
+            log.error("%s", exc)
+            await self._teardown(StopMode.IMMEDIATE)
+            return exc.status
+        self.notifier.mainpid(os.getpid())
+        context = self._context()
+        for name, watcher_config in self.config.watchers.items():
+            self.watchers[name] = Watcher(watcher_config, context)
+        startup = asyncio.ensure_future(self._start_watchers())
+        stop_or_started = await asyncio.wait({startup, self._stop_requested},
+                                             return_when=asyncio.FIRST_COMPLETED)
+        if startup in stop_or_started[0]:
+            log.info("sockvisor ready: %s", self.status_line())
+            self.notifier.ready(self.status_line())
+            self._start_watchdog()
+        mode = await self._stop_requested
+        startup.cancel()
+        await self._teardown(mode)
+        return EXIT_OK
+
+    async def _start_watchers(self) -> None:
+        await asyncio.gather(*(w.start() for w in self.watchers.values()
+                               if w.config.autostart))
+
+    async def _start_control(self) -> None:
+        try:
+            from sockvisor.control.server import ControlServer
+        except ImportError:   # the control channel is optional for the core
+            return
+        self.control = ControlServer(self)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            raise StartupError(f"cannot open the control endpoint: {exc}",
+                               EXIT_SOCKET) from None
+
+    def _start_watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None or not self.notifier.enabled:
+            return
+
+        async def ping() -> None:
+            # A timer in the event loop: if the loop is stuck, the pings stop and
+            # systemd restarts us, which is the point.
+            while True:
+                self.notifier.watchdog()
+                await asyncio.sleep(interval)
+        self._watchdog_task = asyncio.ensure_future(ping())
+
+    # ------------------------------------------------------------------ stop
+
+    def request_stop(self, mode: StopMode = StopMode.GRACEFUL) -> None:
+        future = self._stop_requested
+        if future is None:
+            return
+        if not future.done():
+            log.info("stopping (%s)", mode.value)
+            future.set_result(mode)
+        elif mode == StopMode.IMMEDIATE:
+            # A second, harder request while a graceful stop is under way.
+            log.info("immediate stop requested: killing every worker")
+            for watcher in self.watchers.values():
+                asyncio.ensure_future(watcher.kill_now())
+
+    async def _teardown(self, mode: StopMode) -> None:
+        self.notifier.stopping()
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+        if mode == StopMode.IMMEDIATE:
+            await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
+        await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
+        if self.control is not None:
+            await self.control.close()
+        if self.readiness is not None:
+            self.readiness.close()
+        if self.reaper is not None:
+            self.reaper.reap()
+            self.reaper.close()
+        self.close_sockets()
+        log.info("sockvisor stopped")
+
+    # ------------------------------------------------------------------ reloadconfig
+
+    def _on_sighup(self) -> None:
+        async def reload() -> None:
+            try:
+                await self.reload_config()
+            except ConfigError as exc:
+                log.error("SIGHUP: config not reloaded: %s", exc)
+            except Exception:
+                log.exception("SIGHUP: reloadconfig failed")
+        asyncio.ensure_future(reload())
+
+    async def reload_config(self) -> dict[str, Any]:
+        """Re-read the config file and apply the difference; see `reconfigure.py`."""
+        from sockvisor.reconfigure import apply_new_config
+        async with self._config_lock:
+            new = config_module.load(self.config.path)
+            self.notifier.reloading()
+            try:
+                return await apply_new_config(self, new)
+            finally:
+                self.notifier.ready(self.status_line())
+
+    def add_socket(self, socket_config: SocketConfig) -> ListeningSocket:
+        listening = bind(socket_config)
+        self.sockets[socket_config.name] = listening
+        if systemd.fdstore_allowed() and self.notifier.enabled:
+            self.notifier.fdstore([listening.fd], socket_config.name)
+        return listening
+
+    def remove_socket(self, name: str) -> None:
+        listening = self.sockets.pop(name, None)
+        if listening is not None:
+            if systemd.fdstore_allowed() and self.notifier.enabled:
+                self.notifier.fdstore_remove(name)
+            listening.close()
