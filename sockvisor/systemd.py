@@ -140,8 +140,9 @@ class Notifier:
         """Send one datagram of ``KEY=VALUE`` lines, in the order given.
 
         ``send(READY=1, STATUS="serving")``.  Keys are upper case letters,
-        digits and ``_``; a value must not contain a newline.  Both rules are
-        programming errors (ValueError), not delivery failures.
+        digits and ``_``; a value must not contain a newline; at least one
+        field.  Breaking these rules is a programming error (ValueError), not
+        a delivery failure.
         """
         return self._send(self._encode(fields))
 
@@ -206,6 +207,8 @@ class Notifier:
 
     @staticmethod
     def _encode(fields: Mapping[str, str | int]) -> bytes:
+        if not fields:
+            raise ValueError("an sd_notify message needs at least one field")
         lines = []
         for key, value in fields.items():
             if not _KEY.match(key):
