@@ -58,6 +58,8 @@ class Supervisor:
         self.config = config
         self.notifier = notifier or systemd.Notifier.from_environ()
         self.sockets: dict[str, ListeningSocket] = {}
+        # Replaced by reloadconfig but still used by workers of a failed reload.
+        self.retired_sockets: list[ListeningSocket] = []
         self.watchers: dict[str, Watcher] = {}
         self.workers_by_pid: dict[int, Worker] = {}
         self.subscribers: list[Callable[[str, dict[str, Any]], None]] = []
@@ -120,14 +122,14 @@ class Supervisor:
                 os.close(fd)
             self.close_sockets()
             raise StartupError(str(exc), EXIT_SOCKET) from None
-        if systemd.fdstore_allowed() and self.notifier.enabled:
-            for name, listening in self.sockets.items():
-                self.notifier.fdstore([listening.fd], name)
+        for name in self.sockets:
+            self.store_socket(name)
 
     def close_sockets(self) -> None:
-        for listening in self.sockets.values():
+        for listening in [*self.sockets.values(), *self.retired_sockets]:
             listening.close()
         self.sockets.clear()
+        self.retired_sockets.clear()
 
     def _context(self) -> WatcherContext:
         assert self.reaper is not None
@@ -208,7 +210,9 @@ class Supervisor:
         self.control = ControlServer(self)
         try:
             await self.control.start()
-        except OSError as exc:
+        except Exception as exc:   # OSError, zmq.ZMQError: either way we cannot serve
+            await self.control.close()
+            self.control = None
             raise StartupError(f"cannot open the control endpoint: {exc}",
                                EXIT_SOCKET) from None
 
@@ -280,16 +284,29 @@ class Supervisor:
             finally:
                 self.notifier.ready(self.status_line())
 
-    def add_socket(self, socket_config: SocketConfig) -> ListeningSocket:
-        listening = bind(socket_config)
-        self.sockets[socket_config.name] = listening
+    def store_socket(self, name: str) -> None:
+        """Hand a (new) listening socket to the service manager's fd store."""
         if systemd.fdstore_allowed() and self.notifier.enabled:
-            self.notifier.fdstore([listening.fd], socket_config.name)
-        return listening
+            self.notifier.fdstore([self.sockets[name].fd], name)
 
-    def remove_socket(self, name: str) -> None:
-        listening = self.sockets.pop(name, None)
-        if listening is not None:
-            if systemd.fdstore_allowed() and self.notifier.enabled:
-                self.notifier.fdstore_remove(name)
-            listening.close()
+    def unstore_socket(self, name: str) -> None:
+        if systemd.fdstore_allowed() and self.notifier.enabled:
+            self.notifier.fdstore_remove(name)
+
+    # ------------------------------------------------------------------ watchers at run time
+
+    def add_watcher(self, watcher_config) -> Watcher:
+        watcher = Watcher(watcher_config, self._context())
+        self.watchers[watcher_config.name] = watcher
+        log.info("watcher %s added", watcher_config.name)
+        return watcher
+
+    async def remove_watcher(self, name: str) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            return
+        await watcher.shutdown()
+        # Only drop it if nobody re-added the name while it was stopping.
+        if self.watchers.get(name) is watcher:
+            del self.watchers[name]
+        log.info("watcher %s removed", name)

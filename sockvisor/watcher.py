@@ -230,6 +230,13 @@ class Watcher:
                 sent.append(worker.pid)
         return sent
 
+    async def replace_config(self, new_config: WatcherConfig) -> dict[str, Any]:
+        """New settings that need no new processes (timeouts, signals, policy)."""
+        async def operation() -> dict[str, Any]:
+            self._apply_config(new_config)
+            return self.summary()
+        return await self._serialised(operation)
+
     async def reload(self, new_config: WatcherConfig | None = None) -> dict[str, Any]:
         return await self._serialised(lambda: self._reload_locked(new_config))
 

@@ -1,0 +1,141 @@
+"""`sockvisorctl`: one subcommand per control command, generated from the registry.
+
+Exit status: 0 the command succeeded, 1 it failed (the reply was an error),
+2 usage, 3 no sockvisor answered.  The endpoint comes from --endpoint, else from
+`-c CONF` (its [sockvisor] endpoint, or the default path for that file), else
+from $SOCKVISOR_ENDPOINT.  Given a config, sockvisorctl uses the owner-only
+endpoint when it can reach it (see control/server.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+QUICK_TIMEOUT = 10.0
+LONG_TIMEOUT = 600.0
+
+
+def build_parser(commands: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sockvisorctl", description="Control a running sockvisor.",
+        epilog="exit status: 0 ok, 1 command failed, 2 usage, 3 sockvisor unreachable")
+    parser.add_argument("-c", "--config", help="the sockvisor INI file (to find the endpoint)")
+    parser.add_argument("--endpoint", help="control endpoint (ipc://PATH or tcp://HOST:PORT)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}, "
+                             f"{LONG_TIMEOUT:g} for commands that wait for processes)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    parser.add_argument("--curve-server-key", help="tcp:// with CURVE: the server's "
+                                                   "public certificate file")
+    parser.add_argument("--curve-client-key", help="tcp:// with CURVE: our secret "
+                                                   "certificate file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in sorted(commands.items()):
+        doc = (type(command).__doc__ or "").strip()
+        child = sub.add_parser(name, help=command.summary(), description=doc,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_arguments(child)
+    return parser
+
+
+def resolve_endpoint(args: argparse.Namespace) -> str:
+    if args.endpoint:
+        return args.endpoint
+    if args.config:
+        return endpoint_from_config(args.config)
+    env = os.environ.get("SOCKVISOR_ENDPOINT")
+    if env:
+        return env
+    raise UsageError("no endpoint: give -c CONF, --endpoint, or set SOCKVISOR_ENDPOINT")
+
+
+def endpoint_from_config(path: str) -> str:
+    """The endpoint sockvisor opens for `path`, read without validating the whole file."""
+    import configparser
+    from sockvisor import paths
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, configparser.Error) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    section = next((s for s in ("sockvisor", "circus") if parser.has_section(s)), None)
+    endpoint = parser.get(section, "endpoint", fallback=None) if section else None
+    group = parser.get(section, "endpoint_group", fallback=None) if section else None
+    if endpoint:
+        endpoint = endpoint.strip()
+        admin = f"{endpoint}.admin"
+    else:
+        endpoint = paths.default_endpoint(path)
+        admin = paths.default_admin_endpoint(path)
+    if group and admin.startswith("ipc://") and os.access(admin[len("ipc://"):], os.W_OK):
+        return admin
+    return endpoint
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sockvisor.control.commands import load_commands
+    commands = load_commands()
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    command = commands[args.command]
+    try:
+        endpoint = resolve_endpoint(args)
+        properties = command.properties(args)
+    except UsageError as exc:
+        print(f"sockvisorctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:   # a command's own argument check
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    timeout = args.timeout or (LONG_TIMEOUT if command.long_running else QUICK_TIMEOUT)
+
+    from sockvisor.control.client import ControlClient, Unreachable
+    try:
+        curve = _curve_keys(args)
+        with ControlClient(endpoint, timeout, *curve) as client:
+            reply = client.call(command.name, properties)
+    except Unreachable as exc:
+        print(f"sockvisorctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, ValueError) as exc:
+        print(f"sockvisorctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return report(command, reply, args.json)
+
+
+def _curve_keys(args: argparse.Namespace) -> tuple[Any, Any]:
+    if not args.curve_server_key and not args.curve_client_key:
+        return None, None
+    if not (args.curve_server_key and args.curve_client_key):
+        raise ValueError("CURVE needs both --curve-server-key and --curve-client-key")
+    import zmq.auth
+    server_public, _ = zmq.auth.load_certificate(args.curve_server_key)
+    client_public, client_secret = zmq.auth.load_certificate(args.curve_client_key)
+    if client_secret is None:
+        raise ValueError(f"{args.curve_client_key} holds no secret key")
+    return server_public, (client_public, client_secret)
+
+
+def report(command, reply: dict[str, Any], as_json: bool) -> int:
+    failed = reply.get("status") == "error" and "errno" in reply
+    if as_json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif failed:
+        print(f"sockvisorctl {command.name}: {reply.get('reason', 'failed')}", file=sys.stderr)
+    else:
+        print(command.format(reply))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

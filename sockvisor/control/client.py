@@ -1,0 +1,81 @@
+"""A blocking control-channel client: what sockvisorctl (and tests, and plugins) use.
+
+Synchronous pyzmq on purpose: a command-line client does one round trip, and
+not importing asyncio keeps `sockvisorctl` quick to start.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import zmq
+
+from sockvisor.control import protocol
+
+
+class Unreachable(Exception):
+    """No sockvisor answered at the endpoint in time."""
+
+
+class ControlClient:
+    def __init__(self, endpoint: str, timeout: float = 10.0,
+                 curve_server_key: bytes | None = None,
+                 curve_client_keys: tuple[bytes, bytes] | None = None,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve_server_key is not None:
+            if curve_client_keys is None:
+                raise ValueError("a CURVE server key needs a client key pair")
+            self.socket.curve_serverkey = curve_server_key
+            self.socket.curve_publickey, self.socket.curve_secretkey = curve_client_keys
+        self._check_ipc()
+        self.socket.connect(endpoint)
+
+    def _check_ipc(self) -> None:
+        # ZeroMQ connects lazily and would just time out; say what is wrong at once.
+        if not self.endpoint.startswith("ipc://"):
+            return
+        path = self.endpoint[len("ipc://"):]
+        if path.startswith("@"):
+            return
+        if not os.path.exists(path):
+            raise Unreachable(f"no sockvisor at {self.endpoint} (no such socket file)")
+        if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.X_OK):
+            raise Unreachable(f"permission denied: {self.endpoint}")
+
+    def call(self, command: str, properties: dict[str, Any] | None = None,
+             timeout: float | None = None) -> dict[str, Any]:
+        request_id = uuid.uuid4().hex
+        self.socket.send(protocol.make_request(request_id, command, properties or {}))
+        deadline_ms = int(1000 * (self.timeout if timeout is None else timeout))
+        while True:
+            if not self.socket.poll(deadline_ms, zmq.POLLIN):
+                raise Unreachable(f"no answer from {self.endpoint} within "
+                                  f"{deadline_ms / 1000:g}s")
+            reply = protocol_decode(self.socket.recv())
+            if reply.get("id") == request_id:
+                return reply
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def protocol_decode(data: bytes) -> dict[str, Any]:
+    import json
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

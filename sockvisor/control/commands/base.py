@@ -1,0 +1,97 @@
+"""What every control command is: its name, its CLI arguments, how it runs, how it prints.
+
+A command's class docstring is its user documentation (`sockvisorctl help NAME`).
+`add_arguments`/`properties` turn sockvisorctl's argv into the request; `execute`
+runs in the supervisor; `format` renders a reply for humans.  Imports of anything
+heavy belong inside `execute`, so that `sockvisorctl` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from sockvisor.control.protocol import CommandError, ErrNo
+
+if TYPE_CHECKING:
+    from sockvisor.supervisor import Supervisor
+    from sockvisor.watcher import Watcher
+
+
+class Command:
+    name: str = ""
+    # May only run on the owner-only endpoint (it decides what runs, or as whom).
+    privileged: bool = False
+    # Waits for processes (start, stop, reload...): sockvisorctl allows it longer.
+    long_running: bool = False
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """sockvisorctl's arguments for this command (none by default)."""
+
+    def properties(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {}
+
+    def check_access(self, props: dict[str, Any], owner: bool) -> None:
+        if self.privileged and not owner:
+            raise CommandError(f"{self.name!r} is only allowed on sockvisor's owner "
+                               "endpoint", ErrNo.FORBIDDEN)
+
+    async def execute(self, supervisor: "Supervisor", props: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def format(self, reply: dict[str, Any]) -> str:
+        return "ok"
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        parser.add_argument("name", nargs="?", help="watcher (all when omitted)")
+    else:
+        parser.add_argument("name", help="watcher")
+
+
+def get_watcher(supervisor: "Supervisor", props: dict[str, Any]) -> "Watcher":
+    name = props.get("name")
+    if not isinstance(name, str) or not name:
+        raise CommandError("'name' (a watcher) is required")
+    watcher = supervisor.watchers.get(name) or supervisor.watchers.get(name.lower())
+    if watcher is None:
+        known = ", ".join(sorted(supervisor.watchers)) or "none"
+        raise CommandError(f"unknown watcher {name!r} (watchers: {known})")
+    return watcher
+
+
+def int_property(props: dict[str, Any], key: str, default: int | None = None,
+                 minimum: int | None = None) -> int:
+    value = props.get(key, default)
+    if value is None:
+        raise CommandError(f"{key!r} is required")
+    if isinstance(value, bool):
+        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int):
+        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise CommandError(f"{key!r} must be at least {minimum}, got {value}")
+    return value
+
+
+def bool_property(props: dict[str, Any], key: str, default: bool) -> bool:
+    value = props.get(key, default)
+    if not isinstance(value, bool):
+        raise CommandError(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in cells)

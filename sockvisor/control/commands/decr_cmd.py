@@ -1,0 +1,37 @@
+"""`decr`: fewer workers, retired at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sockvisor.control.commands.base import (Command, get_watcher, int_property,
+                                             watcher_argument)
+
+
+class Decr(Command):
+    """Retire N workers (default 1) of NAME: not-yet-ready ones first, then the newest.
+
+    sockvisorctl decr NAME [N]
+
+    The retired workers get stop_signal at once; the reply does not wait for
+    them to exit.
+    """
+    name = "decr"
+
+    def add_arguments(self, parser):
+        watcher_argument(parser)
+        parser.add_argument("nb", nargs="?", type=int, default=1, help="how many")
+
+    def properties(self, args):
+        return {"name": args.name, "nb": args.nb}
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        watcher = get_watcher(supervisor, props)
+        result = await watcher.decr(int_property(props, "nb", 1, minimum=1))
+        return {"numprocesses": result["numprocesses"]}
+
+    def format(self, reply):
+        return str(reply["numprocesses"])
+
+
+COMMAND = Decr()

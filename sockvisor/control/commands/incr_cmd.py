@@ -1,0 +1,37 @@
+"""`incr`: more workers, started at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sockvisor.control.commands.base import (Command, get_watcher, int_property,
+                                             watcher_argument)
+
+
+class Incr(Command):
+    """Add N workers (default 1) to NAME; they are spawned at once.
+
+    sockvisorctl incr NAME [N]
+
+    In a watcher that is stopped or FATAL only the desired count changes.  During
+    a backoff the new workers start when the backoff ends.
+    """
+    name = "incr"
+
+    def add_arguments(self, parser):
+        watcher_argument(parser)
+        parser.add_argument("nb", nargs="?", type=int, default=1, help="how many")
+
+    def properties(self, args):
+        return {"name": args.name, "nb": args.nb}
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        watcher = get_watcher(supervisor, props)
+        result = await watcher.incr(int_property(props, "nb", 1, minimum=1))
+        return {"numprocesses": result["numprocesses"]}
+
+    def format(self, reply):
+        return str(reply["numprocesses"])
+
+
+COMMAND = Incr()

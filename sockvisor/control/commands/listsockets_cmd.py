@@ -1,0 +1,45 @@
+"""`listsockets`: the sockets sockvisor holds, with their real bound addresses."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from sockvisor.control.commands.base import Command, table
+
+
+class ListSockets(Command):
+    """List the listening sockets: name, fd, real bound address, backlog, users.
+
+    sockvisorctl listsockets
+
+    A port given as 0 in the config shows the port the kernel chose.
+    """
+    name = "listsockets"
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        result = []
+        for listening in supervisor.sockets.values():
+            entry: dict[str, Any] = {"name": listening.name, "fd": listening.fd,
+                                     "backlog": listening.config.backlog,
+                                     "address": listening.address,
+                                     "adopted": listening.adopted,
+                                     "watchers": sorted(
+                                         w.name for w in supervisor.watchers.values()
+                                         if listening.name in w.config.sockets)}
+            if listening.sock.family == socket.AF_UNIX:
+                entry["path"] = listening.address
+            else:
+                host, port = listening.sock.getsockname()[:2]
+                entry["host"], entry["port"] = host, port
+            result.append(entry)
+        result.sort(key=lambda entry: entry["fd"])
+        return {"sockets": result}
+
+    def format(self, reply):
+        rows = [[s["name"], s["fd"], s["address"], s["backlog"], ",".join(s["watchers"])]
+                for s in reply["sockets"]]
+        return table(rows, ["NAME", "FD", "ADDRESS", "BACKLOG", "WATCHERS"])
+
+
+COMMAND = ListSockets()

@@ -1,0 +1,35 @@
+"""`numprocesses`: how many workers a watcher runs (or all watchers together)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sockvisor.control.commands.base import Command, get_watcher, watcher_argument
+
+
+class NumProcesses(Command):
+    """The number of workers of NAME, or of every watcher together.
+
+    sockvisorctl numprocesses [NAME]
+    """
+    name = "numprocesses"
+
+    def add_arguments(self, parser):
+        watcher_argument(parser, optional=True)
+
+    def properties(self, args):
+        return {"name": args.name} if args.name else {}
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        if "name" in props:
+            watcher = get_watcher(supervisor, props)
+            return {"numprocesses": len(watcher.live_workers()),
+                    "watcher_name": watcher.name}
+        return {"numprocesses": sum(len(w.live_workers())
+                                    for w in supervisor.watchers.values())}
+
+    def format(self, reply):
+        return str(reply["numprocesses"])
+
+
+COMMAND = NumProcesses()

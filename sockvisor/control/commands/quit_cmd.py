@@ -1,0 +1,25 @@
+"""`quit`: stop every watcher and exit, as SIGTERM does."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sockvisor.control.commands.base import Command
+
+
+class Quit(Command):
+    """Stop every watcher gracefully and exit sockvisor (same as SIGTERM).
+
+    sockvisorctl quit
+
+    The reply is sent before the stop begins.
+    """
+    name = "quit"
+
+    async def execute(self, supervisor, props):
+        # Let the reply go out first.
+        asyncio.get_running_loop().call_soon(supervisor.request_stop)
+        return {}
+
+
+COMMAND = Quit()

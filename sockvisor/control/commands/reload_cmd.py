@@ -1,0 +1,77 @@
+"""`reload`: replace every worker of a watcher with zero downtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sockvisor.control.commands.base import Command, get_watcher, watcher_argument
+from sockvisor.control.protocol import CommandError, ErrNo
+
+log = logging.getLogger("sockvisor.control")
+
+
+class Reload(Command):
+    """Rolling reload of NAME (or of every watcher, one after the other).
+
+    sockvisorctl reload [NAME]
+
+    A new generation is spawned on the same sockets (`reload_batch` at a time);
+    old workers are retired only once their replacements are ready.  If a new
+    worker dies or is not ready within `ready_timeout`, the reload is aborted,
+    the old workers keep serving and the command fails.  The reply comes when
+    the reload is over.  (For circusctl: without `--waiting` the reply comes at
+    once and the reload goes on in the background, as in Circus.)
+    """
+    name = "reload"
+    long_running = True
+
+    def add_arguments(self, parser):
+        watcher_argument(parser, optional=True)
+
+    def properties(self, args):
+        props: dict[str, Any] = {"waiting": True}
+        if args.name:
+            props["name"] = args.name
+        return props
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        watchers = ([get_watcher(supervisor, props)] if "name" in props
+                    else list(supervisor.watchers.values()))
+
+        async def run() -> list[dict[str, Any]]:
+            from sockvisor.watcher import ReloadError
+            results = []
+            for watcher in watchers:
+                try:
+                    results.append(await watcher.reload())
+                except ReloadError as exc:
+                    raise CommandError(str(exc), ErrNo.COMMAND_ERROR) from None
+            return results
+
+        if props.get("waiting", True) is False:
+            task = asyncio.ensure_future(run())
+            task.add_done_callback(_log_background_failure)
+            return {"info": "reload started"}
+        results = await run()
+        if "name" in props:
+            return {"watcher": results[0]}
+        return {"watchers": results}
+
+    def format(self, reply):
+        items = [reply["watcher"]] if "watcher" in reply else reply.get("watchers", [])
+        if not items:
+            return reply.get("info", "ok")
+        return "\n".join(
+            f"{w['name']}: generation {w['generation']}, {w['ready']}/{w['numprocesses']} "
+            f"ready, {w.get('replaced', 0)} replaced in {w.get('seconds', 0)}s"
+            for w in items)
+
+
+def _log_background_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background reload failed: %s", task.exception())
+
+
+COMMAND = Reload()

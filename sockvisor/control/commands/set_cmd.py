@@ -1,0 +1,76 @@
+"""`set`: change options of a watcher at run time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sockvisor.control.commands.base import Command, get_watcher
+from sockvisor.control.protocol import CommandError, ErrNo
+
+# Options whose change needs new processes: applied with a rolling reload.
+_NEEDS_RELOAD = frozenset({"cmd", "args", "env", "uid", "gid", "user", "group",
+                           "working_dir", "umask", "sockets", "copy_env", "stdout",
+                           "stderr"})
+
+
+class Set(Command):
+    """Set KEY to VALUE (several pairs allowed) on NAME.
+
+    sockvisorctl set NAME KEY VALUE [KEY VALUE...]
+
+    `numprocesses` scales at once; options that change what runs (cmd, args, env,
+    uid, gid, working_dir, ...) are applied with a zero-downtime rolling reload;
+    the rest (graceful_timeout, ready_timeout, stop_signal, ...) apply from now on.
+    Options that decide what runs or as whom may only be set on sockvisor's
+    owner endpoint.
+    """
+    name = "set"
+    long_running = True
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="watcher")
+        parser.add_argument("pairs", nargs="+", metavar="KEY VALUE")
+
+    def properties(self, args):
+        if len(args.pairs) % 2:
+            raise SystemExit("sockvisorctl set: expected KEY VALUE pairs")
+        pairs = args.pairs
+        return {"name": args.name,
+                "options": {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}}
+
+    def check_access(self, props: dict[str, Any], owner: bool) -> None:
+        from sockvisor.config import PRIVILEGED_WATCHER_OPTIONS
+        options = props.get("options")
+        if not owner and isinstance(options, dict):
+            denied = sorted(set(options) & PRIVILEGED_WATCHER_OPTIONS)
+            if denied:
+                raise CommandError(f"setting {', '.join(denied)} is only allowed on "
+                                   "sockvisor's owner endpoint", ErrNo.FORBIDDEN)
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.config import ConfigError, with_options
+        from sockvisor.watcher import ReloadError
+        watcher = get_watcher(supervisor, props)
+        options = props.get("options")
+        if not isinstance(options, dict) or not options:
+            raise CommandError("'options' must be a non-empty object of KEY: VALUE")
+        options = {str(key).lower(): value for key, value in options.items()}
+        if "hooks" in options:
+            raise CommandError("hooks are not supported")
+        sockets = {name: s.config for name, s in supervisor.sockets.items()}
+        try:
+            new_config = with_options(watcher.config, options, sockets)
+        except ConfigError as exc:
+            raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
+        if "numprocesses" in options:
+            await watcher.set_numprocesses(new_config.numprocesses)
+        try:
+            if set(options) & _NEEDS_RELOAD:
+                return {"watcher": await watcher.reload(new_config)}
+            await watcher.replace_config(new_config)
+        except ReloadError as exc:
+            raise CommandError(str(exc), ErrNo.COMMAND_ERROR) from None
+        return {"watcher": watcher.summary()}
+
+
+COMMAND = Set()

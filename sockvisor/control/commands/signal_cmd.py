@@ -1,0 +1,72 @@
+"""`signal`: send a signal to a watcher's workers."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from sockvisor.control.commands.base import Command, bool_property, get_watcher
+from sockvisor.control.protocol import CommandError
+
+
+def parse_signal(value: Any) -> int:
+    if isinstance(value, bool):
+        raise CommandError(f"unknown signal {value!r}")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        number = int(value)
+        if number in {s.value for s in signal.Signals}:
+            return number
+        raise CommandError(f"unknown signal number {number}")
+    if isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name in signal.Signals.__members__:
+            return signal.Signals[name].value
+    raise CommandError(f"unknown signal {value!r}")
+
+
+class Signal(Command):
+    """Send SIGNUM to every worker of NAME, or to one PID of it.
+
+    sockvisorctl signal NAME [PID] SIGNUM [--group]
+
+    SIGNUM is a name (HUP, SIGUSR1) or a number.  --group (Circus: children)
+    signals each worker's whole process group.  Not queued: it is sent at once.
+    """
+    name = "signal"
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="watcher")
+        parser.add_argument("target", nargs="+", metavar="[PID] SIGNUM")
+        parser.add_argument("--group", action="store_true",
+                            help="signal each worker's whole process group")
+
+    def properties(self, args):
+        if len(args.target) > 2:
+            raise SystemExit("sockvisorctl signal: expected NAME [PID] SIGNUM")
+        props: dict[str, Any] = {"name": args.name, "signum": args.target[-1]}
+        if len(args.target) == 2:
+            props["pid"] = int(args.target[0])
+        if args.group:
+            props["children"] = True
+        return props
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        watcher = get_watcher(supervisor, props)
+        signum = parse_signal(props.get("signum"))
+        pid = props.get("pid")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+            raise CommandError(f"'pid' must be a number, got {pid!r}")
+        group = bool_property(props, "children", False) or bool_property(
+            props, "recursive", False)
+        try:
+            sent = watcher.send_signal(signum, pid, process_group=group)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+        return {"pids": sent, "signal": signal.Signals(signum).name}
+
+    def format(self, reply):
+        return f"{reply['signal']} sent to {', '.join(map(str, reply['pids'])) or 'nobody'}"
+
+
+COMMAND = Signal()

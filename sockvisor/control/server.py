@@ -1,0 +1,276 @@
+"""The control channel: ZeroMQ ROUTER endpoints that run commands, a PUB endpoint for events.
+
+Access control.  Circus's channel has none (any local user may `add` a command
+that then runs as root).  Ours:
+  * the default endpoint is an ipc socket, mode 0600, in a 0700 directory of
+    sockvisor's own user (paths.py);
+  * with `endpoint_group`, that endpoint becomes 0660 for the group, and a second,
+    owner-only endpoint (`…admin`, 0600) is opened beside it.  ZeroMQ's ipc
+    transport does not tell who the peer is, so *which endpoint a request came in
+    on* is the credential: commands that decide what runs or as whom (`add`, `set
+    cmd …`) are refused on the group endpoint, with errno FORBIDDEN;
+  * a tcp:// endpoint is only accepted with CURVE keys (config.py refuses it
+    otherwise); clients whose public key is not in the authorized directory are
+    dropped by ZAP before a single frame reaches us.
+
+Every request runs as its own task, so read-only commands answer at once while a
+reload is waiting for readiness; per-watcher ordering is the watcher's business.
+A malformed request gets an error reply; nothing a client sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+
+from sockvisor import paths
+from sockvisor.control import protocol
+from sockvisor.control.commands import load_commands
+from sockvisor.control.protocol import CommandError, ErrNo
+
+if TYPE_CHECKING:
+    from sockvisor.supervisor import Supervisor
+
+log = logging.getLogger("sockvisor.control")
+
+
+class EndpointError(OSError):
+    pass
+
+
+def endpoints_for(config_path: str, endpoint: str | None, pubsub: str | None,
+                  group: int | None) -> tuple[str, str | None, str]:
+    """(control, admin or None, events) endpoints for a config."""
+    if endpoint is None:
+        control = paths.default_endpoint(config_path)
+        admin = paths.default_admin_endpoint(config_path) if group is not None else None
+        events = pubsub or paths.default_pubsub_endpoint(config_path)
+        return control, admin, events
+    admin = f"{endpoint}.admin" if group is not None and endpoint.startswith("ipc://") else None
+    if pubsub is None:
+        pubsub = (f"{endpoint}.events" if endpoint.startswith("ipc://")
+                  else _next_port(endpoint))
+    return endpoint, admin, pubsub
+
+
+def _next_port(endpoint: str) -> str:
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+class ControlServer:
+    def __init__(self, supervisor: "Supervisor"):
+        self.supervisor = supervisor
+        config = supervisor.config
+        self.group = config.globals.endpoint_group
+        self.endpoint, self.admin_endpoint, self.events_endpoint = endpoints_for(
+            config.path, config.globals.endpoint, config.globals.pubsub_endpoint, self.group)
+        self.commands = load_commands()
+        self.context = zmq.asyncio.Context()
+        self.sockets: list[zmq.asyncio.Socket] = []
+        self.events: zmq.asyncio.Socket | None = None
+        self.serve_tasks: list[asyncio.Task] = []
+        self.handlers: set[asyncio.Task] = set()
+        self.ipc_paths: list[str] = []
+        self.authenticator: Any = None
+        self.default_dir = config.globals.endpoint is None
+
+    # ------------------------------------------------------------------ start / close
+
+    async def start(self) -> None:
+        globals_ = self.supervisor.config.globals
+        if globals_.curve_secret_key_file:
+            self._start_authenticator(globals_.curve_authorized_keys_dir)
+        shared_mode = 0o660 if self.group is not None else 0o600
+        control = self._bind(zmq.ROUTER, self.endpoint, shared_mode)
+        self.serve_tasks.append(asyncio.ensure_future(
+            self._serve(control, owner=self.group is None)))
+        if self.admin_endpoint is not None:
+            admin = self._bind(zmq.ROUTER, self.admin_endpoint, 0o600)
+            self.serve_tasks.append(asyncio.ensure_future(self._serve(admin, owner=True)))
+        self.events = self._bind(zmq.PUB, self.events_endpoint, shared_mode)
+        self.supervisor.subscribers.append(self.publish)
+        log.info("control endpoint %s%s; events on %s", self.endpoint,
+                 f" (group-operable; owner endpoint {self.admin_endpoint})"
+                 if self.admin_endpoint else "", self.events_endpoint)
+
+    def _start_authenticator(self, keys_dir: str | None) -> None:
+        from zmq.auth.asyncio import AsyncioAuthenticator
+        self.authenticator = AsyncioAuthenticator(self.context)
+        self.authenticator.start()
+        self.authenticator.configure_curve(domain="*", location=keys_dir)
+
+    def _bind(self, kind: int, endpoint: str, mode: int) -> zmq.asyncio.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_SOCKET_MESSAGE)
+        else:
+            sock.setsockopt(zmq.SNDHWM, 10000)
+        if endpoint.startswith("tcp://"):
+            self._configure_curve(sock)
+            sock.bind(endpoint)
+        else:
+            self._bind_ipc(sock, endpoint, mode)
+        self.sockets.append(sock)
+        return sock
+
+    def _configure_curve(self, sock: zmq.asyncio.Socket) -> None:
+        import zmq.auth
+        public, secret = zmq.auth.load_certificate(
+            self.supervisor.config.globals.curve_secret_key_file)
+        if secret is None:
+            raise EndpointError(f"{self.supervisor.config.globals.curve_secret_key_file} "
+                                "holds no secret key")
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+
+    def _bind_ipc(self, sock: zmq.asyncio.Socket, endpoint: str, mode: int) -> None:
+        path = endpoint[len("ipc://"):]
+        if path.startswith("@"):
+            raise EndpointError(f"{endpoint}: abstract ipc endpoints have no permissions; "
+                                "use a path")
+        directory = os.path.dirname(path)
+        self._prepare_directory(directory)
+        if os.path.lexists(path):
+            if _ipc_in_use(path):
+                raise EndpointError(f"{endpoint} is in use (another sockvisor runs on it)")
+            os.unlink(path)
+        # libzmq creates the file with the process umask: keep it closed until chmod.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        if self.group is not None and mode & 0o070:
+            os.chown(path, -1, self.group)
+        self.ipc_paths.append(path)
+
+    def _prepare_directory(self, directory: str) -> None:
+        group_mode = self.group is not None
+        if not os.path.isdir(directory):
+            if not self.default_dir and not os.path.isdir(os.path.dirname(directory)):
+                raise EndpointError(f"directory {os.path.dirname(directory)} does not exist")
+            os.makedirs(os.path.dirname(directory), mode=0o755, exist_ok=True)
+            os.mkdir(directory, 0o700)
+        elif not self.default_dir:
+            return   # the user's own directory: theirs to set up
+        st = os.stat(directory)
+        if st.st_uid != os.geteuid():
+            raise EndpointError(f"{directory} belongs to uid {st.st_uid}, not to us")
+        # The group needs to reach the socket file (x), never to list or create.
+        wanted = 0o710 if group_mode else 0o700
+        if stat.S_IMODE(st.st_mode) != wanted:
+            os.chmod(directory, wanted)
+        if group_mode:
+            os.chown(directory, -1, self.group)
+
+    async def close(self) -> None:
+        for task in self.serve_tasks:
+            task.cancel()
+        for task in list(self.handlers):
+            task.cancel()
+        await asyncio.gather(*self.serve_tasks, *self.handlers, return_exceptions=True)
+        if self.publish in self.supervisor.subscribers:
+            self.supervisor.subscribers.remove(self.publish)
+        for sock in self.sockets:
+            sock.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.context.term()
+        for path in self.ipc_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ events
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events.send_multipart([topic.encode(), protocol.encode(data)],
+                                       flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass   # nobody keeps up: events are best effort, never back-pressure
+
+    # ------------------------------------------------------------------ requests
+
+    async def _serve(self, sock: zmq.asyncio.Socket, owner: bool) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                log.warning("control: receive failed: %s", exc)
+                continue
+            task = asyncio.ensure_future(self._handle(sock, owner, frames))
+            self.handlers.add(task)
+            task.add_done_callback(self.handlers.discard)
+
+    async def _handle(self, sock: zmq.asyncio.Socket, owner: bool,
+                      frames: list[bytes]) -> None:
+        identity, body = frames[0], frames[1:]
+        envelope: list[bytes] = []
+        if len(body) >= 2 and body[0] == b"":      # a REQ client's delimiter
+            envelope, body = [b""], body[1:]
+        reply = await self.dispatch(body, owner)
+        try:
+            await sock.send_multipart([identity, *envelope, protocol.encode(reply)],
+                                      flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("control: could not reply: %s", exc)
+
+    async def dispatch(self, body: list[bytes], owner: bool) -> dict[str, Any]:
+        if len(body) != 1:
+            return protocol.error(None, f"expected one frame per request, got {len(body)}",
+                                  ErrNo.BAD_MSG_DATA_ERROR)
+        payload = body[0]
+        try:
+            request = protocol.parse_request(payload)
+        except CommandError as exc:
+            return protocol.error(protocol.request_id_of(payload)
+                                  if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
+                                  exc.reason, exc.errno)
+        command = self.commands.get(request.command)
+        if command is None:
+            return protocol.error(request.id, f"unknown command: {request.command!r}",
+                                  ErrNo.UNKNOWN_COMMAND)
+        try:
+            command.check_access(request.properties, owner)
+            result = await command.execute(self.supervisor, request.properties)
+        except CommandError as exc:
+            return protocol.error(request.id, exc.reason, exc.errno)
+        except asyncio.CancelledError:
+            return protocol.error(request.id, "cancelled: sockvisor is stopping",
+                                  ErrNo.COMMAND_ERROR)
+        except OSError as exc:
+            return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
+        except Exception as exc:   # a bug: report it, keep serving
+            log.exception("control: command %s failed", request.command)
+            return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
+        return protocol.ok(request.id, result)
+
+
+def _ipc_in_use(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

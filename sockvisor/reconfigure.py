@@ -1,0 +1,144 @@
+"""reloadconfig: apply a re-read config to a running supervisor, without downtime.
+
+The order matters:
+  1. every socket that is new or whose address changed is bound *first*; if one
+     fails, nothing has changed yet and the error is returned;
+  2. removed watchers stop; changed watchers get a rolling reload (only a new
+     `numprocesses` is a plain scale); added watchers start;
+  3. sockets no longer wanted close last, once the workers using them are gone.
+A socket whose address did not change is never touched, whatever else changed:
+its accept queue is what makes the reload invisible to clients.  A backlog
+change is applied in place with listen().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sockvisor.config import Config, SocketConfig
+from sockvisor.sockets import ListeningSocket, SocketError, bind
+from sockvisor.watcher import ReloadError
+
+if TYPE_CHECKING:
+    from sockvisor.supervisor import Supervisor
+
+log = logging.getLogger("sockvisor.reconfigure")
+
+
+def same_address(old: SocketConfig, new: SocketConfig) -> bool:
+    return (old.family, old.host, old.port, old.path) == (new.family, new.host, new.port,
+                                                          new.path)
+
+
+async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, Any]:
+    old = supervisor.config
+    if new.globals != old.globals:
+        log.warning("reloadconfig: [sockvisor] settings changed; they take effect at "
+                    "the next start of sockvisor")
+
+    added_sockets = [n for n in new.sockets if n not in old.sockets]
+    removed_sockets = [n for n in old.sockets if n not in new.sockets]
+    moved_sockets = [n for n in new.sockets if n in old.sockets
+                     and not same_address(old.sockets[n], new.sockets[n])]
+
+    # 1. Bind first: all or nothing.
+    fresh: dict[str, ListeningSocket] = {}
+    try:
+        for name in added_sockets + moved_sockets:
+            fresh[name] = bind(new.sockets[name])
+    except SocketError:
+        for listening in fresh.values():
+            listening.close()
+        raise
+
+    retiring: dict[str, ListeningSocket] = {}
+    for name in moved_sockets + removed_sockets:
+        retiring[name] = supervisor.sockets.pop(name)
+    supervisor.sockets.update(fresh)
+    for name in new.sockets:
+        if name in old.sockets and name not in moved_sockets:
+            _apply_in_place(supervisor.sockets[name], old.sockets[name], new.sockets[name])
+    supervisor.config = new
+    for name in fresh:
+        supervisor.store_socket(name)
+    for name in removed_sockets:
+        supervisor.unstore_socket(name)
+
+    added = [n for n in new.watchers if n not in supervisor.watchers]
+    removed = [n for n in supervisor.watchers if n not in new.watchers]
+    changed, scaled, unchanged = [], [], []
+    for name, watcher_config in new.watchers.items():
+        watcher = supervisor.watchers.get(name)
+        if watcher is None:
+            continue
+        if watcher.config == watcher_config and not set(watcher_config.sockets) & set(
+                moved_sockets):
+            unchanged.append(name)
+        elif dataclasses.replace(watcher.config,
+                                 numprocesses=watcher_config.numprocesses) == watcher_config \
+                and not set(watcher_config.sockets) & set(moved_sockets):
+            scaled.append(name)
+        else:
+            changed.append(name)
+
+    # 2. Watchers: removed ones stop, changed ones roll, added ones start.
+    await asyncio.gather(*(supervisor.remove_watcher(name) for name in removed))
+    for name in scaled:
+        watcher = supervisor.watchers[name]
+        await watcher.replace_config(new.watchers[name])
+        await watcher.set_numprocesses(new.watchers[name].numprocesses)
+    results = await asyncio.gather(
+        *(supervisor.watchers[name].reload(new.watchers[name]) for name in changed),
+        return_exceptions=True)
+    failures = {name: result for name, result in zip(changed, results)
+                if isinstance(result, BaseException)}
+    for name in added:
+        watcher = supervisor.add_watcher(new.watchers[name])
+        if watcher.config.autostart:
+            await watcher.start()
+
+    # 3. Close what nobody uses any more.  A watcher whose reload failed may still
+    # run old workers on a retired socket: that socket stays open until next time.
+    still_needed = {sock for name in failures
+                    for sock in supervisor.watchers[name].config.sockets}
+    for name, listening in retiring.items():
+        if name in still_needed:
+            log.warning("socket %s (%s) kept open: watchers still use it", name,
+                        listening.address)
+            supervisor.retired_sockets.append(listening)
+        else:
+            log.info("socket %s (%s) closed", name, listening.address)
+            listening.close()
+
+    summary = {"added": added, "removed": removed, "reloaded": changed, "scaled": scaled,
+               "unchanged": unchanged, "sockets_added": added_sockets,
+               "sockets_removed": removed_sockets, "sockets_changed": moved_sockets}
+    log.info("reloadconfig: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v)
+             or "nothing changed")
+    if failures:
+        reasons = "; ".join(str(exc) for exc in failures.values())
+        if all(isinstance(exc, ReloadError) for exc in failures.values()):
+            raise ReloadError(f"reloadconfig: {reasons}")
+        raise next(iter(failures.values()))
+    return summary
+
+
+def _apply_in_place(listening: ListeningSocket, old: SocketConfig, new: SocketConfig) -> None:
+    """What can change on a socket without rebinding it."""
+    if old.backlog != new.backlog:
+        listening.set_backlog(new.backlog)
+        log.info("socket %s: backlog %d -> %d", new.name, old.backlog, new.backlog)
+    if old.blocking != new.blocking:
+        listening.sock.setblocking(new.blocking)
+    if new.is_unix and (old.mode, old.owner, old.group) != (new.mode, new.owner, new.group):
+        import os
+        assert new.path is not None
+        if new.mode is not None:
+            os.chmod(new.path, new.mode)
+        if new.owner is not None or new.group is not None:
+            os.chown(new.path, -1 if new.owner is None else new.owner,
+                     -1 if new.group is None else new.group)
+    listening.config = new
