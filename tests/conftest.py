@@ -309,12 +309,13 @@ class Sockvisor:
 
     def wait_workers(self, count: int, match: str | None = None, timeout: float = 10.0,
                      exclude: Iterable[int] = ()) -> list[int]:
-        """Wait until exactly `count` live workers (matching, not in `exclude`) exist."""
+        """Wait until exactly `count` live workers (matching) exist, none of them in
+        `exclude` (e.g. the pid just killed, to wait for its replacement)."""
         excluded = set(exclude)
 
         def current() -> list[int] | None:
-            pids = [p for p in self.worker_pids(match) if p not in excluded]
-            return pids if len(pids) == count else None
+            pids = self.worker_pids(match)
+            return pids if len(pids) == count and not excluded & set(pids) else None
         return wait_for(current, timeout,
                         message=lambda: f"{count} workers matching {match!r} "
                                         f"(have {self.worker_pids(match)})\n{self.describe()}")
