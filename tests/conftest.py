@@ -276,6 +276,25 @@ class Sockvisor:
     def http_get(self, port: int, path: str = "/", timeout: float = 2.0) -> dict[str, Any]:
         return http_get(port, path, timeout=timeout)
 
+    def wait_answering(self, port: int, pids: Iterable[int], max_requests: int = 200,
+                       timeout: float = 20.0) -> set[int]:
+        """Send requests, one after another and at most `max_requests`, until every
+        worker in `pids` has answered one; return the pids that answered."""
+        wanted = set(pids)
+        answered: set[int] = set()
+        sent = 0
+
+        def all_answered() -> bool:
+            nonlocal sent
+            assert sent < max_requests, (f"only {answered} of {wanted} answered "
+                                         f"{max_requests} requests")
+            sent += 1
+            answered.add(self.http_get(port)["pid"])
+            return wanted <= answered
+        wait_for(all_answered, timeout, interval=0,
+                 message=lambda: f"{wanted} to answer (got {answered})")
+        return answered
+
     # ---- workers
 
     def children(self, include_zombies: bool = False) -> list[psutil.Process]:

@@ -47,18 +47,8 @@ def test_two_workers_share_one_socket(sockvisor, scripts):
         graceful_timeout = 2
     """)
     port = sv.port("web")
-    pids = set(sv.wait_workers(2, "worker.py"))
-    answered: set[int] = set()
-    requests = 0
-
-    def both_answered() -> bool:
-        nonlocal requests
-        requests += 1
-        assert requests <= 200, f"only {answered} answered in 200 requests"
-        answered.add(sv.http_get(port)["pid"])
-        return answered == pids
-    wait_for(both_answered, timeout=20, interval=0,
-             message=lambda: f"both workers {pids} to answer (got {answered})")
+    pids = sv.wait_workers(2, "worker.py")
+    assert sv.wait_answering(port, pids) == set(pids)
 
 
 def test_worker_sees_sd_listen_fds_environment(sockvisor, scripts, tmp_path):
