@@ -157,6 +157,11 @@ class GlobalConfig:
     subreaper: bool = False
     umask: int | None = None
     notify_socket_dir: str | None = None
+    # Hand the listening sockets to the service manager's fd store (FDSTORE=1).
+    # None: only if $FDSTORE says the store is configured (systemd >= 254 sets
+    # it); true for older managers (FileDescriptorStoreMax= set but no $FDSTORE);
+    # false: never.
+    fdstore: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,7 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "subreaper": _Option(_parse_bool),
     "umask": _Option(_parse_octal),
     "notify_socket_dir": _Option(_parse_nonempty),
+    "fdstore": _Option(_parse_bool),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -607,6 +613,7 @@ class _Loader:
             subreaper=values.get("subreaper", False),
             umask=values.get("umask"),
             notify_socket_dir=values.get("notify_socket_dir"),
+            fdstore=values.get("fdstore"),
         )
 
     def check_endpoint(self, endpoint: str, section: str, key: str,
