@@ -298,15 +298,20 @@ class Worker:
             self.transition(WorkerState.STOPPING)
             self.fail_readiness("stopped before it was ready")
             self.signal(signum)
-        if self.state == WorkerState.STOPPING and graceful_timeout >= 0:
+        if self.state == WorkerState.STOPPING:
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), graceful_timeout)
             except asyncio.TimeoutError:
                 log.warning("%s did not exit within graceful_timeout (%gs): SIGKILL",
                             self.label, graceful_timeout)
-        # Leftovers of the group (the worker's children) go with it.
-        self.kill_group()
+                self.kill_group()   # still alive, so the group id is still its own
+        # Leftovers of the group are killed by `before_reap` when the leader exits.
         return await asyncio.shield(self.exited)
+
+    def before_reap(self) -> None:
+        """The reaper is about to reap us: a stopped worker's children go with it."""
+        if self.stop_requested:
+            self.kill_group()
 
 
 class WorkerNotReady(Exception):

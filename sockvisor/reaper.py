@@ -26,7 +26,7 @@ PR_SET_CHILD_SUBREAPER = 36
 class Reaper:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.callbacks: dict[int, ExitCallback] = {}
+        self.callbacks: dict[int, tuple[ExitCallback, Callable[[], None] | None]] = {}
         self.orphans_reaped = 0
 
     def start(self) -> None:
@@ -36,22 +36,39 @@ class Reaper:
     def close(self) -> None:
         self.loop.remove_signal_handler(signal.SIGCHLD)
 
-    def register(self, pid: int, callback: ExitCallback) -> None:
+    def register(self, pid: int, callback: ExitCallback,
+                 before_reap: Callable[[], None] | None = None) -> None:
         """Call `callback(status)` when `pid` exits.  Register right after fork,
-        before returning to the loop, so the exit cannot be missed."""
-        self.callbacks[pid] = callback
+        before returning to the loop, so the exit cannot be missed.
+
+        `before_reap` runs while the exited child is still a zombie, so its pid —
+        and so its process group id — cannot have been reused yet: the one moment
+        when killing what is left of its group is safe.
+        """
+        self.callbacks[pid] = (callback, before_reap)
 
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # Peek without reaping (WNOWAIT): the pid stays pinned until waitpid.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             except InterruptedError:
                 continue
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
-            callback = self.callbacks.pop(pid, None)
+            pid = info.si_pid
+            callback, before_reap = self.callbacks.pop(pid, (None, None))
+            if before_reap is not None:
+                try:
+                    before_reap()
+                except Exception:
+                    log.exception("pre-reap handler for pid %d failed", pid)
+            try:
+                _, status = os.waitpid(pid, 0)   # a zombie already: does not block
+            except ChildProcessError:
+                continue
             if callback is None:
                 self.orphans_reaped += 1
                 log.debug("reaped orphan pid %d (%s)", pid, describe_status(status))

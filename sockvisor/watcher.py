@@ -174,9 +174,12 @@ class Watcher:
 
     async def kill_now(self) -> None:
         """Immediate stop (SIGQUIT): SIGKILL every worker's group."""
+        command = self._current_command
+        if command is not None and not command.done():
+            command.cancel()
         self._cancel_backoff()
         if self.state != WatcherState.STOPPED:
-            self.state = WatcherState.STOPPING
+            self.transition(WatcherState.STOPPING, "immediate stop")
         for worker in list(self.workers.values()):
             worker.stop_requested = True
             worker.kill_group()
@@ -449,7 +452,8 @@ class Watcher:
         worker = process.Worker(config, wid, self.generation, pid, self._on_worker_state)
         self.workers[pid] = worker
         self.context.workers_by_pid[pid] = worker
-        self.context.reaper.register(pid, lambda status: self._on_exit(worker, status))
+        self.context.reaper.register(pid, lambda status: self._on_exit(worker, status),
+                                     worker.before_reap)
         loop = asyncio.get_running_loop()
         if out_read is not None:
             self._stdout.attach(loop, out_read, pid)
@@ -559,16 +563,17 @@ class Watcher:
     # ------------------------------------------------------------------ reporting
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state.value,
-                "numprocesses": self.numprocesses, "generation": self.generation,
-                "ready": self.ready_count(), "processes": len(self.workers)}
+        result = {"name": self.name, "state": self.state.value,
+                  "numprocesses": self.numprocesses, "generation": self.generation,
+                  "ready": self.ready_count(), "processes": len(self.workers)}
+        if self.fatal_reason:
+            result["fatal_reason"] = self.fatal_reason
+        return result
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         result = self.summary()
         result["restarts"] = self.restart_count
-        if self.fatal_reason:
-            result["fatal_reason"] = self.fatal_reason
         if self._backoff is not None:
             result["backoff"] = round(max(0.0, self._backoff_until - now), 3)
         result["workers"] = [

@@ -90,6 +90,15 @@ def bool_property(props: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def raise_if_fatal(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A start that ended in FATAL is a failed command, not an "ok"."""
+    fatal = [s for s in summaries if s.get("state") == "fatal"]
+    if fatal:
+        raise CommandError("; ".join(f"{s['name']} is FATAL: {s.get('fatal_reason', '')}"
+                                     for s in fatal), ErrNo.COMMAND_ERROR)
+    return summaries
+
+
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]

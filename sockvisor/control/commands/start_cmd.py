@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sockvisor.control.commands.base import Command, get_watcher, watcher_argument
+from sockvisor.control.commands.base import (Command, get_watcher, raise_if_fatal,
+                                             watcher_argument)
 
 
 class Start(Command):
@@ -27,9 +28,9 @@ class Start(Command):
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         if "name" in props:
-            return {"watcher": await get_watcher(supervisor, props).start()}
+            return {"watcher": raise_if_fatal([await get_watcher(supervisor, props).start()])[0]}
         results = await asyncio.gather(*(w.start() for w in supervisor.watchers.values()))
-        return {"watchers": list(results)}
+        return {"watchers": raise_if_fatal(list(results))}
 
 
 COMMAND = Start()
