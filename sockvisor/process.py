@@ -24,6 +24,8 @@ import os
 import resource
 import signal
 import time
+
+import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -34,7 +36,7 @@ log = logging.getLogger("sockvisor.process")
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_ALL_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+_ALL_SIGNALS = {int(s) for s in signal.valid_signals()} - {signal.SIGKILL, signal.SIGSTOP}
 _RLIMITS = {name[len("RLIMIT_"):].lower(): getattr(resource, name)
             for name in dir(resource) if name.startswith("RLIMIT_")}
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -72,7 +74,7 @@ def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     parent_pid = os.getpid()
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    old_mask = _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
     pid = -1
     try:
         pid = os.fork()
@@ -83,7 +85,7 @@ def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
         raise
     finally:
         if pid != 0:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            _signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(status_w)
         os.close(stdin)
     return pid, status_r
@@ -131,7 +133,7 @@ def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
         stage = "exec"
         env = dict(spec.env)
         env["LISTEN_PID"] = str(os.getpid())
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.execvpe(spec.argv[0], spec.argv, env)
     except BaseException as exc:  # noqa: BLE001 - must reach the parent, then exit
         err = getattr(exc, "errno", None) or 0

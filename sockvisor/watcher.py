@@ -42,6 +42,8 @@ from sockvisor.states import (WATCHER_TRANSITIONS, WATCHER_WANTS_WORKERS, Watche
 
 log = logging.getLogger("sockvisor.watcher")
 
+SPAWN_BATCH = 32   # workers forked per event-loop turn
+
 
 class ReloadError(Exception):
     """A rolling reload was aborted; the previous generation keeps serving."""
@@ -73,6 +75,7 @@ class Watcher:
         self._lock = asyncio.Lock()
         self._current_command: asyncio.Task | None = None
         self._backoff: asyncio.TimerHandle | None = None
+        self._reconcile_scheduled = False
         self._backoff_until = 0.0
         self._changed = asyncio.Event()
         self._reloading_batch: set[process.Worker] = set()
@@ -340,10 +343,18 @@ class Watcher:
         to start, so starting more now only fails faster); retires extras, except
         during a reload, when old and new workers overlap on purpose.
         """
+        self._reconcile_scheduled = False
         if self.state not in WATCHER_WANTS_WORKERS or self._backoff is not None:
             return
         live = self.live_workers()
         missing = self.numprocesses - len(live)
+        if missing > SPAWN_BATCH:
+            # Many to start (incr 1000): a batch now, the rest on later loop turns,
+            # so control commands and exits are still served in between.
+            missing = SPAWN_BATCH
+            if not self._reconcile_scheduled:
+                self._reconcile_scheduled = True
+                asyncio.get_running_loop().call_soon(self._reconcile)
         for _ in range(missing):
             if self._spawn() is None:
                 decision = self.restarts.on_exit(0.0)
