@@ -57,6 +57,11 @@ class Supervisor:
     def __init__(self, config: Config, *, notifier: systemd.Notifier | None = None):
         self.config = config
         self.notifier = notifier or systemd.Notifier.from_environ()
+        # The service manager's fd store: `[sockvisor] fdstore` decides, else
+        # $FDSTORE (set by systemd >= 254 only).  Fixed for this run.
+        self.use_fdstore = self.notifier.enabled and (
+            systemd.fdstore_allowed() if config.globals.fdstore is None
+            else config.globals.fdstore)
         self.sockets: dict[str, ListeningSocket] = {}
         # Replaced by reloadconfig but still used by workers of a failed reload.
         self.retired_sockets: list[ListeningSocket] = []
@@ -107,14 +112,26 @@ class Supervisor:
         for name, fd in passed:
             if name in self.config.sockets and name not in by_name:
                 by_name[name] = fd
+                continue
+            if name in by_name:
+                log.warning("fd %d passed by the service manager as %r: a second socket "
+                            "for [socket:%s]; closing it", fd, name, name)
             else:
                 log.warning("fd %d passed by the service manager as %r matches no "
                             "[socket:NAME] section; closing it", fd, name)
-                os.close(fd)
+                # A stored socket the config no longer has must not hold its
+                # address in the fd store for ever.
+                self.unstore_socket(name)
+            os.close(fd)
         try:
             for name, socket_config in self.config.sockets.items():
                 if name in by_name:
-                    self.sockets[name] = adopt(socket_config, by_name.pop(name))
+                    try:
+                        self.sockets[name] = adopt(socket_config, by_name.pop(name))
+                    except SocketError:
+                        # If it came from the fd store, the next start binds afresh.
+                        self.unstore_socket(name)
+                        raise
                 else:
                     self.sockets[name] = bind(socket_config)
         except SocketError as exc:
@@ -277,20 +294,29 @@ class Supervisor:
         """Re-read the config file and apply the difference; see `reconfigure.py`."""
         from sockvisor.reconfigure import apply_new_config
         async with self._config_lock:
-            new = config_module.load(self.config.path)
+            # RELOADING=1 first and READY=1 whatever happens: a manager waiting for
+            # the reload to end (Type=notify-reload) must not wait until its
+            # timeout because the new config does not parse.
             self.notifier.reloading()
             try:
+                new = config_module.load(self.config.path)
                 return await apply_new_config(self, new)
             finally:
                 self.notifier.ready(self.status_line())
 
     def store_socket(self, name: str) -> None:
-        """Hand a (new) listening socket to the service manager's fd store."""
-        if systemd.fdstore_allowed() and self.notifier.enabled:
+        """Hand a (new) listening socket to the service manager's fd store.
+
+        The store keys fds by name but does not replace them: drop whatever is
+        stored under `name` first (a socket reloadconfig moved elsewhere), or the
+        next start would get the old address too.
+        """
+        if self.use_fdstore:
+            self.notifier.fdstore_remove(name)
             self.notifier.fdstore([self.sockets[name].fd], name)
 
     def unstore_socket(self, name: str) -> None:
-        if systemd.fdstore_allowed() and self.notifier.enabled:
+        if self.use_fdstore and systemd.valid_fdname(name):
             self.notifier.fdstore_remove(name)
 
     # ------------------------------------------------------------------ watchers at run time

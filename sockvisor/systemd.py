@@ -47,6 +47,7 @@ from collections.abc import Mapping, MutableMapping
 __all__ = [
     "Notifier",
     "fdstore_allowed",
+    "valid_fdname",
     "listen_fds",
     "watchdog_interval",
     "LISTEN_FDS_START",
@@ -64,7 +65,7 @@ _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDS", "LISTEN_FDNAM
 _KEY = re.compile(r"^[A-Z0-9_]+$")
 
 
-def _valid_fdname(name: str) -> bool:
+def valid_fdname(name: str) -> bool:
     """systemd's fdname_is_valid(): 1-255 printable ASCII characters, no ':'."""
     return (0 < len(name) <= 255
             and all(" " <= ch <= "~" and ch != ":" for ch in name))
@@ -188,7 +189,7 @@ class Notifier:
         manager closes them.  An invalid name (see sd_pid_notify_with_fds(3))
         or an empty fd list is a ValueError.
         """
-        if not _valid_fdname(name):
+        if not valid_fdname(name):
             raise ValueError(f"invalid fd store name {name!r}: 1-255 printable "
                              "ASCII characters without ':'")
         if not fds:
@@ -199,7 +200,7 @@ class Notifier:
 
     def fdstore_remove(self, name: str) -> bool:
         """Drop the fds stored under `name` from the manager's fd store."""
-        if not _valid_fdname(name):
+        if not valid_fdname(name):
             raise ValueError(f"invalid fd store name {name!r}")
         return self.send(FDSTOREREMOVE=1, FDNAME=name)
 
@@ -307,7 +308,8 @@ def fdstore_allowed(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether the manager keeps fds for us: $FDSTORE is a positive integer.
 
     systemd sets $FDSTORE (to FileDescriptorStoreMax=) since version 254; with
-    older managers this is False even when the store is configured.
+    older managers this is False even when the store is configured, which is
+    why ``[sockvisor] fdstore = true`` can say so instead.
     """
     try:
         return int(environ.get("FDSTORE", "")) > 0

@@ -1,0 +1,176 @@
+"""The service manager's fd store: listening sockets that outlive sockvisor.
+
+With the store enabled, sockvisor sends each listening socket to the manager
+(FDSTORE=1, FDNAME=<section name>, the fd by SCM_RIGHTS).  When sockvisor dies,
+the manager still holds the socket, so clients keep queueing in its backlog; the
+next sockvisor gets it back as fd 3 with LISTEN_FDS/LISTEN_FDNAMES and serves
+the queued connections.  The test plays the manager, including the restart.
+
+When is the store enabled?  systemd >= 254 sets $FDSTORE when
+FileDescriptorStoreMax= is configured; 252 (Debian 12) does not, so
+`[sockvisor] fdstore = true` says it instead, and `false` refuses even with
+$FDSTORE.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
+
+from conftest import is_gone, wait_for  # noqa: E402
+from systemd_helpers import (SOCKVISOR, ServiceManager, Services, clean_env,  # noqa: E402
+                             exec_as_self, read_http_reply, send_request, worker_states,
+                             write_config, write_worker)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def services(tmp_path):
+    started = Services(tmp_path)
+    yield started
+    started.cleanup()
+
+
+@pytest.fixture
+def manager(tmp_path):
+    made = ServiceManager(str(tmp_path / "notify.sock"))
+    yield made
+    made.close()
+
+
+def config(directory: Path, globals_: str = "") -> tuple[Path, Path]:
+    directory.mkdir(exist_ok=True)
+    state = directory / "state"
+    state.mkdir(exist_ok=True)
+    worker = write_worker(directory)
+    conf = write_config(directory, f"""
+        [socket:web]
+        host = 127.0.0.1
+        port = 0
+
+        [watcher:web]
+        cmd = {sys.executable} {worker} --state {state}
+        sockets = web
+        numprocesses = 2
+        graceful_timeout = 2
+    """, globals_=globals_)
+    return conf, state
+
+
+@pytest.mark.parametrize("fdstore_env, option, stored", [
+    (None, None, False),          # systemd 252 without the option: no store
+    ("4", None, True),            # systemd >= 254 with FileDescriptorStoreMax=4
+    (None, "fdstore = true", True),     # systemd 252 told by the config
+    ("4", "fdstore = false", False),    # the config refuses the store
+])
+def test_fdstore_only_when_allowed(tmp_path, services, manager, fdstore_env, option,
+                                   stored):
+    conf, _state = config(tmp_path / "sv", globals_=option or "")
+    sv = services.start(SOCKVISOR + [str(conf)],
+                        clean_env(NOTIFY_SOCKET=manager.address, FDSTORE=fdstore_env))
+    manager.expect_field("READY", "1", alive=sv.proc)
+    stores = manager.with_key("FDSTORE")
+    if not stored:
+        assert not stores and not manager.with_key("FDSTOREREMOVE"), manager.messages
+    else:
+        [store] = stores
+        assert store.fields == {"FDSTORE": "1", "FDNAME": "web"}
+        [fd] = store.fds
+        port = int(sv.wait_log(r"socket web listening on 127\.0\.0\.1:(\d+)$").group(1))
+        with socket.socket(fileno=os.dup(fd)) as held:
+            assert held.getsockname() == ("127.0.0.1", port)
+            assert held.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+def test_restart_from_the_fd_store_serves_the_queued_connection(tmp_path, services,
+                                                                 manager):
+    conf, state = config(tmp_path / "sv")
+    env = clean_env(NOTIFY_SOCKET=manager.address, FDSTORE="4")
+    first = services.start(SOCKVISOR + [str(conf)], env, name="first")
+    store = manager.expect_field("FDSTORE", "1", alive=first.proc)
+    assert store.fields["FDNAME"] == "web"
+    [stored_fd] = store.fds
+    manager.expect_field("READY", "1", alive=first.proc)
+    port = int(first.wait_log(r"socket web listening on 127\.0\.0\.1:(\d+)$").group(1))
+    first_workers = [w["pid"] for w in wait_for(
+        lambda: len(worker_states(state)) == 2 and worker_states(state), 10,
+        message=lambda: f"two workers serving\n{first.describe()}")]
+
+    # sockvisor dies hard; its workers follow (PR_SET_PDEATHSIG).  Only the
+    # manager's copy of the socket is left.
+    first.track()
+    first.proc.kill()
+    assert first.wait_exit() == -signal.SIGKILL
+    wait_for(lambda: all(is_gone(pid) for pid in first_workers), 10,
+             message="the first generation of workers to die with sockvisor")
+
+    # A client arrives while nobody runs: the kernel queues it in the stored
+    # socket's backlog.
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        send_request(client)
+
+        # The manager restarts the service with the stored fd as fd 3.
+        argv, extra = exec_as_self(SOCKVISOR + [str(conf)], fd_at_3=stored_fd)
+        second = services.start(argv, {**env, **extra, "LISTEN_FDS": "1",
+                                       "LISTEN_FDNAMES": "web"},
+                                pass_fds=[stored_fd], name="second")
+        second.wait_log(r"socket web adopted from the service manager: "
+                        rf"127\.0\.0\.1:{port}$")
+        reply = read_http_reply(client)
+    finally:
+        client.close()
+    # Served by a worker of the new sockvisor.
+    assert reply["ppid"] == second.pid
+    assert reply["pid"] not in first_workers
+    assert "listening on" not in second.log()     # adopted, not bound again
+
+    # The new sockvisor puts the socket back in the store (the manager keeps one
+    # copy per socket) and says it is ready.
+    restore = manager.expect(lambda m: m.fields.get("FDSTORE") == "1"
+                             and m.pid == second.pid, what="FDSTORE from the second",
+                             alive=second.proc)
+    assert restore.fields["FDNAME"] == "web"
+    [again] = restore.fds
+    assert os.fstat(again).st_ino == os.fstat(stored_fd).st_ino
+    manager.expect(lambda m: m.fields.get("READY") == "1" and m.pid == second.pid,
+                   what="READY from the second", alive=second.proc)
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit() == 0
+    # Its workers were its own children, and they are gone too.
+    assert all(psutil.Process(pid).ppid() != second.pid
+               for pid in first_workers if psutil.pid_exists(pid))
+
+
+def test_stored_socket_of_a_removed_section_is_dropped_from_the_store(
+        tmp_path, services, manager):
+    """A socket in the store whose [socket:NAME] section is gone is closed and
+    removed from the store, or the manager would hold its address for ever."""
+    conf, _state = config(tmp_path / "sv")
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", 0))
+    stray.listen()
+    try:
+        argv, extra = exec_as_self(SOCKVISOR + [str(conf)], fd_at_3=stray.fileno())
+        sv = services.start(argv, clean_env(NOTIFY_SOCKET=manager.address, FDSTORE="4",
+                                            LISTEN_FDS="1", LISTEN_FDNAMES="old", **extra),
+                            pass_fds=[stray.fileno()])
+        manager.expect_field("READY", "1", alive=sv.proc)
+    finally:
+        stray.close()
+    assert [m.fields for m in manager.with_key("FDSTOREREMOVE")
+            if m.fields.get("FDNAME") == "old"] == [{"FDSTOREREMOVE": "1", "FDNAME": "old"}]
+    assert "passed by the service manager as 'old' matches no [socket:NAME]" in sv.log()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
