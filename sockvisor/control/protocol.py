@@ -55,6 +55,9 @@ def parse_request(payload: bytes) -> Request:
         message = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CommandError(f"json invalid: {exc}", ErrNo.INVALID_JSON) from None
+    except RecursionError:
+        # `[[[[...` a few thousand deep: the decoder recurses once per level.
+        raise CommandError("json invalid: nested too deeply", ErrNo.INVALID_JSON) from None
     if not isinstance(message, dict):
         raise CommandError("a request must be a JSON object", ErrNo.INVALID_JSON)
     command = message.get("command")
@@ -77,7 +80,7 @@ def request_id_of(payload: bytes) -> Any:
         message = json.loads(payload)
         value = message.get("id") if isinstance(message, dict) else None
         return value if isinstance(value, (str, int)) else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
