@@ -13,6 +13,11 @@ _NEEDS_RELOAD = frozenset({"cmd", "args", "env", "uid", "gid", "user", "group",
                            "stderr"})
 
 
+def _normalised(options: dict[Any, Any]) -> dict[str, Any]:
+    """Option names as the config reads them (case-insensitive on the wire)."""
+    return {str(key).lower(): value for key, value in options.items()}
+
+
 class Set(Command):
     """Set KEY to VALUE (several pairs allowed) on NAME.
 
@@ -42,7 +47,9 @@ class Set(Command):
         from sockvisor.config import PRIVILEGED_WATCHER_OPTIONS
         options = props.get("options")
         if not owner and isinstance(options, dict):
-            denied = sorted(set(options) & PRIVILEGED_WATCHER_OPTIONS)
+            # The keys as `execute` will read them: checking the raw keys let
+            # {"CMD": ...} through the group endpoint.
+            denied = sorted(set(_normalised(options)) & PRIVILEGED_WATCHER_OPTIONS)
             if denied:
                 raise CommandError(f"setting {', '.join(denied)} is only allowed on "
                                    "sockvisor's owner endpoint", ErrNo.FORBIDDEN)
@@ -54,7 +61,7 @@ class Set(Command):
         options = props.get("options")
         if not isinstance(options, dict) or not options:
             raise CommandError("'options' must be a non-empty object of KEY: VALUE")
-        options = {str(key).lower(): value for key, value in options.items()}
+        options = _normalised(options)
         if "hooks" in options:
             raise CommandError("hooks are not supported")
         sockets = {name: s.config for name, s in supervisor.sockets.items()}
