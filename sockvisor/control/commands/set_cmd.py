@@ -12,6 +12,13 @@ _NEEDS_RELOAD = frozenset({"cmd", "args", "env", "uid", "gid", "user", "group",
                            "working_dir", "umask", "sockets", "copy_env", "stdout",
                            "stderr"})
 
+# Where a worker's output goes is a file sockvisor opens and appends to, as its
+# own user (root): a group member choosing the path could write into any file
+# (e.g. lines of request logs into /etc/cron.d/...).  Owner endpoint only.
+_OUTPUT_OPTIONS = frozenset({"stdout", "stderr", "stdout_stream.class",
+                             "stdout_stream.filename", "stderr_stream.class",
+                             "stderr_stream.filename"})
+
 
 def _normalised(options: dict[Any, Any]) -> dict[str, Any]:
     """Option names as the config reads them (case-insensitive on the wire)."""
@@ -49,7 +56,8 @@ class Set(Command):
         if not owner and isinstance(options, dict):
             # The keys as `execute` will read them: checking the raw keys let
             # {"CMD": ...} through the group endpoint.
-            denied = sorted(set(_normalised(options)) & PRIVILEGED_WATCHER_OPTIONS)
+            denied = sorted(set(_normalised(options))
+                            & (PRIVILEGED_WATCHER_OPTIONS | _OUTPUT_OPTIONS))
             if denied:
                 raise CommandError(f"setting {', '.join(denied)} is only allowed on "
                                    "sockvisor's owner endpoint", ErrNo.FORBIDDEN)
