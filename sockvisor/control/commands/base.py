@@ -67,8 +67,12 @@ def get_watcher(supervisor: "Supervisor", props: dict[str, Any]) -> "Watcher":
     return watcher
 
 
+# The most workers a watcher may have: config.py's bound on `numprocesses`.
+MAX_NUMPROCESSES = 100_000
+
+
 def int_property(props: dict[str, Any], key: str, default: int | None = None,
-                 minimum: int | None = None) -> int:
+                 minimum: int | None = None, maximum: int | None = None) -> int:
     value = props.get(key, default)
     if value is None:
         raise CommandError(f"{key!r} is required")
@@ -80,6 +84,8 @@ def int_property(props: dict[str, Any], key: str, default: int | None = None,
         raise CommandError(f"{key!r} must be a whole number, got {value!r}")
     if minimum is not None and value < minimum:
         raise CommandError(f"{key!r} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise CommandError(f"{key!r} must be at most {maximum}, got {value}")
     return value
 
 

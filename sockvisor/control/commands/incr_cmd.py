@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sockvisor.control.commands.base import (Command, get_watcher, int_property,
-                                             watcher_argument)
+from sockvisor.control.commands.base import (MAX_NUMPROCESSES, Command, get_watcher,
+                                             int_property, watcher_argument)
 
 
 class Incr(Command):
@@ -27,7 +27,11 @@ class Incr(Command):
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         watcher = get_watcher(supervisor, props)
-        result = await watcher.incr(int_property(props, "nb", 1, minimum=1))
+        # Bounded like numprocesses in the file: {"nb": 10**30} would otherwise
+        # fork until the machine runs out, with the event loop stuck in the loop.
+        room = MAX_NUMPROCESSES - watcher.numprocesses
+        result = await watcher.incr(int_property(props, "nb", 1, minimum=1,
+                                                 maximum=room))
         return {"numprocesses": result["numprocesses"]}
 
     def format(self, reply):
