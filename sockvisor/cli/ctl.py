@@ -44,6 +44,14 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
 
 
 def resolve_endpoint(args: argparse.Namespace) -> str:
+    endpoint = _find_endpoint(args)
+    # ZeroMQ would raise a bare "Invalid argument" (a traceback) on connect.
+    if not endpoint.startswith(("ipc://", "tcp://")):
+        raise UsageError(f"bad endpoint {endpoint!r}: expected ipc://PATH or tcp://HOST:PORT")
+    return endpoint
+
+
+def _find_endpoint(args: argparse.Namespace) -> str:
     if args.endpoint:
         return args.endpoint
     if args.config:
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         endpoint = resolve_endpoint(args)
         properties = command.properties(args)
-    except UsageError as exc:
+    except (UsageError, ValueError) as exc:   # ValueError: e.g. `signal web x HUP`
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exc:   # a command's own argument check
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     timeout = args.timeout or (LONG_TIMEOUT if command.long_running else QUICK_TIMEOUT)
 
+    import zmq
     from sockvisor.control.client import ControlClient, Unreachable
     try:
         curve = _curve_keys(args)
@@ -107,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unreachable as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except zmq.ZMQError as exc:   # e.g. tcp://host-without-port
+        print(f"sockvisorctl: {endpoint}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError) as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -46,6 +46,9 @@ class Signal(Command):
             raise SystemExit("sockvisorctl signal: expected NAME [PID] SIGNUM")
         props: dict[str, Any] = {"name": args.name, "signum": args.target[-1]}
         if len(args.target) == 2:
+            if not args.target[0].isdigit():
+                raise SystemExit(f"sockvisorctl signal: PID must be a number, "
+                                 f"got {args.target[0]!r}")
             props["pid"] = int(args.target[0])
         if args.group:
             props["children"] = True
