@@ -247,11 +247,12 @@ class Watcher:
         return await self._serialised(lambda: self._reload_locked(new_config))
 
     async def _reload_locked(self, new_config: WatcherConfig | None) -> dict[str, Any]:
+        # Taken before the new config is applied: an aborted reload goes back to it.
+        old_generation, old_config = self.generation, self.config
         if new_config is not None:
             self._apply_config(new_config)
         if self.state in (WatcherState.STOPPED, WatcherState.FATAL):
             return await self._start_locked()
-        old_generation, old_config = self.generation, self.config
         started = time.monotonic()
         self.generation += 1
         self.transition(WatcherState.RELOADING)
@@ -547,29 +548,33 @@ class Watcher:
             self._pulse()
             return
         uptime = worker.uptime
-        if worker.spawn_error is None:
-            log.warning("%s exited unexpectedly after %.2fs (%s)", worker.label, uptime,
-                        describe_status(status))
-        if worker in self._reloading_batch or self.state not in WATCHER_WANTS_WORKERS:
-            # A failed reload candidate is the reload's business (it aborts).
+        try:
+            self._replace(worker, uptime)
+        finally:
+            # Logged after the replacement is forked: the log write is not on the
+            # respawn path.
+            if worker.spawn_error is None:
+                log.warning("%s exited unexpectedly after %.2fs (%s)", worker.label,
+                            uptime, describe_status(status))
             self._pulse()
-            return
-        failed_start = worker.ready_at is None or worker.ready_failed
+
+    def _replace(self, worker: process.Worker, uptime: float) -> None:
+        """An unexpected exit: respawn now, after a backoff, or go FATAL."""
+        if worker in self._reloading_batch or self.state not in WATCHER_WANTS_WORKERS:
+            return   # a failed reload candidate is the reload's business (it aborts)
         if not self.config.restart.respawn:
             self.numprocesses = max(0, self.numprocesses - 1)
-            self._pulse()
             return
+        failed_start = worker.ready_at is None or worker.ready_failed
         decision = self.restarts.on_exit(0.0 if failed_start else uptime)
         self.restart_count += 1
         self._wid_restarts[worker.wid] = self._wid_restarts.get(worker.wid, 0) + 1
         if decision.fatal:
             self._go_fatal(decision.reason)
-            return
-        if decision.delay > 0:
+        elif decision.delay > 0:
             self._schedule_backoff(decision.delay)
         else:
             self._reconcile()
-        self._pulse()
 
     # ------------------------------------------------------------------ reporting
 
