@@ -7,6 +7,7 @@ not importing asyncio keeps `sockvisorctl` quick to start.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from typing import Any
 
@@ -48,6 +49,18 @@ class ControlClient:
             raise Unreachable(f"no sockvisor at {self.endpoint} (no such socket file)")
         if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.X_OK):
             raise Unreachable(f"permission denied: {self.endpoint}")
+        # A file left behind by a sockvisor that was killed: nobody accepts on it,
+        # and ZeroMQ would retry quietly until the timeout (10 minutes for reload).
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            raise Unreachable(f"no sockvisor at {self.endpoint} (stale socket file: "
+                              "nothing listens on it)") from None
+        except OSError:
+            pass   # let ZeroMQ try and report
+        finally:
+            probe.close()
 
     def call(self, command: str, properties: dict[str, Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:
