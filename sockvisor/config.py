@@ -562,6 +562,10 @@ class _Loader:
             circus_key = key if key in circus else key.partition(".")[0]
             if circus_key in circus and key not in by_name:
                 entry = circus[circus_key]
+                if isinstance(entry, _Unsupported) and _switched_off(raw):
+                    # `httpd = false`, `max_age = 0`: Circus configs often spell out
+                    # the default; a feature turned off is one we do not miss.
+                    continue
                 if isinstance(entry, _Unsupported):
                     raise self.error(f"not supported by sockvisor: {entry.reason}",
                                      section, key)
@@ -895,6 +899,10 @@ def expand_worker_args(argv: list[str], wid: int, fds: Mapping[str, int]) -> lis
             return str(fds[ref[len("sockets."):]])
         return match.group(0)
     return [_SUBSTITUTION.sub(replace, arg) for arg in argv]
+
+
+def _switched_off(raw: str) -> bool:
+    return raw.strip().lower() in ("false", "no", "off", "0", "")
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -1049,3 +1049,27 @@ def test_stdout_and_stream_filename_together(tmp_path):
                                  "stdout_stream.filename = {tmp}/o.log"),
                section="watcher:web", key="stdout_stream.filename",
                says="give either stdout or stdout_stream.filename")
+
+
+@pytest.mark.parametrize("section,key,off,on", [
+    ("circus", "httpd", "false", "true"),
+    ("circus", "statsd", "False", "True"),
+    ("watcher:web", "singleton", "false", "true"),
+    ("watcher:web", "max_age", "0", "60"),
+])
+def test_circus_feature_switched_off_is_accepted(tmp_path, section, key, off, on):
+    """A Circus config that spells out a disabled feature loads; enabling it does not."""
+    def write(value: str) -> str:
+        text = "[socket:web]\nport = 0\n[watcher:web]\ncmd = /bin/true\n"
+        if section == "circus":
+            text = f"[circus]\n{key} = {value}\n" + text
+        else:
+            text += f"{key} = {value}\n"
+        path = tmp_path / "c.ini"
+        path.write_text(text)
+        return str(path)
+
+    config_module.load(write(off))
+    with pytest.raises(ConfigError, match="not supported") as info:
+        config_module.load(write(on))
+    assert key in str(info.value)
