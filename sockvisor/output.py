@@ -34,8 +34,30 @@ class RotatingFile:
         self.size = self.handle.tell()
 
     def write(self, data: bytes) -> None:
-        if self.max_bytes and self.size + len(data) > self.max_bytes and self.size:
-            self.rotate()
+        """Append whole lines, rotating between lines so that no file grows past
+        `max_bytes` — unless one line alone is longer, which then gets a file of
+        its own.  (`data` is whatever one pipe read brought, up to 64 kB: written
+        in one piece it could double a small `max_bytes`.)"""
+        if not self.max_bytes:
+            self._append(data)
+            return
+        while data:
+            room = max(self.max_bytes - self.size, 0)
+            if len(data) <= room:
+                self._append(data)
+                return
+            cut = data.rfind(b"\n", 0, room) + 1      # the whole lines that fit
+            if cut == 0:
+                if self.size:
+                    self.rotate()
+                    continue
+                cut = data.find(b"\n") + 1 or len(data)   # one over-long line
+            self._append(data[:cut])
+            data = data[cut:]
+            if data:
+                self.rotate()
+
+    def _append(self, data: bytes) -> None:
         self.handle.write(data)
         self.size += len(data)
 
