@@ -1,0 +1,61 @@
+"""Print sockvisor's events as JSON lines: the feed for a dashboard, a log shipper or a test.
+
+    python -m plugins.event_log --endpoint ipc:///run/sockvisor/web/control.events [--topic watcher.web]
+
+Each line is `{"topic": "watcher.web.spawn", "time": ..., "data": {...}}`.  The
+events endpoint is a ZeroMQ PUB socket (see sockvisor/control/server.py); a slow
+reader loses events rather than slowing sockvisor down.  `--count N` stops after
+N events, `--seconds S` after S seconds: both make it usable in scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import zmq
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="event_log", description=__doc__.splitlines()[0])
+    parser.add_argument("--endpoint", required=True, help="the events (PUB) endpoint")
+    parser.add_argument("--topic", action="append", default=[],
+                        help="topic prefix to keep (repeatable; default: everything)")
+    parser.add_argument("--count", type=int, default=0, help="stop after N events")
+    parser.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
+    args = parser.parse_args(argv)
+
+    context = zmq.Context.instance()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for prefix in args.topic or [""]:
+        sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+    sub.connect(args.endpoint)
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    seen = 0
+    try:
+        while not args.count or seen < args.count:
+            timeout_ms = -1 if deadline is None else max(0, int(1000 * (deadline - time.monotonic())))
+            if deadline is not None and timeout_ms == 0:
+                break
+            if not sub.poll(timeout_ms):
+                continue
+            topic, payload = sub.recv_multipart()[:2]
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                data = payload.decode(errors="replace")
+            print(json.dumps({"topic": topic.decode(errors="replace"), "time": time.time(),
+                              "data": data}), flush=True)
+            seen += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

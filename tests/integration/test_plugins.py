@@ -1,0 +1,56 @@
+"""The plugins that ship in plugins/, run as a user would run them against a real sockvisor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(40)
+def test_event_log_prints_the_events_of_a_reload(sockvisor):
+    sv = sockvisor("""
+        [socket:web]
+        host = 127.0.0.1
+        port = 0
+        [watcher:web]
+        cmd = /bin/sleep 1000
+        numprocesses = 2
+        sockets = web
+        graceful_timeout = 2
+    """)
+    events_endpoint = f"ipc://{sv.directory}/ctl.events"
+    out_path = sv.directory / "events.jsonl"
+    with open(out_path, "w") as out:
+        plugin = subprocess.Popen(
+            [sys.executable, "-m", "plugins.event_log", "--endpoint", events_endpoint,
+             "--topic", "watcher.web.reload", "--count", "2", "--seconds", "30"],
+            cwd=ROOT, stdout=out, stderr=subprocess.PIPE)
+    try:
+        # A SUB socket only receives what is published after it has connected:
+        # reload until the plugin has seen both reload events.
+        def reloaded_and_seen() -> bool:
+            result = subprocess.run(
+                [sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint",
+                 f"ipc://{sv.directory}/ctl", "reload", "web"],
+                capture_output=True, text=True, timeout=15)
+            assert result.returncode == 0, result.stderr
+            return plugin.poll() is not None
+        wait_for(reloaded_and_seen, timeout=20, interval=0.2)
+        assert plugin.returncode == 0, plugin.stderr.read()
+    finally:
+        if plugin.poll() is None:
+            plugin.kill()
+        plugin.wait()
+    lines = [json.loads(line) for line in out_path.read_text().splitlines()]
+    topics = [line["topic"] for line in lines]
+    assert topics == ["watcher.web.reload.started", "watcher.web.reload.finished"]
+    assert lines[1]["data"]["replaced"] == 2
+    assert lines[0]["data"]["generation"] == lines[1]["data"]["generation"]
