@@ -318,8 +318,8 @@ HTTP with JSON (like conftest's worker.py), plus:
                     READY=1 was sent); written to a temporary name then renamed
 --notify-after S    sleep S seconds, then send READY=1 to $NOTIFY_SOCKET
 --daemonize         fork a child that forks a grandchild and exits (an orphan, as
-                    a daemonising program leaves); the grandchild writes
-                    DIR/grandchild-<wid> with its pid, then waits for a signal
+                    a daemonising program leaves; it waits for a signal); once the
+                    child is reaped, write the grandchild's pid to DIR/grandchild-<wid>
 """
 import json, os, signal, socket, sys, time
 
@@ -357,15 +357,24 @@ listener = socket.socket(fileno=3)
 record(port=listener.getsockname()[1])
 
 if "--daemonize" in args:
+    read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
-        if os.fork() == 0:
-            write_atomically(os.path.join(state_dir, f"grandchild-{state['wid']}"),
-                             str(os.getpid()))
+        os.close(read_end)
+        grandchild = os.fork()
+        if grandchild == 0:
+            os.close(write_end)
             while True:
                 signal.pause()
+        os.write(write_end, str(grandchild).encode())
         os._exit(0)
+    os.close(write_end)
+    grandchild = int(os.read(read_end, 64))
+    os.close(read_end)
+    # Once the middle child is reaped, the grandchild has been re-parented:
+    # only then say who it is.
     os.waitpid(child, 0)
+    write_atomically(os.path.join(state_dir, f"grandchild-{state['wid']}"), str(grandchild))
 
 if option("--notify-after") is not None:
     time.sleep(float(option("--notify-after")))
