@@ -76,6 +76,8 @@ class Watcher:
         self._current_command: asyncio.Task | None = None
         self._backoff: asyncio.TimerHandle | None = None
         self._reconcile_scheduled = False
+        self._background: set[asyncio.Task] = set()
+        self._groups_cache: tuple[WatcherConfig, list[int] | None] | None = None
         self._backoff_until = 0.0
         self._changed = asyncio.Event()
         self._reloading_batch: set[process.Worker] = set()
@@ -288,6 +290,7 @@ class Watcher:
                 await self._stop_workers(spawned)
                 raise ReloadError(f"{self.name}: could not spawn the new generation")
             self._reloading_batch.update(spawned)
+            batch_failed = False
             try:
                 await self._await_ready(spawned)
             except process.WorkerNotReady as exc:
@@ -295,9 +298,17 @@ class Watcher:
                 if abort_on_failure:
                     raise ReloadError(f"reload of {self.name} aborted: {exc}") from None
                 log.error("watcher %s: %s", self.name, exc)
+                batch_failed = True
             finally:
                 self._reloading_batch.difference_update(spawned)
-            retire = old if to_start == 0 else old[:len(spawned)]
+            if batch_failed:
+                retire = old[:len(spawned)]   # rolling back: keep going regardless
+            else:
+                # Retire only the surplus the ready batch made: an old worker that died
+                # while it started already made room, and retiring one more for it
+                # would leave fewer than numprocesses ready for the rest of the reload.
+                surplus = max(len(self.live_workers()) - self.numprocesses, 0)
+                retire = [w for w in old if w.alive and not w.stop_requested][:surplus]
             await self._stop_workers(retire)
             replaced += len(retire)
         self._reconcile()
@@ -371,7 +382,7 @@ class Watcher:
             extras = order[:-missing]
             for worker in extras:
                 worker.stop_requested = True
-            asyncio.ensure_future(self._stop_workers(extras))
+            self._in_background(self._stop_workers(extras))
         self._pulse()
 
     def _schedule_backoff(self, delay: float) -> None:
@@ -397,9 +408,16 @@ class Watcher:
         self.transition(WatcherState.FATAL, reason)
 
     async def _stop_workers(self, workers: list[process.Worker]) -> None:
-        config = self.config
-        await asyncio.gather(*(w.stop(config.stop_signal, config.graceful_timeout)
+        # Each with the stop signal of the config it was started from: after a
+        # reloadconfig, the old program still expects its own.
+        await asyncio.gather(*(w.stop(w.config.stop_signal, w.config.graceful_timeout)
                                for w in workers if w.alive))
+
+    def _in_background(self, coroutine: Any) -> None:
+        """Run `coroutine` as a task we keep a reference to (asyncio only keeps weak ones)."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ spawning
 
@@ -432,6 +450,14 @@ class Watcher:
             self._env_cache = env
         return self._env_cache
 
+    def _groups(self, config: WatcherConfig) -> list[int] | None:
+        """Supplementary groups for the worker, looked up once per config (NSS is slow)."""
+        if self._groups_cache is None or self._groups_cache[0] is not config:
+            groups = (process.user_groups(config.user, config.gid)
+                      if config.uid is not None or config.gid is not None else None)
+            self._groups_cache = (config, groups)
+        return self._groups_cache[1]
+
     def _spawn(self) -> process.Worker | None:
         """Fork one worker of the current generation; None if fork itself failed."""
         config = self.config
@@ -446,8 +472,7 @@ class Watcher:
         spec = process.SpawnSpec(
             argv=argv, env=env, fds=fds, stdout=out_child, stderr=err_child,
             uid=config.uid, gid=config.gid,
-            groups=process.user_groups(config.user, config.gid) if config.uid is not None
-            or config.gid is not None else None,
+            groups=self._groups(config),
             umask=config.umask, cwd=config.working_dir, rlimits=config.rlimits)
         try:
             pid, status_r = process.fork_exec(spec)
@@ -514,8 +539,8 @@ class Watcher:
         worker.fail_readiness(reason)
         worker.ready_failed = True
         # Stopped on our initiative, but as a failure: its exit counts as a failed start.
-        asyncio.ensure_future(worker.stop(worker.config.stop_signal,
-                                          worker.config.graceful_timeout, expected=False))
+        self._in_background(worker.stop(worker.config.stop_signal,
+                                        worker.config.graceful_timeout, expected=False))
 
     def on_notify(self, worker: process.Worker, fields: Mapping[str, str]) -> None:
         """A datagram from the worker's NOTIFY_SOCKET (see readiness.py)."""
