@@ -208,6 +208,15 @@ def worker_pids(detail: dict[str, Any], generation: int | None = None) -> set[in
             if generation is None or w["generation"] == generation}
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat ("R", "S", "Z" for a zombie...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def is_reaped(pid: int) -> bool:
     """The pid is gone for good: its parent collected it (a killed child stays in
     /proc as a zombie until then).  Tests check this soon after the kill, before
