@@ -289,6 +289,8 @@ class Watcher:
             if len(spawned) < to_start and abort_on_failure:
                 await self._stop_workers(spawned)
                 raise ReloadError(f"{self.name}: could not spawn the new generation")
+            if to_start and not spawned:
+                break   # rolling back and fork fails: leave it to the restart policy
             self._reloading_batch.update(spawned)
             batch_failed = False
             try:
