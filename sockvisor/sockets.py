@@ -198,9 +198,19 @@ def adopt(config: SocketConfig, fd: int) -> ListeningSocket:
                           f"not a socket: {exc.strerror}") from None
     problem = _adoption_mismatch(config, sock)
     if problem:
+        try:
+            actual = format_address(sock.family, sock.getsockname())
+        except OSError:
+            actual = "?"
+        if (sock.family == socket.AF_INET6 and actual.startswith("[::]:")
+                and config.family == socket.AF_INET):
+            # systemd's ListenStream=PORT (and systemd-socket-activate -l PORT).
+            problem += ("; ListenStream=PORT is [::]:PORT (every address, IPv4 too), "
+                        "which the section names with host = ::")
         sock.detach()
         raise SocketError(f"[socket:{config.name}] the socket passed by the service "
-                          f"manager (fd {fd}) does not match the config: {problem}")
+                          f"manager (fd {fd}, {actual}) does not match the config "
+                          f"({config.describe()}): {problem}")
     sock.set_inheritable(False)
     sock.setblocking(config.blocking)
     listening = ListeningSocket(config, sock, adopted=True)

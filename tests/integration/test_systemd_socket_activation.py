@@ -127,6 +127,44 @@ def test_mismatched_socket_is_a_startup_error_naming_it(tmp_path, services):
     assert port_is_free(wanted_port)           # and nothing bound instead
 
 
+def dual_stack_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not dual_stack_available(), reason="no dual-stack IPv6 here")
+@pytest.mark.parametrize("host, adopted", [("::", True), ("0.0.0.0", False)])
+def test_listen_stream_port_only_is_the_ipv6_wildcard(tmp_path, services, host, adopted):
+    """`-l PORT` (like ListenStream=PORT in a .socket unit) is [::]:PORT, serving
+    IPv4 too: [socket:web] must say host = ::, and a 0.0.0.0 section is refused
+    with a hint saying so."""
+    port = free_port()
+    conf, state = web_config(tmp_path, port)
+    conf.write_text(conf.read_text().replace("host = 127.0.0.1", f"host = {host}"))
+    argv = activate(port, *SOCKVISOR, str(conf))
+    argv[argv.index("-l") + 1] = str(port)
+    sv = services.start(argv, clean_env())
+    client = first_connection(port, sv)
+    with client:
+        if adopted:
+            send_request(client)
+            assert read_http_reply(client)["ppid"] == sv.pid
+            assert f"socket web adopted from the service manager: [::]:{port}" in sv.log()
+            sv.signal(signal.SIGTERM)
+            assert sv.wait_exit() == 0
+            return
+        assert sv.wait_exit() == 3
+    log = sv.log()
+    assert f"[socket:web] the socket passed by the service manager (fd 3, [::]:{port}) " \
+           f"does not match the config (0.0.0.0:{port})" in log
+    assert "host = ::" in log
+
+
 def privileged_free_port() -> int:
     for port in [81, *range(900, 1024)]:
         if port_is_free(port):
