@@ -47,3 +47,20 @@ def setup(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # asyncio reports exceptions in callbacks and never-retrieved task errors on
+    # its own logger; without a handler they would reach stderr bare, one journal
+    # entry per traceback line at the default priority.
+    loop_log = logging.getLogger("asyncio")
+    loop_log.handlers[:] = [handler]
+    loop_log.setLevel(max(root.level, logging.WARNING))
+    loop_log.propagate = False
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind, value, traceback) -> None:
+    """A crash is logged like everything else (at CRITICAL), not printed bare."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, traceback)
+        return
+    logging.getLogger("sockvisor").critical("sockvisor crashed: %s", value,
+                                            exc_info=(kind, value, traceback))
