@@ -204,7 +204,7 @@ def _clean_env() -> dict[str, str]:
 class Sockvisor:
     """One running `sockvisor start`, with helpers to look at it from outside."""
 
-    def __init__(self, directory: Path, config_text: str):
+    def __init__(self, directory: Path, config_text: str, pass_fds: Iterable[int] = ()):
         self.directory = directory
         self.conf = directory / "sockvisor.ini"
         self.conf.write_text(config_text)
@@ -215,7 +215,7 @@ class Sockvisor:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sockvisor", "start", str(self.conf)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=directory,
-                env=_clean_env(), start_new_session=True)
+                env=_clean_env(), start_new_session=True, pass_fds=tuple(pass_fds))
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
 
@@ -401,18 +401,20 @@ def sockvisor(tmp_path: Path):
     """Factory: `sockvisor(body, name="sv", ready=True, globals="")` → a running Sockvisor.
 
     `body` holds the [socket:…] and [watcher:…] sections; `globals` extra lines
-    for the [sockvisor] section.  Each instance gets its own directory
+    for the [sockvisor] section; `pass_fds` fds sockvisor inherits (as from a
+    careless parent).  Each instance gets its own directory
     `tmp_path/name` (config, stdout, stderr, the control endpoint).
     """
     instances: list[Sockvisor] = []
 
     def start(body: str, *, name: str = "sv", ready: bool = True, globals: str = "",
-              loglevel: str = "debug", timeout: float = 15.0) -> Sockvisor:
+              loglevel: str = "debug", timeout: float = 15.0,
+              pass_fds: Iterable[int] = ()) -> Sockvisor:
         directory = tmp_path / name
         directory.mkdir()
         text = (f"[sockvisor]\nendpoint = ipc://{directory}/ctl\nloglevel = {loglevel}\n"
                 f"{textwrap.dedent(globals).strip()}\n\n{textwrap.dedent(body).strip()}\n")
-        instance = Sockvisor(directory, text)
+        instance = Sockvisor(directory, text, pass_fds)
         instances.append(instance)
         if ready:
             instance.wait_ready(timeout)

@@ -98,21 +98,32 @@ def test_worker_sees_sd_listen_fds_environment(sockvisor, scripts, tmp_path):
 
 
 def test_worker_inherits_only_stdio_and_its_sockets(sockvisor, scripts):
-    # Two sockets bound, the watcher uses one; output through a pipe (prefix).
-    sv = sockvisor(f"""
-        [socket:web]
-        port = 0
+    # Two sockets bound, the watcher uses one; output through a pipe (prefix); and
+    # sockvisor itself inherited a stray fd from its parent, which must stop there.
+    # High and low: fds are closed below and above the copies made while forking.
+    stray_r, stray_w = os.pipe()
+    stray_high = os.dup2(stray_w, 250)
+    stray = os.readlink(f"/proc/self/fd/{stray_w}")
+    try:
+        sv = sockvisor(f"""
+            [socket:web]
+            port = 0
 
-        [socket:other]
-        port = 0
+            [socket:other]
+            port = 0
 
-        [watcher:web]
-        cmd = {scripts.cmd("worker.py")}
-        sockets = web
-        stdout = prefix
-        stderr = null
-        graceful_timeout = 1
-    """)
+            [watcher:web]
+            cmd = {scripts.cmd("worker.py")}
+            sockets = web
+            stdout = prefix
+            stderr = null
+            graceful_timeout = 1
+        """, pass_fds=[stray_w, stray_high])
+    finally:
+        for fd in (stray_r, stray_w, stray_high):
+            os.close(fd)
+    for fd in (stray_w, stray_high):
+        assert fd_targets(sv.pid).get(fd) == stray, "the stray fds did not reach sockvisor"
     port = sv.port("web")
     [pid] = sv.wait_workers(1, "worker.py")
     sv.http_get(port)   # it has exec'd and is in its accept loop
