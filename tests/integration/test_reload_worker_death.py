@@ -54,18 +54,18 @@ def test_old_worker_killed_mid_reload_is_reaped_at_once(sockvisor, tmp_path):
                                                       ready="notify", ready_timeout=10))
     with control(sv) as client:
         before = client.wait_ready("web", 2)
-        worker.set_mode("delay=1.5")
+        worker.set_mode("delay=2")
         thread, replies = start_reload(sv)
         try:
             wait_new_starting(client, before["generation"] + 1, 2)
             victim = max(worker_pids(before))
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: is_reaped(victim), 0.5,
+            wait_for(lambda: is_reaped(victim), 1,
                      message=f"killed worker {victim} to be reaped during the reload")
             reaped_after = time.monotonic() - killed_at
             sv.wait_log(rf"web\[{victim}\] exited unexpectedly .*killed by SIGKILL",
-                        timeout=0.5)
+                        timeout=1)
             during = client.status("web")
             assert during["state"] == "reloading", during
             assert victim not in worker_pids(during)
@@ -95,7 +95,7 @@ def test_old_worker_killed_mid_batched_reload_keeps_the_count(sockvisor, tmp_pat
                                                       ready_timeout=10))
     with control(sv) as client:
         before = client.wait_ready("web", 3)
-        worker.set_mode("delay=0.5")
+        worker.set_mode("delay=0.6")
         thread, replies = start_reload(sv)
         snapshots = []
         try:
@@ -103,7 +103,11 @@ def test_old_worker_killed_mid_batched_reload_keeps_the_count(sockvisor, tmp_pat
             # The last old worker: the reload retires the oldest first.
             victim = max(before["workers"], key=lambda w: w["wid"])["pid"]
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: is_reaped(victim), 0.5, message=f"{victim} reaped")
+            wait_for(lambda: is_reaped(victim), 1, message=f"{victim} reaped")
+            early = client.status("web")
+            assert not any(w["ready"] for w in early["workers"]
+                           if w["generation"] == before["generation"] + 1), \
+                f"the new worker was ready before the kill was handled: {early}"
             # From the moment the first new worker is ready, 3 are ready again.
             wait_for(lambda: any(w["ready"] and w["generation"] == before["generation"] + 1
                                  for w in client.status("web")["workers"]), 5,
