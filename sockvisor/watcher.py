@@ -358,10 +358,12 @@ class Watcher:
         during a reload, when old and new workers overlap on purpose.
         """
         self._reconcile_scheduled = False
-        if self.state not in WATCHER_WANTS_WORKERS or self._backoff is not None:
+        if self.state not in WATCHER_WANTS_WORKERS:
             return
         live = self.live_workers()
         missing = self.numprocesses - len(live)
+        if self._backoff is not None:
+            missing = min(missing, 0)   # a backoff holds back spawning, not retiring
         if missing > SPAWN_BATCH:
             # Many to start (incr 1000): a batch now, the rest on later loop turns,
             # so control commands and exits are still served in between.
