@@ -114,3 +114,34 @@ def test_scaling_a_fatal_watcher_changes_only_the_count_until_start(sockvisor, t
         assert result.returncode == 0, result.stderr
         started = client.wait_ready("web", 2, timeout=5)
         sv.wait_answering(port, worker_pids(started))
+
+
+@pytest.mark.timeout(30)
+def test_decr_during_backoff_retires_at_once(sockvisor, tmp_path):
+    """A backoff holds back spawning, not retiring: `decr` stops extras at once."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section(
+        "web", worker, numprocesses=3, min_uptime=0.2, backoff_base=5,
+        max_restarts=5))
+    with control(sv) as client:
+        port = client.port("web")
+        first = client.wait_ready("web", 3)
+        wait_for(lambda: min(w["uptime"] for w in client.status("web")["workers"]) >= 0.3,
+                 2, message="the workers to count as healthy")
+        worker.set_mode("crash")
+        victim = max(worker_pids(first))
+        os.kill(victim, signal.SIGKILL)
+        in_backoff = wait_for(lambda: (lambda d: d if "backoff" in d else None)(
+            client.status("web")), 3, message="a backoff")
+        survivors = worker_pids(in_backoff)
+        assert len(survivors) == 2 and victim not in survivors, in_backoff
+
+        assert client.call("decr", name="web", nb=2)["numprocesses"] == 1
+        assert client.call("numprocesses", name="web")["numprocesses"] == 1
+        one = client.wait_ready("web", 1, timeout=2)
+        assert "backoff" in one, "the backoff ended: the test proves nothing"
+        [left] = worker_pids(one)
+        assert left in survivors
+        wait_for(lambda: all(is_reaped(pid) for pid in survivors - {left}), 3,
+                 message="the retired worker to be reaped")
+        assert sv.http_get(port)["pid"] == left
