@@ -75,6 +75,7 @@ class Supervisor:
         self._stop_requested: asyncio.Future[StopMode] | None = None
         self._status_pending = False
         self._watchdog_task: asyncio.Task | None = None
+        self._ready_reported = False   # READY=1 for the start-up was sent
         self._config_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ events
@@ -209,6 +210,7 @@ class Supervisor:
         if startup in stop_or_started[0]:
             log.info("sockvisor ready: %s", self.status_line())
             self.notifier.ready(self.status_line())
+            self._ready_reported = True
             self._start_watchdog()
         mode = await self._stop_requested
         startup.cancel()
@@ -296,13 +298,18 @@ class Supervisor:
         async with self._config_lock:
             # RELOADING=1 first and READY=1 whatever happens: a manager waiting for
             # the reload to end (Type=notify-reload) must not wait until its
-            # timeout because the new config does not parse.
-            self.notifier.reloading()
+            # timeout because the new config does not parse.  Not while starting:
+            # that READY=1 would tell the manager start-up is over; the one sent
+            # when it really is over covers the reload too.
+            announce = self._ready_reported
+            if announce:
+                self.notifier.reloading()
             try:
                 new = config_module.load(self.config.path)
                 return await apply_new_config(self, new)
             finally:
-                self.notifier.ready(self.status_line())
+                if announce:
+                    self.notifier.ready(self.status_line())
 
     def store_socket(self, name: str) -> None:
         """Hand a (new) listening socket to the service manager's fd store.

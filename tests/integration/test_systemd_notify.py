@@ -265,3 +265,24 @@ def test_without_notify_socket_nothing_is_sent_and_all_works(tmp_path, services)
     assert "Traceback" not in log
     assert not re.search(r"WARNING|ERROR", log), log
     assert "sockvisor stopped" in log
+
+
+def test_sighup_during_startup_does_not_report_ready_early(tmp_path, services, manager):
+    """A reload asked for while sockvisor is still starting must not end in a
+    READY=1 before the workers are ready: that READY=1 would tell the manager
+    that start-up is over."""
+    try:
+        import sockvisor.reconfigure  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"sockvisor.reconfigure is not importable yet: {exc}")
+    conf, state = web_config(tmp_path, worker_args="--notify-after 1.5", numprocesses=1)
+    sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
+    manager.expect_field("MAINPID", alive=sv.proc)
+    sv.signal(signal.SIGHUP)
+    ready = manager.expect_field("READY", "1", alive=sv.proc, timeout=30)
+    workers = [w for w in worker_states(state) if "ready" in w]
+    assert workers and ready.monotonic >= min(w["ready"] for w in workers), \
+        (manager.messages, worker_states(state))
+    assert ready.fields["STATUS"] == "web: 1/1 ready"
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
