@@ -1,0 +1,273 @@
+"""End to end: `reloadconfig` (and SIGHUP) re-read the INI file and apply the difference.
+
+* A broken file changes nothing; the error names the file, the section, the key.
+* Added watchers start, removed ones stop, unchanged ones are not touched.
+* A changed watcher gets a rolling reload: under a client load, not one request
+  fails while the generation changes.
+* A socket whose address did not change is never touched: the same socket (the
+  same inode behind the same fd of sockvisor) before and after.  A socket whose
+  port changed is bound anew: the new port serves, the old one is closed once
+  the reload is over.  A backlog change is applied in place (same inode).
+* A new `numprocesses` is a plain scale: the running workers stay.
+
+The workers are `ECHO_WORKER` (control_client_helpers), which answers with its
+`$VERSION`, on non-blocking sockets so that SIGTERM lets it finish the request
+in hand and exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import textwrap
+
+import pytest
+
+from sockvisor.control.protocol import ErrNo
+
+from conftest import is_gone, wait_for
+from control_client_helpers import (Load, call, describe, echo_worker_cmd, endpoint_of,
+                                    fd_link, listen_backlog, ok, pids_of, run_ctl,
+                                    sockets_of, subscribed, sync_events)
+
+
+def rewrite(sv, body: str) -> None:
+    """Replace everything after the fixture's [sockvisor] section of sv.conf."""
+    text = sv.conf.read_text()
+    head = text[:text.index("\n\n") + 2]     # [sockvisor] endpoint, loglevel
+    sv.conf.write_text(head + textwrap.dedent(body).strip() + "\n")
+
+
+def web(cmd: str, *, version: str = "1", numprocesses: int = 2, port: int = 0,
+        backlog: int | None = None, extra: str = "") -> str:
+    return f"""
+        [socket:web]
+        host = 127.0.0.1
+        port = {port}
+        blocking = false
+        {f"backlog = {backlog}" if backlog else ""}
+
+        [watcher:web]
+        cmd = {cmd}
+        sockets = web
+        numprocesses = {numprocesses}
+        graceful_timeout = 3
+        env = VERSION={version}
+        {extra}
+    """
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_broken_config_changes_nothing(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd))
+    endpoint = endpoint_of(sv)
+    pids = sv.wait_workers(2, "echo_worker")
+    sockets = sockets_of(endpoint)
+    link = fd_link(sv.pid, sockets["web"]["fd"])
+    good = sv.conf.read_text()
+
+    rewrite(sv, web(cmd, version="2").replace("numprocesses = 2", "numprocesses = many"))
+    result = run_ctl("--endpoint", endpoint, "reloadconfig")
+    assert result.returncode == 1, describe(result)
+    assert str(sv.conf) in result.stderr
+    assert "[watcher:web]" in result.stderr and "numprocesses" in result.stderr
+    assert "many" in result.stderr
+    reply = call(endpoint, "reloadconfig")
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.MESSAGE_ERROR
+
+    # The same over SIGHUP: an error in the log, nothing else.
+    rewrite(sv, web(cmd) + "\n[socket:api]\nport = 0\nbogus_key = 1\n")
+    sv.signal(signal.SIGHUP)
+    sv.wait_log(r"SIGHUP: config not reloaded: .*\[socket:api\]: bogus_key")
+
+    assert sv.proc.poll() is None
+    assert sorted(pids_of(endpoint, "web")) == pids
+    assert sockets_of(endpoint) == sockets
+    assert fd_link(sv.pid, sockets["web"]["fd"]) == link
+    assert {sv.http_get(sockets["web"]["port"])["version"] for _ in range(4)} == {"1"}
+
+    # Once fixed, it applies (and nothing had been half-applied before).
+    sv.conf.write_text(good)
+    assert ok(endpoint, "reloadconfig")["unchanged"] == ["web"]
+
+
+def test_added_watcher_starts_and_removed_one_stops(sockvisor, tmp_path, scripts):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    idle = scripts.cmd("worker.py", "--no-serve")
+    sv = sockvisor(web(cmd) + f"""
+        [watcher:old]
+        cmd = {idle} --say old
+        graceful_timeout = 1
+    """)
+    endpoint = endpoint_of(sv)
+    web_pids = sorted(pids_of(endpoint, "web"))
+    [old_pid] = pids_of(endpoint, "old")
+
+    rewrite(sv, web(cmd) + f"""
+        [watcher:new]
+        cmd = {idle} --say new
+        numprocesses = 2
+        graceful_timeout = 1
+    """)
+    reply = ok(endpoint, "reloadconfig")
+    assert reply["added"] == ["new"] and reply["removed"] == ["old"]
+    assert reply["unchanged"] == ["web"] and reply["reloaded"] == []
+    assert ok(endpoint, "list")["watchers"] == ["new", "web"]
+    assert is_gone(old_pid)
+    new_pids = pids_of(endpoint, "new")
+    assert len(new_pids) == 2 and all(not is_gone(pid) for pid in new_pids)
+    assert ok(endpoint, "status", {"name": "new"})["status"] == "active"
+    assert sorted(pids_of(endpoint, "web")) == web_pids
+
+    # SIGHUP does the same: remove `new` again.
+    rewrite(sv, web(cmd))
+    sv.signal(signal.SIGHUP)
+    wait_for(lambda: ok(endpoint, "list")["watchers"] == ["web"], 10,
+             message=lambda: f"`new` to be removed\n{sv.describe()}")
+    wait_for(lambda: all(is_gone(pid) for pid in new_pids), 10)
+    assert sorted(pids_of(endpoint, "web")) == web_pids
+
+
+@pytest.mark.timeout(60)
+def test_changed_watcher_rolls_without_a_failed_request(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd, version="1"))
+    endpoint = endpoint_of(sv)
+    with subscribed(f"{endpoint}.events") as events:
+        sync_events(events, endpoint, "web")
+        old_pids = set(sv.wait_workers(2, "echo_worker"))
+        sockets = sockets_of(endpoint)
+        port = sockets["web"]["port"]
+        link = fd_link(sv.pid, sockets["web"]["fd"])
+        events.drain()
+        mark = len(events.seen)
+
+        rewrite(sv, web(cmd, version="2"))
+        with Load(port, threads=3) as load:
+            wait_for(lambda: load.count() >= 20, 20, message="the load to get going")
+            reply = ok(endpoint, "reloadconfig", timeout=60)
+            during = load.count()
+            wait_for(lambda: load.count() >= during + 20, 20,
+                     message="requests after the reload")
+        order = [(topic.rpartition(".")[2], data["pid"])
+                 for topic, data in events.drain()[mark:]
+                 if topic in ("watcher.web.ready", "watcher.web.exit")]
+
+    assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:5]}"
+    assert reply["reloaded"] == ["web"]
+    versions = load.versions()
+    assert versions[0] == "1" and versions[-1] == "2", versions
+    # Once the reply came, only the new generation answers.  (A request per
+    # client thread may have been answered before and counted after.)
+    assert set(versions[during + 3:]) == {"2"}, versions[during - 5:]
+    new_pids = set(pids_of(endpoint, "web"))
+    assert len(new_pids) == 2 and not new_pids & old_pids
+    assert all(is_gone(pid) for pid in old_pids)
+    answered = {answer["pid"] for answer in load.results}
+    assert answered & old_pids and answered & new_pids
+    # Rolling: every new worker was ready before the first old one exited.
+    exits = [i for i, (kind, pid) in enumerate(order) if kind == "exit" and pid in old_pids]
+    readies = [i for i, (kind, pid) in enumerate(order) if kind == "ready" and pid in new_pids]
+    assert len(exits) == 2 and len(readies) == 2, order
+    assert max(readies) < min(exits), order
+    # The socket itself was not touched.
+    assert sockets_of(endpoint) == sockets
+    assert fd_link(sv.pid, sockets["web"]["fd"]) == link
+
+
+@pytest.mark.timeout(60)
+def test_moved_socket_is_bound_anew_and_unchanged_socket_is_kept(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    api = f"""
+        [socket:api]
+        port = 0
+        blocking = false
+
+        [watcher:api]
+        cmd = {cmd}
+        sockets = api
+        graceful_timeout = 3
+    """
+    sv = sockvisor(web(cmd) + api)
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)
+    old_port = before["web"]["port"]
+    web_link = fd_link(sv.pid, before["web"]["fd"])
+    api_link = fd_link(sv.pid, before["api"]["fd"])
+    api_pids = pids_of(endpoint, "api")
+    web_pids = set(pids_of(endpoint, "web"))
+
+    with socket.socket() as probe:           # a port nothing listens on now
+        probe.bind(("127.0.0.1", 0))
+        new_port = probe.getsockname()[1]
+    rewrite(sv, web(cmd, port=new_port) + api)
+    reply = ok(endpoint, "reloadconfig", timeout=60)
+    assert reply["sockets_changed"] == ["web"] and reply["reloaded"] == ["web"]
+    assert reply["unchanged"] == ["api"]
+
+    after = sockets_of(endpoint)
+    assert after["web"]["port"] == new_port
+    assert fd_link(sv.pid, after["web"]["fd"]) != web_link
+    answer = sv.http_get(new_port)
+    assert answer["port"] == new_port and answer["pid"] not in web_pids
+    assert refused(old_port), "the old port still accepts after the reload"
+    assert web_link not in {fd_link(sv.pid, entry["fd"]) for entry in after.values()}
+
+    # The other socket: same fd, same inode, same workers, still serving.
+    assert after["api"] == before["api"]
+    assert fd_link(sv.pid, after["api"]["fd"]) == api_link
+    assert pids_of(endpoint, "api") == api_pids
+    assert sv.http_get(after["api"]["port"])["pid"] in api_pids
+
+
+def test_backlog_change_is_applied_in_place(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd, backlog=16))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)["web"]
+    link = fd_link(sv.pid, before["fd"])
+    pids = sorted(pids_of(endpoint, "web"))
+    assert before["backlog"] == 16
+
+    rewrite(sv, web(cmd, backlog=64))
+    reply = ok(endpoint, "reloadconfig")
+    assert reply["sockets_changed"] == [] and reply["unchanged"] == ["web"]
+    after = sockets_of(endpoint)["web"]
+    assert after["backlog"] == 64
+    assert (after["fd"], after["port"]) == (before["fd"], before["port"])
+    assert fd_link(sv.pid, after["fd"]) == link
+    assert sorted(pids_of(endpoint, "web")) == pids
+    assert sv.http_get(after["port"])["pid"] in pids
+
+    backlog = listen_backlog(after["port"])
+    if backlog is None:
+        pytest.skip("`ss` is not available: the kernel's backlog was not checked "
+                    "(everything else was)")
+    assert backlog == 64
+
+
+def test_numprocesses_change_just_scales(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd, numprocesses=2))
+    endpoint = endpoint_of(sv)
+    pids = set(sv.wait_workers(2, "echo_worker"))
+    generation = ok(endpoint, "status", {"name": "web"})["watcher"]["generation"]
+
+    rewrite(sv, web(cmd, numprocesses=3))
+    reply = ok(endpoint, "reloadconfig")
+    assert reply["scaled"] == ["web"] and reply["reloaded"] == []
+    grown = set(sv.wait_workers(3, "echo_worker"))
+    assert pids < grown
+    assert set(pids_of(endpoint, "web")) == grown
+
+    rewrite(sv, web(cmd, numprocesses=1))
+    assert ok(endpoint, "reloadconfig")["scaled"] == ["web"]
+    [left] = sv.wait_workers(1, "echo_worker")
+    assert left in grown
+    status = ok(endpoint, "status", {"name": "web"})["watcher"]
+    assert status["generation"] == generation and status["numprocesses"] == 1
