@@ -286,3 +286,14 @@ def test_sighup_during_startup_does_not_report_ready_early(tmp_path, services, m
     assert ready.fields["STATUS"] == "web: 1/1 ready"
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
+
+
+def test_sigterm_during_startup_stops_without_ready(tmp_path, services, manager):
+    conf, state = web_config(tmp_path, worker_args="--notify-after 30", numprocesses=1)
+    sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
+    manager.expect(lambda m: m.fields.get("STATUS") == "web: 0/1 ready",
+                   what="the start-up under way", alive=sv.proc)
+    sv.signal(signal.SIGTERM)
+    manager.expect_field("STOPPING", "1", alive=sv.proc, timeout=10)
+    assert sv.wait_exit() == 0
+    assert not manager.with_key("READY"), manager.messages
