@@ -313,6 +313,17 @@ class Sockvisor:
                 pass
         return alive
 
+    def zombies(self) -> list[int]:
+        """Children of sockvisor that have exited and not been reaped."""
+        zombies = []
+        for child in self.children(include_zombies=True):
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    zombies.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return zombies
+
     def worker_pids(self, match: str | None = None) -> list[int]:
         """Pids of live workers, optionally only those whose command line contains
         `match` (a fork that has not exec'd yet still looks like sockvisor)."""
@@ -369,31 +380,46 @@ class Sockvisor:
         return self.wait_exit(timeout)
 
     def cleanup(self) -> None:
-        """Teardown: SIGTERM, bounded wait, SIGKILL the group and every tracked pid."""
-        if self.proc.poll() is None:
+        """Teardown: SIGTERM, bounded wait, SIGKILL the group and every tracked pid.
+
+        The group is killed while sockvisor is at worst a zombie not yet reaped,
+        which keeps its pid — the group id — from being reused by someone else.
+        """
+        if self.proc.returncode is None:
             try:
                 for child in psutil.Process(self.pid).children(recursive=True):
                     self.track(child)
             except psutil.NoSuchProcess:
                 pass
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._exited():
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    wait_for(self._exited, _TEARDOWN_DEADLINE, interval=0.02)
+                except AssertionError:
+                    pass   # SIGKILL below
             try:
-                self.proc.wait(_TEARDOWN_DEADLINE)
-            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(_TEARDOWN_DEADLINE)
-        except subprocess.TimeoutExpired:
-            pass
+            self.proc.wait()
+        else:
+            # Already reaped by the test: kill what is left of its group one by one.
+            for process in psutil.process_iter():
+                try:
+                    if os.getpgid(process.pid) == self.pid:
+                        process.kill()
+                except (ProcessLookupError, psutil.NoSuchProcess):
+                    pass
         for process in self.tracked:
             try:
                 process.kill()   # psutil refuses if the pid was reused meanwhile
             except psutil.NoSuchProcess:
                 pass
+
+    def _exited(self) -> bool:
+        """Has sockvisor exited?  Without reaping it (WNOWAIT)."""
+        result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return result is not None
 
 
 @pytest.fixture
