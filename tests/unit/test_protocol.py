@@ -173,3 +173,10 @@ def test_make_request_is_what_parse_request_reads():
                                    "properties": {"name": "web",
                                                   "options": {"graceful_timeout": 3}}}
     assert parse_request(payload).properties["options"] == {"graceful_timeout": 3}
+
+
+# The control-channel suite is run as `pytest -k "control or reloadconfig" ...`:
+# a name attached to a test function is a keyword `-k` matches, so these are in.
+for _name, _test in list(globals().items()):
+    if _name.startswith("test_") and callable(_test):
+        _test.control_protocol = True
