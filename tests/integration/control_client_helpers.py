@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -183,15 +182,6 @@ def run_ctl(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
     return subprocess.run([sys.executable, "-m", "sockvisor.cli.ctl", *args],
                           env=env if env is not None else _clean_env(),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def run_circusctl(endpoint: str, *args: str, timeout: float = 30.0
-                  ) -> subprocess.CompletedProcess:
-    """Circus 0.19's `circusctl --endpoint E --timeout 5 ARGS`, to completion."""
-    code = "import sys; from circus.circusctl import main; sys.argv[0] = 'circusctl'; main()"
-    return subprocess.run([sys.executable, "-c", code, "--endpoint", endpoint,
-                           "--timeout", "5", *args],
-                          env=_clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def describe(result: subprocess.CompletedProcess) -> str:
@@ -371,10 +361,3 @@ def bare_sockvisor(tmp_path: Path):
                 os.unlink(os.path.join(runtime, leftover))
             os.rmdir(runtime)
 
-
-def ctl_stdout_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in result.stdout.splitlines() if line.strip()]
-
-
-def numbers(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"\b\d+\b", text)]
