@@ -1,6 +1,7 @@
 """End to end: `reloadconfig` (and SIGHUP) re-read the INI file and apply the difference.
 
 * A broken file changes nothing; the error names the file, the section, the key.
+  Nor does a new socket that cannot be bound: sockets are bound first.
 * Added watchers start, removed ones stop, unchanged ones are not touched.
 * A changed watcher gets a rolling reload: under a client load, not one request
   fails while the generation changes.
@@ -21,6 +22,7 @@ import signal
 import socket
 import textwrap
 
+import psutil
 import pytest
 
 from sockvisor.control.protocol import ErrNo
@@ -55,6 +57,12 @@ def web(cmd: str, *, version: str = "1", numprocesses: int = 2, port: int = 0,
         env = VERSION={version}
         {extra}
     """
+
+
+def tcp_listening(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses `pid` listens on."""
+    return {tuple(c.laddr) for c in psutil.Process(pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN}
 
 
 def refused(port: int) -> bool:
@@ -271,3 +279,34 @@ def test_numprocesses_change_just_scales(sockvisor, tmp_path):
     assert left in grown
     status = ok(endpoint, "status", {"name": "web"})["watcher"]
     assert status["generation"] == generation and status["numprocesses"] == 1
+
+
+def test_a_socket_that_cannot_be_bound_changes_nothing(sockvisor, tmp_path):
+    """Sockets are bound before anything else changes: all or nothing."""
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)
+    listening_before = tcp_listening(sv.pid)
+    assert listening_before == {("127.0.0.1", before["web"]["port"])}
+    pids = sorted(pids_of(endpoint, "web"))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+        rewrite(sv, web(cmd, version="2").replace("sockets = web", "sockets = web, api, admin")
+                + f"""
+        [socket:api]
+        port = 0
+
+        [socket:admin]
+        port = {busy}
+        """)
+        reply = call(endpoint, "reloadconfig")
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.OS_ERROR, reply
+    assert "[socket:admin]" in reply["reason"] and str(busy) in reply["reason"]
+    assert sockets_of(endpoint) == before
+    assert sorted(pids_of(endpoint, "web")) == pids
+    assert sv.http_get(before["web"]["port"])["version"] == "1"
+    # The socket bound for [socket:api] before [socket:admin] failed was closed.
+    assert tcp_listening(sv.pid) == listening_before
