@@ -140,6 +140,8 @@ def test_endpoint_group_operates_but_cannot_decide_what_runs(bare_sockvisor, scr
     assert mode(directory) == 0o710 and os.stat(directory).st_gid == gid
     assert mode(ipc_path(shared)) == 0o660 and os.stat(ipc_path(shared)).st_gid == gid
     assert mode(ipc_path(admin)) == 0o600 and os.stat(ipc_path(admin)).st_uid == 0
+    events = ipc_path(paths.default_pubsub_endpoint(conf))
+    assert mode(events) == 0o660 and os.stat(events).st_gid == gid
     assert connect_as(member, ipc_path(shared)) == "connected"
     assert connect_as(member, ipc_path(admin)) == "EACCES"
     assert connect_as("nobody", ipc_path(shared)) == "EACCES"
