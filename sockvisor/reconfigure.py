@@ -100,15 +100,19 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
         if watcher.config.autostart:
             await watcher.start()
 
-    # 3. Close what nobody uses any more.  A watcher whose reload failed may still
-    # run old workers on a retired socket: that socket stays open until next time.
-    still_needed = {sock for name in failures
-                    for sock in supervisor.watchers[name].config.sockets}
+    # 3. Close what nobody uses any more.  A watcher whose reload failed still runs
+    # its old workers, which hold the retired socket: it stays open until the last
+    # of them has exited (the next reload, a crash...), then closes.  Workers
+    # spawned from now on get the new socket.
     for name, listening in retiring.items():
-        if name in still_needed:
-            log.warning("socket %s (%s) kept open: watchers still use it", name,
-                        listening.address)
+        holders = [worker for failed in failures
+                   for worker in supervisor.watchers[failed].workers.values()
+                   if name in worker.config.sockets and worker.alive]
+        if holders:
+            log.warning("socket %s (%s) kept open until its %d worker(s) exit", name,
+                        listening.address, len(holders))
             supervisor.retired_sockets.append(listening)
+            _close_when_unused(supervisor, name, listening, holders)
         else:
             log.info("socket %s (%s) closed", name, listening.address)
             listening.close()
@@ -124,6 +128,30 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
             raise ReloadError(f"reloadconfig: {reasons}")
         raise next(iter(failures.values()))
     return summary
+
+
+# Strong references to the tasks below (the event loop keeps only weak ones).
+_pending_closes: set[asyncio.Task] = set()
+
+
+def _close_when_unused(supervisor: "Supervisor", name: str, listening: ListeningSocket,
+                       holders: list) -> None:
+    """Close a retired socket once every worker holding it has exited.
+
+    Kept open "until next time" instead, it stayed in the listen state for
+    ever once those workers were gone: connections to the old address queued
+    with nobody to accept them, and the address could not be bound again."""
+    async def close_later() -> None:
+        await asyncio.gather(*(asyncio.shield(worker.exited) for worker in holders),
+                             return_exceptions=True)
+        if listening in supervisor.retired_sockets:   # not closed by a shutdown
+            supervisor.retired_sockets.remove(listening)
+            log.info("socket %s (%s) closed: its last worker exited", name,
+                     listening.address)
+            listening.close()
+    task = asyncio.ensure_future(close_later())
+    _pending_closes.add(task)
+    task.add_done_callback(_pending_closes.discard)
 
 
 def _apply_in_place(listening: ListeningSocket, old: SocketConfig, new: SocketConfig) -> None:
