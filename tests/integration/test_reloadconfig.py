@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import textwrap
 
 import psutil
@@ -310,3 +311,35 @@ def test_a_socket_that_cannot_be_bound_changes_nothing(sockvisor, tmp_path):
     assert sv.http_get(before["web"]["port"])["version"] == "1"
     # The socket bound for [socket:api] before [socket:admin] failed was closed.
     assert tcp_listening(sv.pid) == listening_before
+
+
+@pytest.mark.timeout(60)
+def test_socket_kept_for_an_aborted_reload_is_closed_once_unused(sockvisor, tmp_path):
+    """A moved socket whose watcher's reload aborts stays open for the old workers;
+    once they are gone (the next reload succeeds), the old port is closed --
+    not left listening with nobody to accept."""
+    cmd = echo_worker_cmd(tmp_path / "w")
+    ready = "ready = delay:0.3\nready_timeout = 5"
+    sv = sockvisor(web(cmd, extra=ready))
+    endpoint = endpoint_of(sv)
+    old_port = sockets_of(endpoint)["web"]["port"]
+    old_pids = set(pids_of(endpoint, "web"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        new_port = probe.getsockname()[1]
+
+    crash = f"{sys.executable} -c 'raise SystemExit(4)'"
+    rewrite(sv, web(crash, port=new_port, extra=ready))
+    reply = call(endpoint, "reloadconfig", timeout=30)
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.COMMAND_ERROR, reply
+    assert "aborted" in reply["reason"]
+    # The old generation still serves, on the old port.
+    assert set(pids_of(endpoint, "web")) == old_pids
+    assert sv.http_get(old_port)["pid"] in old_pids
+
+    rewrite(sv, web(cmd, port=new_port, version="2", extra=ready))
+    assert ok(endpoint, "reloadconfig", timeout=30)["reloaded"] == ["web"]
+    assert sv.http_get(new_port)["version"] == "2"
+    wait_for(lambda: refused(old_port), 5,
+             message=lambda: f"the old port {old_port} to be closed\n{sv.describe()}")
+    assert tcp_listening(sv.pid) == {("127.0.0.1", new_port)}
