@@ -135,7 +135,8 @@ class OutputSink:
             if self.file is not None:
                 self.file.write(lines)
                 return
-            out = b"".join(prefix + line + b"\n" for line in lines.splitlines())
+            # Split on \n only: a bare \r (a progress bar) stays inside its line.
+            out = b"".join(prefix + line + b"\n" for line in lines.rstrip(b"\n").split(b"\n"))
             self.fallback.write(out)
             self.fallback.flush()
         except OSError as exc:

@@ -224,7 +224,13 @@ class Supervisor:
     async def _start_control(self) -> None:
         try:
             from sockvisor.control.server import ControlServer
-        except ImportError:   # the control channel is optional for the core
+        except ImportError as exc:
+            # pyzmq is a dependency, but an interpreter without it can still run
+            # workers; only an explicitly configured endpoint makes that fatal.
+            if self.config.globals.endpoint is not None:
+                raise StartupError(f"cannot open the control endpoint: {exc}",
+                                   EXIT_SOCKET) from None
+            log.warning("control channel disabled: %s", exc)
             return
         self.control = ControlServer(self)
         try:

@@ -8,7 +8,8 @@ from sockvisor.control.commands.base import Command, get_watcher, watcher_argume
 
 
 class NumProcesses(Command):
-    """The number of workers of NAME, or of every watcher together.
+    """The desired number of workers of NAME (or of every watcher together), as
+    `incr`/`decr` set it; `status` shows how many run and are ready.
 
     sockvisorctl numprocesses [NAME]
     """
@@ -23,10 +24,8 @@ class NumProcesses(Command):
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         if "name" in props:
             watcher = get_watcher(supervisor, props)
-            return {"numprocesses": len(watcher.live_workers()),
-                    "watcher_name": watcher.name}
-        return {"numprocesses": sum(len(w.live_workers())
-                                    for w in supervisor.watchers.values())}
+            return {"numprocesses": watcher.numprocesses, "watcher_name": watcher.name}
+        return {"numprocesses": sum(w.numprocesses for w in supervisor.watchers.values())}
 
     def format(self, reply):
         return str(reply["numprocesses"])
