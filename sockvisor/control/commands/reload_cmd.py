@@ -20,7 +20,9 @@ class Reload(Command):
     A new generation is spawned on the same sockets (`reload_batch` at a time);
     old workers are retired only once their replacements are ready.  If a new
     worker dies or is not ready within `ready_timeout`, the reload is aborted,
-    the old workers keep serving and the command fails.  The reply comes when
+    the old workers keep serving and the command fails.  (With the default
+    `ready = started`, "ready" means exec succeeded: a program that crashes
+    after exec is only caught with `ready = notify` or `delay:N`.)  The reply comes when
     the reload is over.  (For circusctl: without `--waiting` the reply comes at
     once and the reload goes on in the background, as in Circus.)
     """
