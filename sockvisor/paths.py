@@ -18,11 +18,12 @@ def runtime_base() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "sockvisor")
-    return f"/tmp/sockvisor-{os.geteuid()}"
+    return f"/tmp/sockvisor-{os.geteuid()}"   # checked for ownership before use
 
 
 def runtime_dir(config_path: str) -> str:
-    absolute = os.path.abspath(config_path)
+    # realpath: the same file reached through a symlink finds the same endpoint.
+    absolute = os.path.realpath(config_path)
     stem = os.path.splitext(os.path.basename(absolute))[0][:40] or "sockvisor"
     digest = hashlib.sha256(absolute.encode()).hexdigest()[:10]
     return os.path.join(runtime_base(), f"{stem}-{digest}")

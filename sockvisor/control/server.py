@@ -166,6 +166,14 @@ class ControlServer:
             os.mkdir(directory, 0o700)
         elif not self.default_dir:
             return   # the user's own directory: theirs to set up
+        # The base (/run/sockvisor, /tmp/sockvisor-UID) must be ours or root's and
+        # writable by nobody else: whoever can write there can swap our directory.
+        base = os.stat(os.path.dirname(directory))
+        if base.st_uid not in (0, os.geteuid()) or base.st_mode & 0o022:
+            raise EndpointError(f"{os.path.dirname(directory)} is not safe for the control "
+                                f"endpoint (owner uid {base.st_uid}, mode "
+                                f"{stat.S_IMODE(base.st_mode):o}); set endpoint = ... "
+                                "or $XDG_RUNTIME_DIR")
         st = os.stat(directory)
         if st.st_uid != os.geteuid():
             raise EndpointError(f"{directory} belongs to uid {st.st_uid}, not to us")
