@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sockvisor.config import Config, SocketConfig
 from sockvisor.sockets import ListeningSocket, SocketError, bind
+from sockvisor.states import WatcherState
 from sockvisor.watcher import ReloadError
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
         await watcher.replace_config(new.watchers[name])
         await watcher.set_numprocesses(new.watchers[name].numprocesses)
     results = await asyncio.gather(
-        *(supervisor.watchers[name].reload(new.watchers[name]) for name in changed),
+        *(_reload_or_keep_stopped(supervisor.watchers[name], new.watchers[name])
+          for name in changed),
         return_exceptions=True)
     failures = {name: result for name, result in zip(changed, results)
                 if isinstance(result, BaseException)}
@@ -152,6 +154,13 @@ def _close_when_unused(supervisor: "Supervisor", name: str, listening: Listening
     task = asyncio.ensure_future(close_later())
     _pending_closes.add(task)
     task.add_done_callback(_pending_closes.discard)
+
+
+async def _reload_or_keep_stopped(watcher, config) -> dict[str, Any]:
+    """A watcher the operator stopped stays stopped: it only takes the new config."""
+    if watcher.state == WatcherState.STOPPED:
+        return await watcher.replace_config(config)
+    return await watcher.reload(config)
 
 
 def _apply_in_place(listening: ListeningSocket, old: SocketConfig, new: SocketConfig) -> None:

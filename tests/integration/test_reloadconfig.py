@@ -343,3 +343,23 @@ def test_socket_kept_for_an_aborted_reload_is_closed_once_unused(sockvisor, tmp_
     wait_for(lambda: refused(old_port), 5,
              message=lambda: f"the old port {old_port} to be closed\n{sv.describe()}")
     assert tcp_listening(sv.pid) == {("127.0.0.1", new_port)}
+
+
+def test_a_stopped_watcher_takes_the_new_config_but_stays_stopped(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(web(cmd))
+    endpoint = endpoint_of(sv)
+    sv.wait_workers(2, "echo_worker")
+    ok(endpoint, "stop", {"name": "web"})
+    wait_for(lambda: not sv.worker_pids("echo_worker"), timeout=10)
+
+    rewrite(sv, web(cmd, version="2"))
+    ok(endpoint, "reloadconfig")
+    detail = ok(endpoint, "status", {"name": "web"})["watcher"]
+    assert detail["state"] == "stopped" and detail["workers"] == [], detail
+    assert ok(endpoint, "get", {"name": "web", "keys": ["env"]})["options"]["env"][
+        "VERSION"] == "2"
+    # ...and it runs the new config once the operator starts it.
+    ok(endpoint, "start", {"name": "web"})
+    port = sockets_of(endpoint)["web"]["port"]
+    assert sv.http_get(port)["version"] == "2"
