@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
@@ -63,6 +65,7 @@ def test_crash_loop_goes_fatal_and_other_watchers_keep_serving(sockvisor, script
 
         [watcher:crash]
         cmd = {scripts.cmd("worker.py")} --role crash --exit 1
+        ready = delay:0.3
         backoff_base = 0.01
         backoff_max = 0.05
         max_restarts = 3
@@ -92,6 +95,16 @@ def test_crash_loop_goes_fatal_and_other_watchers_keep_serving(sockvisor, script
     assert requests > 0
     assert sv.log_count(r"watcher crash: spawned ") == spawns
     assert sv.proc.poll() is None
+
+    # `start` on the FATAL watcher tries afresh and, failing again, is a failed
+    # command (exit 1) that says why, not an "ok" (ready = delay:0.3 makes a
+    # crash after exec count as not ready).
+    result = subprocess.run(
+        [sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint", f"ipc://{sv.directory}/ctl",
+         "start", "crash"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result
+    assert "crash is FATAL: 4 failed starts" in result.stderr
+    assert sv.log_count(r"watcher crash: spawned ") == 2 * spawns
 
 
 def test_no_zombies_after_worker_deaths(sockvisor, scripts):

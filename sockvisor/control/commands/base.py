@@ -47,6 +47,33 @@ class Command:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
+class WatcherLifecycleCommand(Command):
+    """start / stop / restart: one watcher (NAME) or all of them, each a Watcher method."""
+    long_running = True
+    method = ""
+    fatal_is_failure = False   # a start that ends FATAL fails the command
+
+    def add_arguments(self, parser):
+        watcher_argument(parser, optional=True)
+
+    def properties(self, args):
+        return {"name": args.name} if args.name else {}
+
+    async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        import asyncio
+        watchers = ([get_watcher(supervisor, props)] if "name" in props
+                    else list(supervisor.watchers.values()))
+        results = list(await asyncio.gather(*(getattr(w, self.method)() for w in watchers)))
+        if self.fatal_is_failure:
+            raise_if_fatal(results)
+        return {"watcher": results[0]} if "name" in props else {"watchers": results}
+
+    def format(self, reply):
+        items = [reply["watcher"]] if "watcher" in reply else reply.get("watchers", [])
+        return "\n".join(f"{w['name']}: {w['state']}, {w['ready']}/{w['numprocesses']} ready"
+                         for w in items)
+
+
 # ---------------------------------------------------------------- shared helpers
 
 def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
