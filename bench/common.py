@@ -10,11 +10,16 @@ socket, and measures them from outside:
     sd_listen_fds way: `LISTEN_PID` must be its own pid, `LISTEN_FDS` >= 1), or
     the fd number given as argv[1] under Circus (`$(circus.sockets.web)`).  It
     answers every request with `pid <its pid>`, so a client can tell which worker
-    served it;
+    served it.  `reload_worker_source(start_delay)` is the same worker made fit for
+    reloads: it ends on SIGTERM only between two requests, can take `start_delay`
+    seconds to start, and then sends `READY=1` to $NOTIFY_SOCKET if it has one;
   * `start_sockvisor(...)` / `start_circus(...)` write the config, start the
     supervisor (its output goes to a log file in the temp directory), wait until
     a worker answers, and return a `Supervised` handle; `Supervised.stop()` stops
     it (SIGTERM, bounded wait, SIGKILL) and kills any worker left behind;
+  * `Supervised.endpoint` is the supervisor's control endpoint (ipc:// in the temp
+    directory); `console_script(name)` finds sockvisorctl / circusctl themselves, not
+    a pyenv shim;
   * `http_get_pid()` asks the worker which pid it is; `NewChildPoller` notices a
     new child of the supervisor cheaply enough to poll every 0.5 ms;
   * `median()`, `percentile()`, `format_table()` and `machine_info()` for the report.
@@ -96,10 +101,104 @@ def free_port(host: str = HOST) -> int:
         return probe.getsockname()[1]
 
 
-def write_worker(directory: str) -> str:
+def write_worker(directory: str, source: str = WORKER_SOURCE) -> str:
     path = os.path.join(directory, "worker.py")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(WORKER_SOURCE)
+        handle.write(source)
+    return path
+
+
+# The reload worker: WORKER_SOURCE plus what a worker needs for a clean reload.
+#  * A stop ends it only between two requests, as any real server's graceful stop
+#    does (otherwise every reload would cut the request in progress, under either
+#    supervisor): SIGTERM is blocked except while the worker waits in select(), and
+#    the handler raises SystemExit.  pthread_sigmask() runs pending handlers before it
+#    returns, so the exit happens in select() or in the call that blocks SIGTERM
+#    again, never after accept().  Give it a non-blocking socket (Circus always does;
+#    sockvisor with `blocking = false`): on a blocking one, a worker that loses the
+#    race for a connection waits in accept() with SIGTERM blocked until the next one.
+#  * START_DELAY: seconds of "initialisation" before it accepts anything.
+#  * Then READY=1 to $NOTIFY_SOCKET (sd_notify; '@' = abstract namespace) if set:
+#    sockvisor sets it for every worker; Circus does not.
+RELOAD_WORKER_TEMPLATE = '''\
+"""Benchmark worker for reloads: answers every HTTP request with its pid; graceful stop."""
+import os, select, signal, socket, sys, time
+
+START_DELAY = %(start_delay)r
+
+def listening_fd():
+    if len(sys.argv) > 1:                      # Circus: $(circus.sockets.web)
+        return int(sys.argv[1])
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        sys.exit("worker: LISTEN_PID is not my pid; no socket was passed to me")
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        sys.exit("worker: LISTEN_FDS < 1")
+    return 3                                   # sd_listen_fds: the first fd is 3
+
+def notify_ready():
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.connect(address)
+        notify.send(b"READY=1")
+
+def on_term(signum, frame):
+    raise SystemExit(0)
+
+def main():
+    signal.signal(signal.SIGTERM, on_term)
+    term = {signal.SIGTERM}
+    listener = socket.socket(fileno=listening_fd())
+    body = ("pid %%d\\n" %% os.getpid()).encode()
+    answer = (b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n"
+              b"Content-Length: %%d\\r\\nConnection: close\\r\\n\\r\\n" %% len(body)) + body
+    if START_DELAY:
+        time.sleep(START_DELAY)
+    notify_ready()
+    while True:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, term)   # a pending stop ends us here
+        select.select([listener], [], [])
+        signal.pthread_sigmask(signal.SIG_BLOCK, term)     # ... or here, not after accept
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        try:
+            conn.settimeout(5)
+            request = b""
+            while b"\\r\\n\\r\\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                request += chunk
+            conn.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+main()
+'''
+
+
+def reload_worker_source(start_delay: float = 0.0) -> str:
+    """The reload worker (see RELOAD_WORKER_TEMPLATE), `start_delay` s before it serves."""
+    return RELOAD_WORKER_TEMPLATE % {"start_delay": float(start_delay)}
+
+
+def console_script(name: str) -> str:
+    """The installed console script `name` in this interpreter's scripts directory.
+
+    Not whatever PATH finds first: under pyenv that is a bash shim that adds about
+    100 ms to every call.
+    """
+    import sysconfig
+    path = os.path.join(sysconfig.get_path("scripts"), name)
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{name} is not installed in {os.path.dirname(path)}")
     return path
 
 
@@ -269,6 +368,7 @@ class Supervised:
     log_path: str
     settings: dict[str, object] = field(default_factory=dict)
     _log: object = None
+    endpoint: str = ""             # the control endpoint
 
     @property
     def pid(self) -> int:
@@ -284,13 +384,16 @@ class Supervised:
         return found
 
     def wait_serving(self, timeout: float = 15.0) -> int:
-        """Wait until exactly one worker runs and answers; return its pid."""
+        """Wait until exactly `numprocesses` workers (default 1) run and one of them
+        answers; return the first one's pid (with one worker: the worker's pid)."""
+        expected = int(self.settings.get("numprocesses", 1))  # type: ignore[arg-type]
+
         def serving() -> int | None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.label} exited with status "
                                    f"{self.process.returncode}:\n{self.log_tail()}")
             pids = self.workers()
-            if len(pids) == 1 and http_get_pid(self.port, timeout=1.0) == pids[0]:
+            if len(pids) == expected and http_get_pid(self.port, timeout=1.0) in pids:
                 return pids[0]
             return None
         try:
@@ -337,14 +440,15 @@ def _ini(sections: dict[str, dict[str, object]]) -> str:
 
 
 def _launch(label: str, kind: str, argv: list[str], directory: str, port: int,
-            config_path: str, settings: dict[str, object], timeout: float) -> Supervised:
+            config_path: str, settings: dict[str, object], timeout: float,
+            endpoint: str = "") -> Supervised:
     log_path = os.path.join(directory, f"{kind}.log")
     log = open(log_path, "ab")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                stderr=subprocess.STDOUT, cwd=directory,
                                start_new_session=True)
     supervised = Supervised(label, kind, process, directory, port, config_path, log_path,
-                            settings, log)
+                            settings, log, endpoint)
     try:
         supervised.wait_serving(timeout)
     except BaseException:
@@ -357,42 +461,49 @@ def start_sockvisor(directory: str, *, label: str = "sockvisor",
                     watcher: dict[str, object] | None = None,
                     globals_: dict[str, object] | None = None,
                     numprocesses: int = 1, loglevel: str = "warning",
-                    timeout: float = 15.0) -> Supervised:
-    """Start `sockvisor start` on a fresh config in `directory` (which must exist)."""
+                    timeout: float = 15.0, worker_source: str = WORKER_SOURCE,
+                    socket_options: dict[str, object] | None = None) -> Supervised:
+    """Start `sockvisor start` on a fresh config in `directory` (which must exist).
+
+    `socket_options` go into `[socket:web]` (e.g. `blocking = false`).
+    """
     port = free_port()
-    worker = write_worker(directory)
+    worker = write_worker(directory, worker_source)
     options: dict[str, object] = {"cmd": f"{sys.executable} {worker}",
                                   "numprocesses": numprocesses, "sockets": "web",
                                   "graceful_timeout": 5}
     options.update(watcher or {})
+    endpoint = f"ipc://{directory}/sockvisor-control"
     config = {"sockvisor": {"loglevel": loglevel,
-                            "endpoint": f"ipc://{directory}/sockvisor-control",
+                            "endpoint": endpoint,
                             "pubsub_endpoint": f"ipc://{directory}/sockvisor-events",
                             **(globals_ or {})},
-              "socket:web": {"host": HOST, "port": port},
+              "socket:web": {"host": HOST, "port": port, **(socket_options or {})},
               "watcher:web": options}
     path = os.path.join(directory, "sockvisor.ini")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(_ini(config))
     argv = [sys.executable, "-m", "sockvisor", "start", path]
-    return _launch(label, "sockvisor", argv, directory, port, path, options, timeout)
+    return _launch(label, "sockvisor", argv, directory, port, path, options, timeout,
+                   endpoint)
 
 
 def start_circus(directory: str, *, label: str = "circus",
                  check_delay: float | None = None,
                  watcher: dict[str, object] | None = None,
                  numprocesses: int = 1, loglevel: str = "warning",
-                 timeout: float = 15.0) -> Supervised:
+                 timeout: float = 15.0, worker_source: str = WORKER_SOURCE) -> Supervised:
     """Start `circusd` on a fresh config in `directory`; check_delay None: Circus's default."""
     port = free_port()
-    worker = write_worker(directory)
+    worker = write_worker(directory, worker_source)
     options: dict[str, object] = {"cmd": sys.executable,
                                   "args": f"{worker} $(circus.sockets.web)",
                                   "numprocesses": numprocesses, "use_sockets": "True",
                                   "graceful_timeout": 5}
     options.update(watcher or {})
+    endpoint = f"ipc://{directory}/circus-control"
     circus_options: dict[str, object] = {
-        "endpoint": f"ipc://{directory}/circus-control",
+        "endpoint": endpoint,
         "pubsub_endpoint": f"ipc://{directory}/circus-pubsub",
         "statsd": "False",
     }
@@ -407,7 +518,8 @@ def start_circus(directory: str, *, label: str = "circus",
     argv = [sys.executable, "-c", "from circus.circusd import main; main()",
             "--log-level", loglevel, path]
     settings = {**options, "check_delay": effective_circus_check_delay(path)}
-    return _launch(label, "circus", argv, directory, port, path, settings, timeout)
+    return _launch(label, "circus", argv, directory, port, path, settings, timeout,
+                   endpoint)
 
 
 def effective_circus_check_delay(config_path: str) -> float:
@@ -425,3 +537,200 @@ def temp_directory(prefix: str = "sockvisor-bench-", keep: bool = False):
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- any worker, any config
+# Used by throughput.py, idle.py and scale.py: workers that are not WORKER_SOURCE
+# (a Go HTTP server, /bin/sleep), sockets optional, readiness decided by the caller.
+
+def launch_supervisor(kind: str, directory: str, sections: dict[str, dict[str, object]],
+                      *, label: str | None = None, loglevel: str = "warning",
+                      port: int = 0, ready: Callable[["Supervised"], object] | None = None,
+                      timeout: float = 30.0) -> Supervised:
+    """Write `sections` as `<kind>.ini` in `directory` and start sockvisor or circusd on it.
+
+    `ready(supervised)` is polled (see `wait_for`) until it returns something truthy;
+    None: only wait until the control endpoint answers.  On any failure the
+    supervisor is stopped before the exception propagates.
+    """
+    if kind not in ("sockvisor", "circus"):
+        raise ValueError(f"unknown supervisor kind {kind!r}")
+    path = os.path.join(directory, f"{kind}.ini")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(_ini(sections))
+    if kind == "sockvisor":
+        argv = [sys.executable, "-m", "sockvisor", "start", path]
+    else:
+        argv = [sys.executable, "-c", "from circus.circusd import main; main()",
+                "--log-level", loglevel, path]
+    log_path = os.path.join(directory, f"{kind}.log")
+    log = open(log_path, "ab")
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, cwd=directory,
+                               start_new_session=True)
+    watcher = next((v for k, v in sections.items() if k.startswith("watcher:")), {})
+    supervised = Supervised(label or kind, kind, process, directory, port, path, log_path,
+                            dict(watcher), log)
+    check = ready or (lambda sup: control_call(sup, "list", timeout=1.0))
+
+    def condition() -> object:
+        if process.poll() is not None:
+            raise RuntimeError(f"{supervised.label} exited with status "
+                               f"{process.returncode}:\n{supervised.log_tail()}")
+        return check(supervised)
+    try:
+        wait_for(condition, timeout, interval=0.05, what=f"{supervised.label} to be ready")
+    except TimeoutError as exc:
+        supervised.stop()
+        raise TimeoutError(f"{exc}\n{supervised.log_tail()}") from None
+    except BaseException:
+        supervised.stop()
+        raise
+    return supervised
+
+
+def control_endpoint(supervised: Supervised) -> str:
+    """The control endpoint of a supervisor started by this module."""
+    with open(supervised.config_path, encoding="utf-8") as handle:
+        for line in handle:
+            key, _, value = line.partition("=")
+            if key.strip() == "endpoint":
+                return value.strip()
+    raise ValueError(f"no endpoint in {supervised.config_path}")
+
+
+_CLIENTS: dict[tuple[int, str], object] = {}
+
+
+def control_call(supervised: Supervised, command: str,
+                 properties: dict[str, object] | None = None,
+                 timeout: float = 10.0) -> dict[str, object]:
+    """One request on the supervisor's control channel, with its own in-process client
+    (sockvisor's ControlClient, Circus's CircusClient), kept open between calls.
+
+    Raises OSError when no answer came or the reply is an error (so that `wait_for`
+    keeps polling).
+    """
+    key = (supervised.pid, supervised.kind)
+    client = _CLIENTS.get(key)
+    if supervised.kind == "sockvisor":
+        from sockvisor.control.client import ControlClient, Unreachable
+        if client is None:
+            try:
+                client = ControlClient(control_endpoint(supervised), timeout)
+            except Unreachable as exc:
+                raise OSError(str(exc)) from None
+            _CLIENTS[key] = client
+        try:
+            reply = client.call(command, properties or {}, timeout=timeout)  # type: ignore[attr-defined]
+        except Unreachable as exc:
+            close_control(supervised)     # a DEALER that missed a reply: start afresh
+            raise OSError(str(exc)) from None
+    else:
+        from circus.client import CircusClient
+        from circus.exc import CallError
+        if client is None:
+            client = CircusClient(endpoint=control_endpoint(supervised), timeout=timeout)
+            _CLIENTS[key] = client
+        client.timeout = timeout * 1000  # type: ignore[attr-defined]  # CircusClient: ms
+        try:
+            reply = client.call({"command": command,  # type: ignore[attr-defined]
+                                 "properties": properties or {}})
+        except CallError as exc:
+            close_control(supervised)
+            raise OSError(str(exc)) from None
+    if reply.get("status") == "error":
+        raise OSError(f"{supervised.label} {command}: {reply.get('reason', reply)}")
+    return reply
+
+
+def close_control(supervised: Supervised) -> None:
+    client = _CLIENTS.pop((supervised.pid, supervised.kind), None)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            if supervised.kind == "sockvisor":
+                client.close()  # type: ignore[attr-defined]
+            else:
+                client.stop()  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- /proc sampling
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (all its threads, the dead ones included), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS   # fields 14 and 15 of stat
+
+
+def proc_context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every live thread of `pid`."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith(("voluntary_ctxt_switches",
+                                        "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+    return total
+
+
+def proc_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def proc_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def kill_processes_with_argv(argv: Sequence[str], sig: int = signal.SIGKILL) -> int:
+    """Signal every process whose command line is exactly `argv`; how many there were.
+
+    The benchmarks give their workers an argv no other process has (a private
+    binary path, `/bin/sleep <unlikely number>`), so this clean-up finds workers
+    wherever they went: other process groups, reparented, supervisor killed.
+    """
+    wanted = b"\0".join(a.encode() for a in argv) + b"\0"
+    count = 0
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if handle.read() != wanted:
+                    continue
+            os.kill(pid, sig)
+            count += 1
+    return count
+
+
+def processes_with_argv_prefix(prefix: Sequence[str]) -> list[int]:
+    """Pids whose command line starts with `prefix`."""
+    wanted = b"\0".join(a.encode() for a in prefix) + b"\0"
+    found = []
+    for pid in _proc_pids():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if handle.read().startswith(wanted):
+                    found.append(pid)
+    return found
+
+
+# --------------------------------------------------------------------------- figures for run_all.py
+# Each benchmark's --json output may carry a top-level "figures" list; run_all.py
+# prints those rows in its combined table.  One figure:
+#   {"figure": str, "sockvisor": str, "circus": str, "other": str (e.g. direct, nginx),
+#    "ratio": str, "target": str, "met": True | False | None (no target)}
+# Values are already formatted for the table (with units); "ratio" says which way.
+
+def figure(name: str, sockvisor: str, circus: str = "", ratio: str = "",
+           target: str = "", met: bool | None = None, other: str = "") -> dict[str, object]:
+    return {"figure": name, "sockvisor": sockvisor, "circus": circus, "other": other,
+            "ratio": ratio, "target": target, "met": met}
