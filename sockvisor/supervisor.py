@@ -202,8 +202,13 @@ class Supervisor:
             return exc.status
         self.notifier.mainpid(os.getpid())
         context = self._context()
-        for name, watcher_config in self.config.watchers.items():
-            self.watchers[name] = Watcher(watcher_config, context)
+        try:
+            for name, watcher_config in self.config.watchers.items():
+                self.watchers[name] = Watcher(watcher_config, context)
+        except OSError as exc:   # e.g. an output file we may not open
+            log.error("[watcher:%s] cannot set up its output: %s", name, exc)
+            await self._teardown(StopMode.IMMEDIATE)
+            return EXIT_FAILURE
         startup = asyncio.ensure_future(self._start_watchers())
         stop_or_started = await asyncio.wait({startup, self._stop_requested},
                                              return_when=asyncio.FIRST_COMPLETED)
