@@ -30,8 +30,8 @@ resist a neighbour's load better than a few long ones).  Reported: median reques
 over the rounds, its ratio to `direct`'s median (target for sockvisor: >= 0.98), and
 the "paired" ratio: the median over rounds of (this run / direct's run in the same
 round), with its quartiles.  The verdict: met if the ratio of medians reaches 0.98,
-missed if even the upper quartile of the paired ratios is below 0.98, else "noise"
-(this run cannot tell sockvisor from direct).  All arrangements stay
+missed if even the upper quartile of the paired ratios is below 0.98 (over at least
+5 rounds), else "noise" (this run cannot tell sockvisor from direct).  All arrangements stay
 up during the whole run (idle while another one is measured).
 
     python bench/throughput.py [--workers 2] [--rounds 8] [--duration 3] [--json PATH]
@@ -59,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 TARGET_RATIO = 0.98
+MIN_ROUNDS_TO_MISS = 5      # fewer paired rounds (e.g. --quick) never call it missed
 
 GO_WORKER = r'''// Benchmark worker: a minimal net/http server (keep-alive, "ok\n" to every request).
 // Its listening socket: -listen HOST:PORT binds it itself (SO_REUSEPORT), -fd N uses
@@ -517,7 +518,8 @@ def summarise(arrangements: list[Arrangement], profile: str
         stats[arr.label] = {"median": med, "ratio": ratio,
                             "paired": common.median(paired),
                             "paired_q1": common.percentile(paired, 25),
-                            "paired_q3": common.percentile(paired, 75)}
+                            "paired_q3": common.percentile(paired, 75),
+                            "rounds": len(paired)}
         errors = sum(int(r["errors"]) for r in runs)  # type: ignore[arg-type]
         spread = [r.get("sample") for r in runs if r.get("sample")]
         rows.append([arr.label, len(rates), f"{med:,.0f}",
@@ -534,14 +536,15 @@ def summarise(arrangements: list[Arrangement], profile: str
 
 def verdict(stats: dict[str, float]) -> bool | str | None:
     """Met if the ratio of medians reaches the target; missed if even the upper
-    quartile of the per-round paired ratios is below it; otherwise the run cannot
-    tell the two apart from its own noise."""
+    quartile of the per-round paired ratios is below it (over at least
+    MIN_ROUNDS_TO_MISS rounds); otherwise the run cannot tell the two apart from
+    its own noise."""
     ratio = stats["ratio"]
     if ratio != ratio:
         return None
     if ratio >= TARGET_RATIO:
         return True
-    if stats["paired_q3"] < TARGET_RATIO:
+    if stats["paired_q3"] < TARGET_RATIO and stats["rounds"] >= MIN_ROUNDS_TO_MISS:
         return False
     return "noise"
 
