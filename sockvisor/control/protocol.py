@@ -14,8 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_REQUEST_BYTES = 1 << 20      # a bigger frame gets an error reply
 MAX_SOCKET_MESSAGE = 16 << 20    # libzmq drops the peer beyond this (memory bound)
@@ -39,8 +38,7 @@ class CommandError(Exception):
         self.errno = errno
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):   # not a dataclass: sockvisorctl imports this, quickly
     id: Any
     command: str
     properties: dict[str, Any]

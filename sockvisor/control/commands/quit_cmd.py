@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sockvisor.control.commands.base import Command
 
 
@@ -17,6 +15,7 @@ class Quit(Command):
     name = "quit"
 
     async def execute(self, supervisor, props):
+        import asyncio   # here, not at the top: sockvisorctl never needs it
         # Let the reply go out first.
         asyncio.get_running_loop().call_soon(supervisor.request_stop)
         return {}

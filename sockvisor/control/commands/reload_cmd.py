@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from sockvisor.control.commands.base import Command, get_watcher, watcher_argument
 from sockvisor.control.protocol import CommandError, ErrNo
-
-log = logging.getLogger("sockvisor.control")
 
 
 class Reload(Command):
@@ -39,6 +35,7 @@ class Reload(Command):
         return props
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        import asyncio   # here, not at the top: sockvisorctl never needs it
         watchers = ([get_watcher(supervisor, props)] if "name" in props
                     else list(supervisor.watchers.values()))
 
@@ -71,9 +68,10 @@ class Reload(Command):
             for w in items)
 
 
-def _log_background_failure(task: asyncio.Task) -> None:
+def _log_background_failure(task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("background reload failed: %s", task.exception())
+        import logging
+        logging.getLogger("sockvisor.control").error("background reload failed: %s", task.exception())
 
 
 COMMAND = Reload()
