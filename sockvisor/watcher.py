@@ -25,6 +25,7 @@ reload: the new ones are stopped, the old configuration stays, the command fails
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import time
@@ -72,6 +73,9 @@ class Watcher:
         self.fatal_reason = ""
         self.restart_count = 0
         self._wid_restarts: dict[int, int] = {}
+        self._used_wids: set[int] = set()
+        self._released_wids: list[int] = []   # a heap
+        self._wid_high = 0
         self._lock = asyncio.Lock()
         self._current_command: asyncio.Task | None = None
         self._backoff: asyncio.TimerHandle | None = None
@@ -426,11 +430,24 @@ class Watcher:
     # ------------------------------------------------------------------ spawning
 
     def _free_wid(self) -> int:
-        used = {w.wid for w in self.workers.values()}
-        wid = 1
-        while wid in used:
-            wid += 1
+        """The lowest worker id no live worker has (a replacement gets the dead one's).
+
+        A heap of released ids plus a high-water mark: O(log N) per spawn, where
+        scanning the ids of 1,000 workers on every spawn showed in profiles.
+        """
+        while self._released_wids:
+            wid = heapq.heappop(self._released_wids)
+            if wid not in self._used_wids:
+                break
+        else:
+            self._wid_high += 1
+            wid = self._wid_high
+        self._used_wids.add(wid)
         return wid
+
+    def _release_wid(self, wid: int) -> None:
+        self._used_wids.discard(wid)
+        heapq.heappush(self._released_wids, wid)
 
     def _base_env(self) -> dict[str, str]:
         if self._env_cache is None:
@@ -482,6 +499,7 @@ class Watcher:
             pid, status_r = process.fork_exec(spec)
         except OSError as exc:
             log.error("watcher %s: cannot fork: %s", self.name, exc.strerror)
+            self._release_wid(wid)
             for fd in (out_read, err_read):
                 if fd is not None:
                     os.close(fd)
@@ -567,6 +585,7 @@ class Watcher:
         self._collect_exec_status(worker)
         worker.on_exit(status)
         self.workers.pop(worker.pid, None)
+        self._release_wid(worker.wid)
         self.context.workers_by_pid.pop(worker.pid, None)
         self.context.publish(f"watcher.{self.name}.exit",
                              {"pid": worker.pid, "wid": worker.wid,

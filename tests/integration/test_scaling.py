@@ -146,3 +146,30 @@ def test_decr_during_backoff_retires_at_once(sockvisor, tmp_path):
         wait_for(lambda: all(is_reaped(pid) for pid in survivors - {left}), 3,
                  message="the retired worker to be reaped")
         assert sv.http_get(port)["pid"] == left
+
+
+@pytest.mark.timeout(30)
+def test_worker_ids_are_the_lowest_free_slots(sockvisor, tmp_path):
+    """$(sockvisor.wid) names a slot: a replacement takes the dead worker's id, and
+    scaling up fills the lowest free ids before new ones."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=3))
+    with control(sv) as client:
+        def wids(detail):
+            return {w["pid"]: w["wid"] for w in detail["workers"]}
+
+        three = wids(client.wait_ready("web", 3))
+        assert sorted(three.values()) == [1, 2, 3]
+        victim = next(pid for pid, wid in three.items() if wid == 2)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wids(wait_for(
+            lambda: (d := client.status("web"))["ready"] == 3 and victim not in wids(d)
+            and d, 10, message="a replacement for wid 2"))
+        assert sorted(replaced.values()) == [1, 2, 3]
+        assert replaced[next(p for p in replaced if p not in three)] == 2
+
+        client.call("decr", name="web", nb=2)          # the newest go: wids 2 and 3
+        one = wids(client.wait_ready("web", 1, timeout=5))
+        client.call("incr", name="web", nb=3)
+        four = wids(client.wait_ready("web", 4, timeout=5))
+        assert sorted(four.values()) == [1, 2, 3, 4], (one, four)
