@@ -140,11 +140,6 @@ def test_ready_waits_for_delay_readiness(tmp_path, services, manager):
 
 
 def test_sighup_reloading_with_monotonic_usec_then_ready(tmp_path, services, manager):
-    try:
-        import sockvisor.reconfigure  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"sockvisor.reconfigure (reloadconfig, behind SIGHUP) is not "
-                    f"importable yet: {exc}")
     conf, state = web_config(tmp_path, worker_args="--notify-after 0.1", numprocesses=1)
     sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
     manager.expect_field("READY", "1", alive=sv.proc)
@@ -172,10 +167,6 @@ def test_sighup_reloading_with_monotonic_usec_then_ready(tmp_path, services, man
 
 def test_sighup_with_a_broken_config_still_ends_the_reload(tmp_path, services, manager):
     """Type=notify-reload waits for RELOADING=1 ... READY=1 even if the reload fails."""
-    try:
-        import sockvisor.reconfigure  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"sockvisor.reconfigure is not importable yet: {exc}")
     conf, _state = web_config(tmp_path, numprocesses=1, ready="started")
     sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
     manager.expect_field("READY", "1", alive=sv.proc)
@@ -271,10 +262,6 @@ def test_sighup_during_startup_does_not_report_ready_early(tmp_path, services, m
     """A reload asked for while sockvisor is still starting must not end in a
     READY=1 before the workers are ready: that READY=1 would tell the manager
     that start-up is over."""
-    try:
-        import sockvisor.reconfigure  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"sockvisor.reconfigure is not importable yet: {exc}")
     conf, state = web_config(tmp_path, worker_args="--notify-after 1.5", numprocesses=1)
     sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
     manager.expect_field("MAINPID", alive=sv.proc)
