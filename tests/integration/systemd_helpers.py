@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import psutil
+import pytest
 
 from conftest import wait_for
 
@@ -479,3 +480,22 @@ def can_unshare_pid() -> Probe:
         return Probe(False, f"unshare --pid --fork --mount-proc fails here: "
                             f"{result.stderr.strip()}")
     return Probe(True)
+
+
+# --------------------------------------------------------------------------- fixtures
+# Imported by the test_systemd_* modules (pytest registers imported fixtures).
+
+@pytest.fixture
+def services(tmp_path):
+    """Processes a test starts; the whole tree of each is killed at teardown."""
+    started = Services(tmp_path)
+    yield started
+    started.cleanup()
+
+
+@pytest.fixture
+def manager(tmp_path):
+    """The test playing systemd: a datagram NOTIFY_SOCKET in tmp_path."""
+    made = ServiceManager(str(tmp_path / "notify.sock"))
+    yield made
+    made.close()

@@ -26,25 +26,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
 from conftest import is_gone, wait_for  # noqa: E402
-from systemd_helpers import (SOCKVISOR, ServiceManager, Services, clean_env,  # noqa: E402
-                             exec_as_self, read_http_reply, send_request, worker_states,
+from systemd_helpers import (services, manager, SOCKVISOR, clean_env, exec_as_self,  # noqa: E402,F401
+                             read_http_reply, send_request, worker_states,
                              write_config, write_worker)
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = Services(tmp_path)
-    yield started
-    started.cleanup()
-
-
-@pytest.fixture
-def manager(tmp_path):
-    made = ServiceManager(str(tmp_path / "notify.sock"))
-    yield made
-    made.close()
 
 
 def config(directory: Path, globals_: str = "") -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
-from systemd_helpers import (SOCKVISOR, Services, clean_env, write_config,  # noqa: E402
+from systemd_helpers import (services, SOCKVISOR, Services, clean_env, write_config,  # noqa: E402
                              write_worker)
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 PRIORITY = re.compile(r"^<([0-7])>\S")
 PLAIN = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} )?"
                    r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) (sockvisor[\w.]*): \S")
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = Services(tmp_path)
-    yield started
-    started.cleanup()
 
 
 def run_once(tmp_path: Path, services: Services, journal_stream: str | None,

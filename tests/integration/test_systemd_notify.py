@@ -23,25 +23,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
 from conftest import http_get  # noqa: E402
-from systemd_helpers import (SOCKVISOR, ServiceManager, Services, boottime_started,  # noqa: E402
-                             clean_env, exec_as_self, monotonic_usec, worker_states,
-                             write_config, write_worker)
+from systemd_helpers import (services, manager, SOCKVISOR, ServiceManager,  # noqa: E402,F401
+                             boottime_started, clean_env, exec_as_self, monotonic_usec,
+                             worker_states, write_config, write_worker)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = Services(tmp_path)
-    yield started
-    started.cleanup()
-
-
-@pytest.fixture
-def manager(tmp_path):
-    made = ServiceManager(str(tmp_path / "notify.sock"))
-    yield made
-    made.close()
 
 
 @pytest.fixture

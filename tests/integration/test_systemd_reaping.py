@@ -29,17 +29,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
 from conftest import http_get, is_gone, wait_for  # noqa: E402
-from systemd_helpers import (SOCKVISOR, Services, can_unshare_pid, clean_env,  # noqa: E402
-                             ns_pid, write_config, write_worker)
+from systemd_helpers import (services, SOCKVISOR, can_unshare_pid, clean_env, ns_pid,  # noqa: E402,F401
+                             write_config, write_worker)
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = Services(tmp_path)
-    yield started
-    started.cleanup()
 
 
 def daemonizing_watcher(directory: Path) -> tuple[str, Path]:

@@ -29,7 +29,7 @@ import sockvisor
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
 from conftest import free_port, port_is_free, wait_for  # noqa: E402
-from systemd_helpers import (SOCKVISOR, Services, clean_env, read_http_reply,  # noqa: E402
+from systemd_helpers import (services, SOCKVISOR, clean_env, read_http_reply,  # noqa: E402,F401
                              send_request, worker_states, write_config, write_worker)
 
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
@@ -40,13 +40,6 @@ pytestmark = [
     pytest.mark.skipif(not os.access(ACTIVATE, os.X_OK),
                        reason="systemd-socket-activate is not installed"),
 ]
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = Services(tmp_path)
-    yield started
-    started.cleanup()
 
 
 def web_config(directory: Path, port: int, *, python: str = sys.executable,
