@@ -276,10 +276,15 @@ class Sockvisor:
     def http_get(self, port: int, path: str = "/", timeout: float = 2.0) -> dict[str, Any]:
         return http_get(port, path, timeout=timeout)
 
-    def wait_answering(self, port: int, pids: Iterable[int], max_requests: int = 200,
+    def wait_answering(self, port: int, pids: Iterable[int], max_requests: int = 20000,
                        timeout: float = 20.0) -> set[int]:
         """Send requests, one after another and at most `max_requests`, until every
-        worker in `pids` has answered one; return the pids that answered."""
+        worker in `pids` has answered one; return the pids that answered.
+
+        The deadline is the real bound: a worker that is "started" may still be
+        importing Python and not yet in accept(), and on a loaded machine the others
+        answer a few hundred requests meanwhile (CI once saw 200 go by).  The count
+        only keeps the loop finite should requests fail fast."""
         wanted = set(pids)
         answered: set[int] = set()
         sent = 0
