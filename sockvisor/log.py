@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import IO
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
              logging.ERROR: 3, logging.CRITICAL: 2}
@@ -24,16 +25,23 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
-def stderr_is_journal() -> bool:
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    device, _, inode = stream.partition(":")
+def is_journal_stream(stream: IO) -> bool:
+    """True if `stream` is the one systemd connected to the journal: $JOURNAL_STREAM
+    names its st_dev:st_ino.  (An inherited variable naming some other file — a
+    parent's journal, our output redirected since — does not count.)"""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
     if not device or not inode:
         return False
     try:
-        st = os.fstat(sys.stderr.fileno())
+        st = os.fstat(stream.fileno())
     except (OSError, ValueError):
         return False
-    return f"{st.st_dev}:{st.st_ino}" == stream
+    return f"{st.st_dev}:{st.st_ino}" == value
+
+
+def stderr_is_journal() -> bool:
+    return is_journal_stream(sys.stderr)
 
 
 def setup(level: str = "info") -> None:

@@ -5,6 +5,10 @@
 `prefix` writes each line to sockvisor's own stream as `watcher[pid] line` (one
 line per record, which is what journald wants), `file` appends to a file shared
 by the watcher's workers and rotates it by size.
+
+Under journald a worker's line may start with an sd-daemon priority `<N>`, as it
+would to journald directly; `prefix` keeps that in front of `watcher[pid]`, where
+journald reads it, so the worker's own levels survive the detour through sockvisor.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 from typing import BinaryIO
 
 from sockvisor.config import OutputConfig, OutputKind
+from sockvisor.log import is_journal_stream
 
 log = logging.getLogger("sockvisor.output")
 
 _CHUNK = 65536
 _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
+_PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
 
 
 class RotatingFile:
@@ -86,6 +93,7 @@ class OutputSink:
         self.watcher_name = watcher_name
         self.fallback = fallback
         self.file: RotatingFile | None = None
+        self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
         if config.kind == OutputKind.FILE:
             assert config.path is not None
             self.file = RotatingFile(config.path, config.max_bytes, config.backup_count)
@@ -136,11 +144,17 @@ class OutputSink:
                 self.file.write(lines)
                 return
             # Split on \n only: a bare \r (a progress bar) stays inside its line.
-            out = b"".join(prefix + line + b"\n" for line in lines.rstrip(b"\n").split(b"\n"))
+            out = b"".join(self._prefixed(prefix, line)
+                           for line in lines.rstrip(b"\n").split(b"\n"))
             self.fallback.write(out)
             self.fallback.flush()
         except OSError as exc:
             log.warning("%s: cannot write worker output: %s", self.watcher_name, exc)
+
+    def _prefixed(self, prefix: bytes, line: bytes) -> bytes:
+        if self.to_journal and _PRIORITY.match(line):
+            return line[:3] + prefix + line[3:] + b"\n"
+        return prefix + line + b"\n"
 
     def close(self) -> None:
         if self.file is not None:

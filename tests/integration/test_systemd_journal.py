@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
+from conftest import wait_for  # noqa: E402
 from systemd_helpers import (services, SOCKVISOR, Services, clean_env, write_config,  # noqa: E402
                              write_worker)
 
@@ -93,3 +94,35 @@ def test_plain_lines_otherwise(tmp_path, services, journal_stream):
     assert any(re.search(r"INFO sockvisor: sockvisor ready: web: 1/1 ready$", line)
                for line in lines), lines
     assert any(re.search(r"WARNING sockvisor: .*check_delay", line) for line in lines)
+
+
+WORKER_LEVELS = """
+    [watcher:talker]
+    cmd = /bin/sh -c 'printf "<4>careful\\\\nplain\\\\n<9>not a level\\\\n" >&2; printf "<5>notice\\\\n"; exec sleep 600'
+    stdout = prefix
+    stderr = prefix
+    graceful_timeout = 2
+"""
+
+
+def test_a_workers_own_priority_stays_first_under_the_journal(tmp_path, services):
+    """A worker that writes `<4>careful` to journald directly gets a warning; through
+    `stderr = prefix` it must too: `<4>talker[PID] careful`, not an info line that
+    reads `talker[PID] <4>careful`.  A line without a level gets none (journald's
+    default applies, as it would to the worker); stdout, not the journal here, is
+    left as it is."""
+    stderr_path = tmp_path / "journal"
+    stderr_path.touch()
+    st = os.stat(stderr_path)
+    conf = write_config(tmp_path, WORKER_LEVELS)
+    sv = services.start(SOCKVISOR + [str(conf)],
+                        clean_env(JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
+                        stderr_path=stderr_path)
+    pid = int(sv.wait_log(r"^talker\[(\d+)\] <9>not a level$").group(1))
+    lines = sv.log().splitlines()
+    assert f"<4>talker[{pid}] careful" in lines, lines
+    assert f"talker[{pid}] plain" in lines, lines
+    wait_for(lambda: f"talker[{pid}] <5>notice" in sv.stdout_path.read_text(), 10,
+             message=lambda: f"the stdout line in {sv.stdout_path.read_text()!r}")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
