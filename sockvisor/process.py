@@ -260,6 +260,11 @@ class Worker:
     def fail_readiness(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(WorkerNotReady(self, reason))
+            # Only a reload awaits `ready`; for any other worker nobody reads the
+            # failure, which is logged where the exit is.  Marking it seen keeps
+            # asyncio from reporting "exception was never retrieved" for every
+            # worker that died young; an awaiter still gets the exception.
+            self.ready.exception()
 
     def on_exit(self, status: int) -> None:
         """Called by the reaper."""
