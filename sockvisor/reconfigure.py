@@ -2,7 +2,10 @@
 
 The order matters:
   1. every socket that is new or whose address changed is bound *first*; if one
-     fails, nothing has changed yet and the error is returned;
+     fails, nothing has changed yet and the error is returned.  A socket that
+     takes the address of one this config drops or moves (a renamed section, two
+     sockets swapping addresses) takes over that listening socket instead: binding
+     it anew would fail with EADDRINUSE, and its queue is as precious as any;
   2. removed watchers stop; changed watchers get a rolling reload (only a new
      `numprocesses` is a plain scale); added watchers start;
   3. sockets no longer wanted close last, once the workers using them are gone.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +50,13 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
                      and not same_address(old.sockets[n], new.sockets[n])]
 
     # 1. Bind first: all or nothing.
+    needed = added_sockets + moved_sockets
+    taken_over = _takeovers(old, new, needed, moved_sockets + removed_sockets)
     fresh: dict[str, ListeningSocket] = {}
     try:
-        for name in added_sockets + moved_sockets:
-            fresh[name] = bind(new.sockets[name])
+        for name in needed:
+            if name not in taken_over:
+                fresh[name] = _bind_beside(supervisor, new.sockets[name])
     except SocketError:
         for listening in fresh.values():
             listening.close()
@@ -59,14 +66,20 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
     for name in moved_sockets + removed_sockets:
         retiring[name] = supervisor.sockets.pop(name)
     supervisor.sockets.update(fresh)
+    for name, old_name in taken_over.items():
+        listening = retiring.pop(old_name)
+        log.info("socket %s takes over the listening socket of %s (%s)", name, old_name,
+                 listening.address)
+        supervisor.sockets[name] = listening
+        _apply_in_place(listening, old.sockets[old_name], new.sockets[name])
     for name in new.sockets:
         if name in old.sockets and name not in moved_sockets:
             _apply_in_place(supervisor.sockets[name], old.sockets[name], new.sockets[name])
     supervisor.config = new
-    for name in fresh:
-        supervisor.store_socket(name)
     for name in removed_sockets:
         supervisor.unstore_socket(name)
+    for name in needed:
+        supervisor.store_socket(name)
 
     added = [n for n in new.watchers if n not in supervisor.watchers]
     removed = [n for n in supervisor.watchers if n not in new.watchers]
@@ -121,7 +134,8 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
 
     summary = {"added": added, "removed": removed, "reloaded": changed, "scaled": scaled,
                "unchanged": unchanged, "sockets_added": added_sockets,
-               "sockets_removed": removed_sockets, "sockets_changed": moved_sockets}
+               "sockets_removed": removed_sockets, "sockets_changed": moved_sockets,
+               "sockets_taken_over": taken_over}
     log.info("reloadconfig: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v)
              or "nothing changed")
     if failures:
@@ -130,6 +144,41 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
             raise ReloadError(f"reloadconfig: {reasons}")
         raise next(iter(failures.values()))
     return summary
+
+
+def _takeovers(old: Config, new: Config, needed: list[str], going: list[str]
+               ) -> dict[str, str]:
+    """new socket name -> the name of the old socket, going away or moving, that
+    already listens on its address."""
+    taken: dict[str, str] = {}
+    for name in needed:
+        for old_name in going:
+            if old_name not in taken.values() and same_address(old.sockets[old_name],
+                                                               new.sockets[name]):
+                taken[name] = old_name
+                break
+    return taken
+
+
+def _bind_beside(supervisor: "Supervisor", config: SocketConfig) -> ListeningSocket:
+    """bind(), with a clearer error when what is in the way is one of our own sockets:
+    a socket moved to an overlapping address on the same port (127.0.0.1:80 ->
+    0.0.0.0:80) cannot be bound while the old one still serves."""
+    try:
+        return bind(config)
+    except SocketError as exc:
+        if exc.errno != errno.EADDRINUSE or config.is_unix:
+            raise
+        ours = [listening for listening in supervisor.sockets.values()
+                if listening.port == config.port]
+        if not ours:
+            raise
+        raise SocketError(
+            f"[socket:{config.name}] cannot bind {config.describe()}: sockvisor's own "
+            f"[socket:{ours[0].config.name}] listens on {ours[0].address} and keeps "
+            f"listening until its workers have moved; a reloadconfig cannot put an "
+            f"overlapping address on the same port: use another port, or restart "
+            f"sockvisor", exc.errno) from None
 
 
 # Strong references to the tasks below (the event loop keeps only weak ones).

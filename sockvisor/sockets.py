@@ -27,6 +27,10 @@ log = logging.getLogger("sockvisor.sockets")
 class SocketError(Exception):
     """A socket could not be bound or adopted; the message says which and why."""
 
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno   # of the bind() that failed, if that is what failed
+
 
 @dataclass(eq=False)
 class ListeningSocket:
@@ -107,7 +111,7 @@ def bind(config: SocketConfig) -> ListeningSocket:
             try:
                 sock.bind((config.host, config.port))
             except OSError as exc:
-                raise SocketError(_bind_error(config, exc)) from None
+                raise SocketError(_bind_error(config, exc), exc.errno) from None
         sock.listen(config.backlog)
         sock.setblocking(config.blocking)
     except BaseException:

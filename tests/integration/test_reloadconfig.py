@@ -9,6 +9,9 @@
   same inode behind the same fd of sockvisor) before and after.  A socket whose
   port changed is bound anew: the new port serves, the old one is closed once
   the reload is over.  A backlog change is applied in place (same inode).
+* A socket renamed, or moved to the address another one leaves, takes over the
+  listening socket already there (same inode); an overlapping address on the
+  same port (127.0.0.1:P -> 0.0.0.0:P) is refused, saying what is in the way.
 * A new `numprocesses` is a plain scale: the running workers stay.
 
 The workers are `ECHO_WORKER` (control_client_helpers), which answers with its
@@ -28,7 +31,7 @@ import pytest
 
 from sockvisor.control.protocol import ErrNo
 
-from conftest import is_gone, wait_for
+from conftest import free_port, is_gone, wait_for
 from control_client_helpers import (Load, call, describe, echo_worker_cmd, endpoint_of,
                                     fd_link, listen_backlog, ok, pids_of, run_ctl,
                                     sockets_of, subscribed, sync_events)
@@ -363,3 +366,91 @@ def test_a_stopped_watcher_takes_the_new_config_but_stays_stopped(sockvisor, tmp
     ok(endpoint, "start", {"name": "web"})
     port = sockets_of(endpoint)["web"]["port"]
     assert sv.http_get(port)["version"] == "2"
+
+
+def test_a_renamed_socket_keeps_its_listening_socket(sockvisor, tmp_path):
+    """[socket:web] renamed [socket:front] on the same address: binding it anew
+    would fail (the old one listens there) and drop the queue.  The renamed
+    section takes over the very socket, under load, without a failed request."""
+    cmd = echo_worker_cmd(tmp_path / "w")
+    port = free_port()
+    sv = sockvisor(web(cmd, port=port))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)["web"]
+    link = fd_link(sv.pid, before["fd"])
+    old_pids = set(sv.wait_workers(2, "echo_worker"))
+
+    rewrite(sv, web(cmd, port=port, version="2")
+            .replace("[socket:web]", "[socket:front]").replace("sockets = web",
+                                                              "sockets = front"))
+    with Load(port, threads=2) as load:
+        wait_for(lambda: load.count() >= 20, 20, message="the load to get going")
+        reply = ok(endpoint, "reloadconfig", timeout=60)
+        during = load.count()
+        wait_for(lambda: load.count() >= during + 20, 20, message="requests after it")
+    assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:5]}"
+    assert reply["sockets_taken_over"] == {"front": "web"}, reply
+    assert reply["sockets_added"] == ["front"] and reply["sockets_removed"] == ["web"]
+    assert reply["reloaded"] == ["web"]
+
+    after = sockets_of(endpoint)
+    assert list(after) == ["front"]
+    assert after["front"]["port"] == port
+    assert fd_link(sv.pid, after["front"]["fd"]) == link
+    assert load.versions()[-1] == "2"
+    assert not set(pids_of(endpoint, "web")) & old_pids
+
+
+def test_two_sockets_swapping_addresses_keep_both_listening_sockets(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    one = free_port()
+    two = wait_for(lambda: (port := free_port()) != one and port, 5,
+                   message="a second free port")
+    api = f"""
+        [socket:api]
+        host = 127.0.0.1
+        port = {{port}}
+        blocking = false
+
+        [watcher:api]
+        cmd = {cmd}
+        sockets = api
+        graceful_timeout = 3
+    """
+    sv = sockvisor(web(cmd, port=one) + api.format(port=two))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)
+    links = {name: fd_link(sv.pid, entry["fd"]) for name, entry in before.items()}
+
+    rewrite(sv, web(cmd, port=two) + api.format(port=one))
+    reply = ok(endpoint, "reloadconfig", timeout=60)
+    assert reply["sockets_taken_over"] == {"web": "api", "api": "web"}, reply
+    assert sorted(reply["reloaded"]) == ["api", "web"]
+    after = sockets_of(endpoint)
+    assert (after["web"]["port"], after["api"]["port"]) == (two, one)
+    assert fd_link(sv.pid, after["web"]["fd"]) == links["api"]
+    assert fd_link(sv.pid, after["api"]["fd"]) == links["web"]
+    web_pids, api_pids = set(pids_of(endpoint, "web")), set(pids_of(endpoint, "api"))
+    assert sv.http_get(two)["pid"] in web_pids
+    assert sv.http_get(one)["pid"] in api_pids
+
+
+def test_an_overlapping_address_on_the_same_port_is_refused_clearly(sockvisor, tmp_path):
+    """127.0.0.1:P -> 0.0.0.0:P cannot be bound while the old socket serves: the
+    error says it is sockvisor's own socket in the way, and nothing changes."""
+    cmd = echo_worker_cmd(tmp_path / "w")
+    port = free_port()
+    sv = sockvisor(web(cmd, port=port))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)
+    pids = sorted(pids_of(endpoint, "web"))
+
+    rewrite(sv, web(cmd, port=port, version="2").replace("host = 127.0.0.1",
+                                                         "host = 0.0.0.0"))
+    reply = call(endpoint, "reloadconfig")
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.OS_ERROR, reply
+    assert "sockvisor's own [socket:web]" in reply["reason"], reply
+    assert f"0.0.0.0:{port}" in reply["reason"], reply
+    assert sockets_of(endpoint) == before
+    assert sorted(pids_of(endpoint, "web")) == pids
+    assert sv.http_get(port)["version"] == "1"
