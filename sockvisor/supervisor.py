@@ -3,7 +3,9 @@
 Start-up: sockets first (adopted from the service manager, else bound) — if one
 fails, nothing is spawned; then the reaper, the workers' notify socket, the
 control channel, and the watchers; READY=1 to systemd once every autostart
-watcher's first generation is ready.  Shut-down is the reverse: STOPPING=1, every
+watcher's first generation is ready (having asked, with EXTEND_TIMEOUT_USEC, for
+as long as the config lets start-up take; likewise for a reload and a stop: see
+phase_bounds.py).  Shut-down is the reverse: STOPPING=1, every
 watcher stops its workers (stop_signal, graceful_timeout, SIGKILL), the control
 channel closes, and the listening sockets close last.
 
@@ -23,7 +25,7 @@ import time
 from typing import Any, Callable
 
 from sockvisor import config as config_module
-from sockvisor import systemd
+from sockvisor import phase_bounds, systemd
 from sockvisor.config import Config, ConfigError, SocketConfig
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
@@ -201,6 +203,7 @@ class Supervisor:
             await self._teardown(StopMode.IMMEDIATE)
             return exc.status
         self.notifier.mainpid(os.getpid())
+        self.notifier.extend_timeout(phase_bounds.start(self.config))
         context = self._context()
         try:
             for name, watcher_config in self.config.watchers.items():
@@ -276,6 +279,8 @@ class Supervisor:
 
     async def _teardown(self, mode: StopMode) -> None:
         self.notifier.stopping()
+        if mode == StopMode.GRACEFUL:
+            self.notifier.extend_timeout(phase_bounds.stop(self.config))
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
         if mode == StopMode.IMMEDIATE:
@@ -317,6 +322,8 @@ class Supervisor:
                 self.notifier.reloading()
             try:
                 new = config_module.load(self.config.path)
+                if announce:
+                    self.notifier.extend_timeout(phase_bounds.reload(new))
                 return await apply_new_config(self, new)
             finally:
                 if announce:

@@ -123,7 +123,12 @@ def test_service_contract(unit, conf):
     assert one(unit, "Service", "Restart") == "on-failure"
     assert one(unit, "Service", "WatchdogSec") == "30"
     assert int(one(unit, "Service", "FileDescriptorStoreMax")) >= 16
-    assert one(unit, "Service", "RuntimeDirectoryMode") == "0700"
+    # sockvisor makes a 0700 (0710 for endpoint_group) directory per config inside:
+    # the top must let endpoint_group members through, and must survive any one
+    # unit's stop, since every instance keeps its endpoint there.
+    assert one(unit, "Service", "RuntimeDirectory") == "sockvisor"
+    assert one(unit, "Service", "RuntimeDirectoryMode") == "0755"
+    assert one(unit, "Service", "RuntimeDirectoryPreserve") == "yes"
 
 
 @pytest.mark.parametrize("unit", ["sockvisor.service", "sockvisor@.service"])
@@ -142,11 +147,6 @@ def test_hardening_keeps_what_sockvisor_needs(unit):
     # No User=: the plain service runs as root; see sockvisor.socket for the
     # socket-activated, unprivileged variant.
     assert "User" not in directives(unit)["Service"]
-
-
-def test_runtime_directories():
-    assert one("sockvisor.service", "Service", "RuntimeDirectory") == "sockvisor"
-    assert one("sockvisor@.service", "Service", "RuntimeDirectory") == "sockvisor-%i"
 
 
 def test_socket_unit():

@@ -1,0 +1,43 @@
+"""How long start-up, a reload and a stop can take, by the config.
+
+sockvisor tells systemd (EXTEND_TIMEOUT_USEC) at the start of each phase, so that
+a unit's TimeoutStartSec= or TimeoutStopSec= shorter than what the config allows
+does not cut short a start, reload or stop that is going as configured.  systemd
+only uses an extension that goes beyond the unit's own timeout, so asking costs
+nothing when the unit allows enough.  The bounds are for a phase that goes as
+configured, not for the worst case: a watcher in backoff, or a reload queued
+behind another, can take longer, and then the unit's own timeout decides.
+"""
+
+from __future__ import annotations
+
+from sockvisor.config import Config, WatcherConfig
+
+# For what no option bounds: forking, reaping, the control round trip, one
+# backoff step.  Generous, since the cost of too little is a killed supervisor.
+MARGIN = 10.0
+
+
+def start(config: Config) -> float:
+    """First generation of every autostart watcher ready (in parallel)."""
+    return max((w.ready.timeout for w in config.watchers.values() if w.autostart),
+               default=0.0) + MARGIN
+
+
+def reload(config: Config) -> float:
+    """A rolling reload of every watcher (in parallel): per batch, the new workers
+    get ready_timeout to be ready and the old ones graceful_timeout to exit."""
+    return max((_rolling(w) for w in config.watchers.values()), default=0.0) + MARGIN
+
+
+def stop(config: Config) -> float:
+    """Every watcher stopped (in parallel): graceful_timeout, then SIGKILL."""
+    return max((w.graceful_timeout for w in config.watchers.values()),
+               default=0.0) + MARGIN
+
+
+def _rolling(watcher: WatcherConfig) -> float:
+    count = max(watcher.numprocesses, 1)
+    batch = watcher.reload_batch or count
+    batches = -(-count // batch)
+    return batches * (watcher.ready.timeout + watcher.graceful_timeout)

@@ -1,0 +1,58 @@
+"""sockvisor.phase_bounds: what sockvisor asks systemd for (EXTEND_TIMEOUT_USEC)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockvisor import phase_bounds
+from sockvisor.config import load
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def config(tmp_path, body: str):
+    path = tmp_path / "sv.ini"
+    path.write_text("[sockvisor]\n" + body)
+    return load(str(path), environ={"PATH": "/usr/bin:/bin"})
+
+
+def test_the_slowest_watcher_bounds_each_phase(tmp_path):
+    cfg = config(tmp_path, """
+[watcher:quick]
+cmd = sleep 1
+ready_timeout = 5
+graceful_timeout = 1
+
+[watcher:slow]
+cmd = sleep 1
+numprocesses = 5
+reload_batch = 2
+ready_timeout = 30
+graceful_timeout = 20
+
+[watcher:manual]
+cmd = sleep 1
+autostart = false
+ready_timeout = 500
+graceful_timeout = 3
+""")
+    margin = phase_bounds.MARGIN
+    # Start-up: only autostart watchers start.
+    assert phase_bounds.start(cfg) == 30 + margin
+    # slow: 3 batches (2, 2, 1) of ready_timeout + graceful_timeout; manual: 1 batch.
+    assert phase_bounds.reload(cfg) == max(3 * (30 + 20), 500 + 3) + margin
+    assert phase_bounds.stop(cfg) == 20 + margin
+
+
+def test_reload_batch_zero_is_one_batch_and_no_watcher_is_the_margin(tmp_path):
+    cfg = config(tmp_path, """
+[watcher:web]
+cmd = sleep 1
+numprocesses = 8
+ready_timeout = 7
+graceful_timeout = 4
+""")
+    assert phase_bounds.reload(cfg) == 7 + 4 + phase_bounds.MARGIN
+    empty = config(tmp_path, "loglevel = info\n")
+    assert (phase_bounds.start(empty), phase_bounds.reload(empty),
+            phase_bounds.stop(empty)) == (phase_bounds.MARGIN,) * 3
