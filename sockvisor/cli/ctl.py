@@ -20,26 +20,39 @@ QUICK_TIMEOUT = 10.0
 LONG_TIMEOUT = 600.0
 
 
+def _add_global_options(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """The options of sockvisorctl itself.  Accepted after the command as well
+    (`sockvisorctl status --json`), where an option not given must not reset
+    what was given before the command: hence SUPPRESS as the default there."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+    parser.add_argument("-c", "--config", default=default(None),
+                        help="the sockvisor INI file (to find the endpoint)")
+    parser.add_argument("--endpoint", default=default(None),
+                        help="control endpoint (ipc://PATH or tcp://HOST:PORT)")
+    parser.add_argument("--timeout", type=float, default=default(None),
+                        help=f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}, "
+                             f"{LONG_TIMEOUT:g} for commands that wait for processes)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the raw JSON reply")
+    parser.add_argument("--curve-server-key", default=default(None),
+                        help="tcp:// with CURVE: the server's public certificate file")
+    parser.add_argument("--curve-client-key", default=default(None),
+                        help="tcp:// with CURVE: our secret certificate file")
+
+
 def build_parser(commands: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sockvisorctl", description="Control a running sockvisor.",
         epilog="exit status: 0 ok, 1 command failed, 2 usage, 3 sockvisor unreachable")
-    parser.add_argument("-c", "--config", help="the sockvisor INI file (to find the endpoint)")
-    parser.add_argument("--endpoint", help="control endpoint (ipc://PATH or tcp://HOST:PORT)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help=f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}, "
-                             f"{LONG_TIMEOUT:g} for commands that wait for processes)")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON reply")
-    parser.add_argument("--curve-server-key", help="tcp:// with CURVE: the server's "
-                                                   "public certificate file")
-    parser.add_argument("--curve-client-key", help="tcp:// with CURVE: our secret "
-                                                   "certificate file")
+    _add_global_options(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in sorted(commands.items()):
         doc = (type(command).__doc__ or "").strip()
         child = sub.add_parser(name, help=command.summary(), description=doc,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_arguments(child)
+        _add_global_options(child, after_command=True)
     return parser
 
 

@@ -89,6 +89,15 @@ def test_exit_codes_and_json(sockvisor, scripts, tmp_path):
     assert reply["status"] == "error" and reply["errno"] == 3 and "nope" in reply["reason"]
     reply = json.loads(expect(0, "--endpoint", endpoint, "--json", "listsockets").stdout)
     assert [s["name"] for s in reply["sockets"]] == ["web"]
+    # sockvisorctl's own options also after the command, as people type them;
+    # one given before is not undone by the command's parser.
+    reply = json.loads(expect(0, "listsockets", "--endpoint", endpoint, "--json").stdout)
+    assert [s["name"] for s in reply["sockets"]] == ["web"]
+    reply = json.loads(expect(0, "--endpoint", endpoint, "numprocesses", "web",
+                              "--json", "--timeout", "5").stdout)
+    assert reply["numprocesses"] == 1
+    result = expect(0, "--json", "--endpoint", endpoint, "numprocesses", "web")
+    assert json.loads(result.stdout)["numprocesses"] == 1
 
     # $SOCKVISOR_ENDPOINT when nothing else says where.
     result = expect(0, "numwatchers", env={**env, "SOCKVISOR_ENDPOINT": endpoint})
