@@ -23,6 +23,7 @@ import grp
 import os
 import pwd
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -359,6 +360,15 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "loggerconfig": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
     "papa_endpoint": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "fqdn_prefix": _Ignored("not applicable"),
+    "include": _Unsupported("sockvisor reads one config file; merge the included "
+                            "files into it"),
+    "include_dir": _Unsupported("sockvisor reads one config file; merge the included "
+                                "files into it"),
+    "statsd_close_outputs": _Ignored("statsd is not supported"),
+    "httpd_close_outputs": _Ignored("the Circus web console is not supported"),
+    "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "
+                                   "discovery"),
+    "stream_backend": _Ignored("not applicable"),
 }
 
 _SOCKET_OPTIONS: dict[str, _Option] = {
@@ -420,8 +430,15 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "shell": _Option(_parse_bool),
     "priority": _Option(_parse_int()),
 }
-for _resource in ("nofile", "nproc", "core", "as", "fsize", "memlock", "stack", "cpu", "data"):
-    _WATCHER_OPTIONS[f"rlimit_{_resource}"] = _Option(_parse_int(-1))
+def _parse_rlimit(raw: str) -> int:
+    # As in Circus, an empty value is no limit (RLIM_INFINITY), as is -1.
+    return -1 if not raw.strip() else _parse_int(-1)(raw)
+
+
+# Every limit this platform has (as Circus does); process.py knows the same set.
+for _resource in sorted(name[len("RLIMIT_"):].lower() for name in dir(resource)
+                        if name.startswith("RLIMIT_")):
+    _WATCHER_OPTIONS[f"rlimit_{_resource}"] = _Option(_parse_rlimit)
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
@@ -442,7 +459,29 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "use_papa": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "stream_backend": _Ignored("not applicable"),
     "stdin_socket": _Unsupported("stdin sockets are not supported"),
+    "shell_args": _Ignored("only used with shell = true, which sockvisor refuses"),
+    # Read by no part of Circus 0.19; its flapping plugin is refused anyway.
+    "check_flapping": _Ignored("sockvisor's flapping limit is max_restarts within "
+                               "restart_window (max_restarts = -1: never give up)"),
+    # The flapping plugin's per-watcher overrides (flapping.attempts, ...).
+    "flapping": _Unsupported("the flapping plugin is not supported; use max_restarts "
+                             "and restart_window"),
 }
+for _stream in ("stdout", "stderr"):
+    _WATCHER_CIRCUS.update({
+        # Lines are written as the worker wrote them; journald stamps them itself.
+        f"{_stream}_stream.time_format": _Ignored("sockvisor does not timestamp "
+                                                  "output lines"),
+        f"{_stream}_stream.refresh_time": _Ignored("sockvisor writes output as it "
+                                                   "arrives"),
+        f"{_stream}_stream.color": _Ignored("sockvisor does not colour output"),
+        # TimedRotatingFileStream's options: rotating by time changes which files exist.
+        f"{_stream}_stream.rotate_when": _Unsupported(
+            f"time-based rotation is not supported; use {_stream}_max_bytes"),
+        f"{_stream}_stream.rotate_interval": _Unsupported(
+            f"time-based rotation is not supported; use {_stream}_max_bytes"),
+        f"{_stream}_stream.utc": _Ignored("time-based rotation is not supported"),
+    })
 
 _SUBSTITUTION = re.compile(r"\$\((sockvisor|circus)\.([A-Za-z0-9_.\-]+)\)")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -509,6 +509,12 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
     ("[circus]\npidfile = /run/circus.pid\n", "circus", "pidfile", "daemonize"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
      "interface", "SO_BINDTODEVICE"),
+    ("[circus]\ninclude = *.more.ini\n", "circus", "include", "one config file"),
+    ("[circus]\ninclude_dir = conf.d\n", "circus", "include_dir", "one config file"),
+    (watcher("cmd = sleep 1\nflapping.max_retry = 3"), "watcher:web",
+     "flapping.max_retry", "use max_restarts"),
+    (watcher("cmd = sleep 1\nstderr_stream.rotate_when = H"), "watcher:web",
+     "stderr_stream.rotate_when", "use stderr_max_bytes"),
 ])
 def test_unsupported_circus_options(tmp_path, text, section, key, says):
     load_error(tmp_path, text, section=section, key=key, says=("not supported", says))
@@ -528,6 +534,49 @@ def test_ignored_circus_options_warn(tmp_path):
     assert str(path) in check_delay and "[circus]" in check_delay
     assert "check_delay" in check_delay and "ignored" in check_delay
     assert "[watcher:web] close_child_stdin: ignored" in stdin
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("circus", "statsd_close_outputs", "true"),
+    ("circus", "httpd_close_outputs", "true"),
+    ("circus", "multicast_endpoint", "udp://237.219.251.97:12027"),
+    ("circus", "stream_backend", "thread"),
+    ("watcher:web", "stdout_stream.time_format", "%Y-%m-%d %H:%M:%S"),
+    ("watcher:web", "stdout_stream.refresh_time", "0.3"),
+    ("watcher:web", "stderr_stream.time_format", "%H:%M:%S"),
+    ("watcher:web", "stderr_stream.refresh_time", "1"),
+    ("watcher:web", "stdout_stream.color", "green"),
+    ("watcher:web", "check_flapping", "false"),
+    ("watcher:web", "shell_args", "-x"),
+])
+def test_more_ignored_circus_options_warn(tmp_path, section, key, value):
+    """Circus has these and they are harmless here: not "unknown key", a warning."""
+    text = watcher(f"cmd = sleep 1\n{key} = {value}" if section == "watcher:web"
+                   else "cmd = sleep 1")
+    if section == "circus":
+        text = f"[circus]\n{key} = {value}\n" + text
+    path = write(tmp_path, text)
+    cfg = load(str(path), environ=ENVIRON)
+    assert len(cfg.warnings) == 1, cfg.warnings
+    assert f"{path}: [{section}] {key}: ignored: " in cfg.warnings[0]
+
+
+def test_circus_include_switched_off_is_accepted(tmp_path):
+    assert load_ok(tmp_path, "[circus]\ninclude =\n").warnings == ()
+
+
+def test_every_circus_rlimit(tmp_path):
+    # Circus takes any RLIMIT_* the platform has, and an empty value as no limit.
+    text = watcher("cmd = sleep 1\nrlimit_rss = 1000\nrlimit_sigpending = 10\n"
+                   "rlimit_nofile =")
+    limits = load_ok(tmp_path, text).watchers["web"].rlimits
+    assert limits == {"rss": 1000, "sigpending": 10, "nofile": -1}
+
+
+def test_unknown_rlimit(tmp_path):
+    load_error(tmp_path, watcher("cmd = sleep 1\nrlimit_nofiles = 10"),
+               section="watcher:web", key="rlimit_nofiles",
+               says=("unknown key", "did you mean 'rlimit_nofile'"))
 
 
 def test_no_warnings_for_a_plain_config(tmp_path):
