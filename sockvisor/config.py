@@ -548,9 +548,18 @@ class _Loader:
                 global_sections.append(section)
                 continue
             kind, sep, name = section.partition(":")
+            if sep and kind.strip() == "env":
+                # As in Circus, one [env:a, b] section may serve several watchers.
+                names = [part.strip() for part in name.split(",")]
+                if not all(_NAME.match(part) for part in names):
+                    raise self.error("names may use letters, digits, '_', '.' and '-' "
+                                     "only, several separated by commas", section)
+                if len(set(names)) < len(names):
+                    raise self.error("a watcher is named twice", section)
+                name = ",".join(names)
             if sep and kind.strip() in kinds:
                 name = name.strip()
-                if not _NAME.match(name):
+                if kind.strip() != "env" and not _NAME.match(name):
                     raise self.error("names may use letters, digits, '_', '.' and '-' only",
                                      section)
                 if name in kinds[kind.strip()]:
@@ -572,15 +581,20 @@ class _Loader:
         if len(global_sections) > 1:
             raise self.error("[sockvisor] and [circus] are the same section; use one",
                              global_sections[1])
-        for name, section in env_sections.items():
-            if name not in watcher_sections:
-                raise self.error(f"no [watcher:{name}] for this environment", section)
+        # Each watcher's env sections in file order: as in Circus, a later section
+        # overrides a key an earlier one set ([env:a,b] then [env:a] refines a).
+        envs_of: dict[str, list[str]] = {name: [] for name in watcher_sections}
+        for names, section in env_sections.items():
+            for name in names.split(","):
+                if name not in watcher_sections:
+                    raise self.error(f"no [watcher:{name}] for this environment", section)
+                envs_of[name].append(section)
 
         globals_ = self.build_globals(global_sections[0] if global_sections else None)
         sockets = {name: self.build_socket(name, section)
                    for name, section in socket_sections.items()}
         watchers = {name: self.build_watcher(name, section,
-                                             env_sections.get(name), sockets)
+                                             tuple(envs_of[name]), sockets)
                     for name, section in watcher_sections.items()}
         return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
 
@@ -745,7 +759,7 @@ class _Loader:
                          "are not resolved: the bound address must not depend on DNS)",
                          section, key)
 
-    def build_watcher(self, name: str, section: str, env_section: str | None,
+    def build_watcher(self, name: str, section: str, env_sections: tuple[str, ...],
                       sockets: Mapping[str, SocketConfig]) -> WatcherConfig:
         values = self.read_options(section, _WATCHER_OPTIONS, _WATCHER_CIRCUS)
         keys = values["__keys__"]
@@ -764,7 +778,7 @@ class _Loader:
                     raise self.error(f"expected NAME=VALUE pairs separated by commas, "
                                      f"got {item!r}", section, keys["env"])
                 env[key.strip()] = value.strip()
-        if env_section is not None:
+        for env_section in env_sections:
             for key, value in self.parser.items(env_section):
                 if not _ENV_KEY.match(key):
                     raise self.error("not a valid environment variable name",
@@ -776,8 +790,7 @@ class _Loader:
         base_env = (dict(self.environ) if copy_env
                     else {"PATH": self.environ.get("PATH", os.defpath)})
         # $VAR / ${VAR} in [env:NAME] values refers to sockvisor's environment, as in Circus.
-        env = {key: self.expand_env_refs(value, env_section or section, key)
-               for key, value in env.items()}
+        env = {key: self.expand_env_refs(value, section, key) for key, value in env.items()}
         full_env = {**base_env, **env}
         lookup_env = {**self.environ, **env}
 
@@ -978,7 +991,7 @@ def watcher_from_options(path: str, name: str, options: Mapping[str, Any],
             value = "true" if value else "false"
         parser.set(section, str(key), str(value))
     loader = _Loader("<control>", parser, os.environ if environ is None else environ)
-    return loader.build_watcher(name, section, None, sockets)
+    return loader.build_watcher(name, section, (), sockets)
 
 
 def with_options(config: WatcherConfig, options: Mapping[str, Any],

@@ -198,6 +198,22 @@ def test_env_section_without_watcher(tmp_path):
     load_error(tmp_path, text, section="env:wbe", key=None, says="no [watcher:wbe]")
 
 
+def test_env_section_for_several_watchers_with_an_unknown_one(tmp_path):
+    text = watcher("cmd = sleep 1") + "\n[env:web, wbe]\nA = 1\n"
+    load_error(tmp_path, text, section="env:web, wbe", key=None, says="no [watcher:wbe]")
+
+
+@pytest.mark.parametrize("names, says", [
+    ("web,,worker", "separated by commas"),
+    ("web,", "separated by commas"),
+    ("web, my worker", "names may use letters"),
+    ("web, web", "named twice"),
+])
+def test_bad_env_section_name_lists(tmp_path, names, says):
+    text = watcher("cmd = sleep 1") + f"\n[env:{names}]\nA = 1\n"
+    load_error(tmp_path, text, section=f"env:{names}", key=None, says=says)
+
+
 def test_bad_section_name(tmp_path):
     load_error(tmp_path, "[watcher:my web]\ncmd = sleep 1\n", section="watcher:my web",
                key=None, says="names may use letters")
@@ -850,6 +866,43 @@ def test_env_option_and_env_section(tmp_path):
 def test_env_section_by_alias_spelling(tmp_path):
     text = watcher("cmd = sleep 1") + "\n[env: web]\nA = 1\n"
     assert load_ok(tmp_path, text).watchers["web"].env["A"] == "1"
+
+
+TWO_WATCHERS = WEB_SOCKET + """
+[watcher:web]
+cmd = sleep 1
+env = FROM_OPTION=web
+
+[watcher:worker]
+cmd = sleep 2
+"""
+
+
+def test_env_section_for_several_watchers(tmp_path):
+    text = TWO_WATCHERS + "\n[env:web , worker]\nSHARED = yes\nFROM_OPTION = section\n"
+    cfg = load_ok(tmp_path, text)
+    for name in ("web", "worker"):
+        assert cfg.watchers[name].env["SHARED"] == "yes"
+        assert cfg.watchers[name].env["FROM_OPTION"] == "section"
+
+
+def test_later_env_section_wins_for_a_watcher(tmp_path):
+    # Circus's documented rule: sections combine in file order, later keys win.
+    text = TWO_WATCHERS + (
+        "\n[env:web,worker]\nPATH = /bin\nLEVEL = shared\n"
+        "\n[env:web]\nPATH = $PATH\n"
+        "\n[env:worker]\nCAKE = lie\n")
+    cfg = load_ok(tmp_path, text)
+    web, worker = cfg.watchers["web"].env, cfg.watchers["worker"].env
+    assert web["PATH"] == ENVIRON["PATH"] and web["LEVEL"] == "shared"
+    assert "CAKE" not in web
+    assert (worker["PATH"], worker["LEVEL"], worker["CAKE"]) == ("/bin", "shared", "lie")
+
+
+def test_bad_variable_name_in_shared_env_section(tmp_path):
+    text = TWO_WATCHERS + "\n[env:worker,web]\nNOT-VALID = 1\n"
+    load_error(tmp_path, text, section="env:worker,web", key="NOT-VALID",
+               says="not a valid environment variable name")
 
 
 def test_env_keys_are_case_sensitive(tmp_path):
