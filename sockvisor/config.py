@@ -201,6 +201,16 @@ def _parse_int(low: int | None = None, high: int | None = None) -> Callable[[str
     return parse
 
 
+def _parse_max_restarts(raw: str) -> int:
+    # Circus's `max_retry = -1` means "retry forever".  The restart policy has no
+    # unlimited count yet (its backoff must first stay finite over an endless crash
+    # loop), so say so rather than "must be at least 0".
+    if raw.strip() == "-1":
+        raise ValueError("-1 (Circus: retry forever) is not supported; give the number "
+                         "of failed starts allowed within restart_window")
+    return _parse_int(0)(raw)
+
+
 def _parse_float(low: float = 0.0) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
@@ -411,7 +421,7 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "min_uptime": _Option(_parse_float()),
     "backoff_base": _Option(_parse_float(0.0)),
     "backoff_max": _Option(_parse_float(0.0)),
-    "max_restarts": _Option(_parse_int(0), aliases=("max_retry",)),
+    "max_restarts": _Option(_parse_max_restarts, aliases=("max_retry",)),
     "restart_window": _Option(_parse_float(0.0)),
     "stdout": _Option(_parse_output),
     "stderr": _Option(_parse_output),
@@ -462,7 +472,7 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "shell_args": _Ignored("only used with shell = true, which sockvisor refuses"),
     # Read by no part of Circus 0.19; its flapping plugin is refused anyway.
     "check_flapping": _Ignored("sockvisor's flapping limit is max_restarts within "
-                               "restart_window (max_restarts = -1: never give up)"),
+                               "restart_window"),
     # The flapping plugin's per-watcher overrides (flapping.attempts, ...).
     "flapping": _Unsupported("the flapping plugin is not supported; use max_restarts "
                              "and restart_window"),

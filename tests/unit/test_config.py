@@ -834,6 +834,18 @@ def test_watcher_values(tmp_path):
     assert (web.stdout.kind, web.stderr.kind) == (OutputKind.NULL, OutputKind.PREFIX)
 
 
+@pytest.mark.parametrize("key", ["max_retry", "max_restarts"])
+def test_max_retry_minus_one_is_refused_by_name(tmp_path, key):
+    """Circus's "retry forever" gets its own message, not just "out of range"."""
+    load_error(tmp_path, watcher(f"cmd = sleep 1\n{key} = -1"), section="watcher:web",
+               key=key, says=("-1", "retry forever", "not supported", "restart_window"))
+
+
+def test_max_retry_below_minus_one(tmp_path):
+    load_error(tmp_path, watcher("cmd = sleep 1\nmax_retry = -2"), section="watcher:web",
+               key="max_retry", says="must be at least 0")
+
+
 @pytest.mark.parametrize("value", ["TERM", "SIGTERM", "sigterm", "15"])
 def test_stop_signal_spellings(tmp_path, value):
     web = load_ok(tmp_path, watcher(f"cmd = sleep 1\nstop_signal = {value}")).watchers["web"]
