@@ -3,7 +3,8 @@
 Pure logic over an injectable clock, so it is tested without sleeping.  A worker
 that dies before `min_uptime` is a *failed start*: the next start waits
 `backoff_base * 2**(n-1)` seconds (capped at `backoff_max`), and more than
-`max_restarts` failed starts inside `window` seconds make the watcher FATAL.  A
+`max_restarts` failed starts inside `window` seconds make the watcher FATAL
+(never, with UNLIMITED_RESTARTS: Circus's `max_retry = -1`).  A
 worker that ran at least `min_uptime` was healthy: it is replaced at once and the
 backoff starts over.  Counting only failed starts keeps a long-running worker
 that is killed now and then (OOM, an operator's kill -9) from ever looking like
@@ -17,7 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sockvisor.config import RestartPolicy
+from sockvisor.config import UNLIMITED_RESTARTS, RestartPolicy
+
+# 2**62 times any backoff_base is beyond any backoff_max; a bigger exponent only
+# risks OverflowError after ~1000 failed starts in a row (an endless crash loop
+# with max_restarts unlimited, or restart_window shorter than the backoff).
+_MAX_EXPONENT = 62
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,14 @@ class RestartTracker:
         self.failures.append(now)
         while self.failures and now - self.failures[0] > self.policy.window:
             self.failures.popleft()
-        if len(self.failures) > self.policy.max_restarts:
+        if (self.policy.max_restarts != UNLIMITED_RESTARTS
+                and len(self.failures) > self.policy.max_restarts):
             return Decision(0.0, True,
                             f"{len(self.failures)} failed starts within "
                             f"{self.policy.window:g}s (max_restarts = "
                             f"{self.policy.max_restarts})")
-        delay = min(self.policy.backoff_base * 2 ** (self.consecutive - 1),
-                    self.policy.backoff_max)
+        exponent = min(self.consecutive - 1, _MAX_EXPONENT)
+        delay = min(self.policy.backoff_base * 2 ** exponent, self.policy.backoff_max)
         return Decision(delay, False)
 
     def reset(self) -> None:

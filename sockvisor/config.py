@@ -79,6 +79,9 @@ class ReadyPolicy:
     timeout: float = 60.0
 
 
+UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     respawn: bool = True
@@ -90,6 +93,7 @@ class RestartPolicy:
     backoff_max: float = 10.0
     max_restarts: int = 5       # failed starts allowed within `window`...
     window: float = 60.0        # ...before the watcher goes FATAL
+    # (max_restarts = UNLIMITED_RESTARTS: never)
 
 
 @dataclass(frozen=True)
@@ -202,13 +206,14 @@ def _parse_int(low: int | None = None, high: int | None = None) -> Callable[[str
 
 
 def _parse_max_restarts(raw: str) -> int:
-    # Circus's `max_retry = -1` means "retry forever".  The restart policy has no
-    # unlimited count yet (its backoff must first stay finite over an endless crash
-    # loop), so say so rather than "must be at least 0".
+    # -1: never FATAL, as Circus's `max_retry = -1` ("retry forever"); the backoff
+    # still spaces the attempts out, up to backoff_max.
     if raw.strip() == "-1":
-        raise ValueError("-1 (Circus: retry forever) is not supported; give the number "
-                         "of failed starts allowed within restart_window")
-    return _parse_int(0)(raw)
+        return UNLIMITED_RESTARTS
+    try:
+        return _parse_int(0)(raw)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or -1: no limit)") from None
 
 
 def _parse_float(low: float = 0.0) -> Callable[[str], float]:

@@ -28,6 +28,7 @@ from sockvisor.config import (
     ConfigError,
     OutputKind,
     ReadyKind,
+    UNLIMITED_RESTARTS,
     expand_worker_args,
     load,
 )
@@ -835,15 +836,15 @@ def test_watcher_values(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["max_retry", "max_restarts"])
-def test_max_retry_minus_one_is_refused_by_name(tmp_path, key):
-    """Circus's "retry forever" gets its own message, not just "out of range"."""
-    load_error(tmp_path, watcher(f"cmd = sleep 1\n{key} = -1"), section="watcher:web",
-               key=key, says=("-1", "retry forever", "not supported", "restart_window"))
+def test_max_retry_minus_one_is_no_limit(tmp_path, key):
+    """Circus's "retry forever"."""
+    web = load_ok(tmp_path, watcher(f"cmd = sleep 1\n{key} = -1")).watchers["web"]
+    assert web.restart.max_restarts == UNLIMITED_RESTARTS
 
 
 def test_max_retry_below_minus_one(tmp_path):
     load_error(tmp_path, watcher("cmd = sleep 1\nmax_retry = -2"), section="watcher:web",
-               key="max_retry", says="must be at least 0")
+               key="max_retry", says=("must be at least 0", "-1: no limit"))
 
 
 @pytest.mark.parametrize("value", ["TERM", "SIGTERM", "sigterm", "15"])
