@@ -804,6 +804,11 @@ class _Loader:
         # resolves the way it does in the shell that wrote the config.
         base_env = (dict(self.environ) if copy_env
                     else {"PATH": self.environ.get("PATH", os.defpath)})
+        if "uid" in values:
+            # A copied HOME, USER and LOGNAME describe sockvisor's user; a worker run
+            # as another gets its own at spawn, unless the config sets them.
+            for key in ("HOME", "USER", "LOGNAME"):
+                base_env.pop(key, None)
         # $VAR / ${VAR} in [env:NAME] values refers to sockvisor's environment, as in Circus.
         env = {key: self.expand_env_refs(value, section, key) for key, value in env.items()}
         full_env = {**base_env, **env}

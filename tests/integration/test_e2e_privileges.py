@@ -69,6 +69,36 @@ def test_worker_as_nobody_serves_port_80(world_readable_dir, sockvisor):
     assert psutil.Process(sv.pid).uids().effective == 0
 
 
+def test_copy_env_still_describes_the_workers_own_user(world_readable_dir, sockvisor):
+    """copy_env passes sockvisor's environment on, but HOME=/root, USER=root would
+    lie to a worker running as nobody (and send its dotfiles to root's home);
+    what the config sets explicitly still wins."""
+    _require_system_python()
+    assert os.environ.get("HOME") != pwd.getpwnam("nobody").pw_dir
+    nobody = pwd.getpwnam("nobody")
+    scripts = Scripts(world_readable_dir, python=SYSTEM_PYTHON)
+    sv = sockvisor(f"""
+        [socket:web]
+        host = 127.0.0.1
+        port = 0
+
+        [watcher:web]
+        cmd = {scripts.cmd("worker.py")}
+        sockets = web
+        uid = nobody
+        copy_env = true
+        working_dir = {world_readable_dir}
+        graceful_timeout = 1
+
+        [env:web]
+        LOGNAME = from-the-config
+    """)
+    reply = sv.http_get(sv.port("web"))
+    assert reply["uids"] == [nobody.pw_uid] * 3
+    assert reply["env"] == {"HOME": nobody.pw_dir, "USER": "nobody",
+                            "LOGNAME": "from-the-config"}
+
+
 def test_unprivileged_worker_dies_with_sockvisor(world_readable_dir, sockvisor):
     """PR_SET_PDEATHSIG is cleared by a credential change: it must be set after it."""
     _require_system_python()
