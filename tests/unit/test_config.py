@@ -114,16 +114,53 @@ def test_directory_instead_of_file(tmp_path):
     assert_located(info.value, tmp_path, None, None, "is a directory")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads a mode-000 file anyway")
-def test_unreadable_file(tmp_path):
-    path = write(tmp_path, watcher("cmd = sleep 1"))
+def test_unreadable_file(tmp_path, world_readable_dir):
+    """A mode-000 file.  Root reads it anyway, so as root the loader runs in a
+    child that has become nobody (the file in a directory nobody may enter)."""
+    directory = world_readable_dir if IS_ROOT else tmp_path
+    path = write(directory, watcher("cmd = sleep 1"))
     path.chmod(0)
     try:
-        with pytest.raises(ConfigError) as info:
-            load(str(path), environ=ENVIRON)
+        message = load_error_as_nobody(path) if IS_ROOT else load_error_message(path)
     finally:
         path.chmod(0o600)
-    assert_located(info.value, path, None, None, "permission denied")
+    assert message.startswith(f"{path}: "), message
+    assert "permission denied" in message.lower(), message
+
+
+def load_error_message(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(str(path), environ=ENVIRON)
+    return str(info.value)
+
+
+def load_error_as_nobody(path: Path) -> str:
+    """load(path) in a forked child running as nobody; its ConfigError's text."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never back into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                load(str(path), environ=ENVIRON)
+                text = "loaded without an error"
+            except ConfigError as exc:
+                text = str(exc)
+            os.write(write_end, text.encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        text = reader.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return text
 
 
 def test_not_utf8(tmp_path):
@@ -468,11 +505,17 @@ def test_switching_user_needs_root_when_not_root(tmp_path, monkeypatch):
                key="group", says="needs sockvisor to run as root")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="needs an unprivileged user")
-def test_uid_nobody_when_not_root(tmp_path):
-    other = "root" if pwd.getpwuid(os.geteuid()).pw_name == "nobody" else "nobody"
-    load_error(tmp_path, watcher(f"cmd = sleep 1\nuid = {other}"), section="watcher:web",
-               key="uid", says="needs sockvisor to run as root")
+def test_another_uid_when_not_root(tmp_path, world_readable_dir):
+    """As root, checked in a child that has become nobody (see test_unreadable_file)."""
+    if not IS_ROOT:
+        other = "root" if pwd.getpwuid(os.geteuid()).pw_name == "nobody" else "nobody"
+        load_error(tmp_path, watcher(f"cmd = sleep 1\nuid = {other}"),
+                   section="watcher:web", key="uid", says="needs sockvisor to run as root")
+        return
+    path = write(world_readable_dir, watcher("cmd = sleep 1\nuid = root"))
+    message = load_error_as_nobody(path)
+    assert message.startswith(f"{path}: [watcher:web]: uid: "), message
+    assert "needs sockvisor to run as root" in message, message
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root")
