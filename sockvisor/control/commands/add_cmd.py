@@ -11,7 +11,11 @@ from sockvisor.control.protocol import CommandError
 class Add(Command):
     """Add watcher NAME running CMD; --start starts it at once.
 
-    sockvisorctl add NAME CMD... [--start]
+    sockvisorctl add [--start] NAME CMD...
+
+    Everything after NAME is the command line, options included (`add web sh -c
+    'exec x' --json` runs `sh -c 'exec x' --json`): sockvisorctl's own options go
+    before NAME.
 
     Only on sockvisor's owner endpoint: it decides what runs, and as whom.
     Options (numprocesses, sockets, ...) may follow in the request's `options`;
@@ -23,12 +27,15 @@ class Add(Command):
     long_running = True
 
     def add_arguments(self, parser):
-        parser.add_argument("name", help="watcher")
-        parser.add_argument("cmd", nargs="+", help="command line")
+        import argparse
         parser.add_argument("--start", action="store_true", help="start it at once")
+        parser.add_argument("name", help="watcher")
+        parser.add_argument("cmd", nargs=argparse.REMAINDER, help="command line")
 
     def properties(self, args):
         import shlex
+        if not args.cmd:
+            raise ValueError("add: CMD is required after NAME")
         return {"name": args.name, "cmd": shlex.join(args.cmd), "start": args.start}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
