@@ -76,7 +76,11 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
         if name in old.sockets and name not in moved_sockets:
             _apply_in_place(supervisor.sockets[name], old.sockets[name], new.sockets[name])
     supervisor.config = new
-    for name in removed_sockets:
+    # The fd store: every name going away or moving is dropped *before* anything
+    # is stored.  systemd ignores a stored fd's second FDSTORE=1 (it keeps the
+    # first name), so a socket taken over under a new name must first leave the
+    # store under its old one.
+    for name in moved_sockets + removed_sockets:
         supervisor.unstore_socket(name)
     for name in needed:
         supervisor.store_socket(name)

@@ -184,6 +184,26 @@ class ServiceManager:
     def with_key(self, key: str) -> list[Message]:
         return [m for m in self.messages if key in m.fields]
 
+    def fd_store(self) -> dict[str, list[int]]:
+        """The inodes systemd's fd store would hold, by FDNAME, after the messages so
+        far.  As systemd does: FDSTOREREMOVE=1 drops every fd named FDNAME, and a
+        FDSTORE=1 of a file already in the store is suppressed -- the stored fd
+        keeps its first name."""
+        store: list[tuple[str, tuple[int, int]]] = []
+        for message in self.messages:
+            name = message.fields.get("FDNAME", "stored")
+            if message.fields.get("FDSTOREREMOVE") == "1":
+                store = [(n, file) for n, file in store if n != name]
+            if message.fields.get("FDSTORE") == "1":
+                for fd in message.fds:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) not in {file for _, file in store}:
+                        store.append((name, (st.st_dev, st.st_ino)))
+        by_name: dict[str, list[int]] = {}
+        for name, (_dev, inode) in store:
+            by_name.setdefault(name, []).append(inode)
+        return by_name
+
 
 # --------------------------------------------------------------------------- the service
 

@@ -25,7 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # systemd_helpers
 
-from conftest import is_gone, wait_for  # noqa: E402
+from conftest import free_port, is_gone, wait_for  # noqa: E402
+from control_client_helpers import fd_link, ok  # noqa: E402
 from systemd_helpers import (services, manager, SOCKVISOR, clean_env, exec_as_self,  # noqa: E402,F401
                              read_http_reply, send_request, worker_states,
                              write_config, write_worker)
@@ -158,5 +159,67 @@ def test_stored_socket_of_a_removed_section_is_dropped_from_the_store(
     assert [m.fields for m in manager.with_key("FDSTOREREMOVE")
             if m.fields.get("FDNAME") == "old"] == [{"FDSTOREREMOVE": "1", "FDNAME": "old"}]
     assert "passed by the service manager as 'old' matches no [socket:NAME]" in sv.log()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+def test_reloadconfig_keeps_the_store_in_step_with_renamed_and_swapped_sockets(
+        tmp_path, services, manager):
+    """After reloadconfig the store must hold each listening socket under its new
+    name -- checked against a model of systemd's store, which ignores a second
+    FDSTORE=1 of an fd it holds (keeping the first name): a socket taken over by a
+    renamed section, or two swapping addresses, must leave under the old name
+    first, or a restart from the store would lose them."""
+    directory = tmp_path / "sv"
+    directory.mkdir()
+    worker = write_worker(directory)
+
+    def body(*sockets: tuple[str, int]) -> str:
+        text = ""
+        for name, port in sockets:
+            text += f"""
+                [socket:{name}]
+                host = 127.0.0.1
+                port = {port}
+
+                [watcher:{name}]
+                cmd = {sys.executable} {worker}
+                sockets = {name}
+                graceful_timeout = 2
+            """
+        return text
+
+    one = free_port()
+    two = wait_for(lambda: (port := free_port()) != one and port, 5,
+                   message="a second free port")
+    conf = write_config(directory, body(("a", one), ("b", two)), globals_="fdstore = true")
+    sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
+    manager.expect_field("READY", "1", alive=sv.proc)
+    endpoint = f"ipc://{directory}/ctl"
+    inode = {entry["name"]: fd_link(sv.pid, entry["fd"])
+             for entry in ok(endpoint, "listsockets")["sockets"]}
+    inode = {name: int(link[len("socket:["):-1]) for name, link in inode.items()}
+
+    def store_becomes(expected: dict[str, list[int]]) -> None:
+        def matches() -> bool:
+            manager.collect(0.05)
+            return manager.fd_store() == expected
+        wait_for(matches, 10, message=lambda: f"the store {manager.fd_store()} to be "
+                                              f"{expected}\n{manager.messages}")
+
+    store_becomes({"a": [inode["a"]], "b": [inode["b"]]})
+
+    # Swap the two addresses: each name now has the other's socket.
+    write_config(directory, body(("a", two), ("b", one)), globals_="fdstore = true")
+    reply = ok(endpoint, "reloadconfig", timeout=60)
+    assert reply["sockets_taken_over"] == {"a": "b", "b": "a"}, reply
+    store_becomes({"a": [inode["b"]], "b": [inode["a"]]})
+
+    # Rename b to c, same address: c has b's socket, b is gone from the store.
+    write_config(directory, body(("a", two), ("c", one)), globals_="fdstore = true")
+    reply = ok(endpoint, "reloadconfig", timeout=60)
+    assert reply["sockets_taken_over"] == {"c": "b"}, reply
+    store_becomes({"a": [inode["b"]], "c": [inode["a"]]})
+
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
