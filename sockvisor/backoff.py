@@ -20,9 +20,10 @@ from typing import Callable
 
 from sockvisor.config import UNLIMITED_RESTARTS, RestartPolicy
 
-# 2**62 times any backoff_base is beyond any backoff_max; a bigger exponent only
-# risks OverflowError after ~1000 failed starts in a row (an endless crash loop
-# with max_restarts unlimited, or restart_window shorter than the backoff).
+# The doubling stops here: an unbounded 2**n raises OverflowError (as a float)
+# after ~1000 failed starts in a row -- an endless crash loop with max_restarts
+# unlimited, or a restart_window shorter than the backoff.  backoff_max caps the
+# delay long before, for any base above 1e-18 s.
 _MAX_EXPONENT = 62
 
 
@@ -47,18 +48,21 @@ class RestartTracker:
             return Decision(0.0, False)
         now = self.clock()
         self.consecutive += 1
+        if self.policy.max_restarts == UNLIMITED_RESTARTS:
+            return Decision(self._delay(), False)   # nothing to count: no history
         self.failures.append(now)
         while self.failures and now - self.failures[0] > self.policy.window:
             self.failures.popleft()
-        if (self.policy.max_restarts != UNLIMITED_RESTARTS
-                and len(self.failures) > self.policy.max_restarts):
+        if len(self.failures) > self.policy.max_restarts:
             return Decision(0.0, True,
                             f"{len(self.failures)} failed starts within "
                             f"{self.policy.window:g}s (max_restarts = "
                             f"{self.policy.max_restarts})")
+        return Decision(self._delay(), False)
+
+    def _delay(self) -> float:
         exponent = min(self.consecutive - 1, _MAX_EXPONENT)
-        delay = min(self.policy.backoff_base * 2 ** exponent, self.policy.backoff_max)
-        return Decision(delay, False)
+        return min(self.policy.backoff_base * 2 ** exponent, self.policy.backoff_max)
 
     def reset(self) -> None:
         self.failures.clear()

@@ -68,6 +68,7 @@ def test_unlimited_restarts_never_go_fatal_and_the_backoff_stays_finite():
         assert not decision.fatal
         clock.now += decision.delay
     assert decision.delay == 10.0
+    assert not restarts.failures     # nothing is counted, so nothing is kept
 
 
 def test_a_window_shorter_than_the_backoff_survives_a_long_crash_loop():
