@@ -11,6 +11,8 @@ behind another, can take longer, and then the unit's own timeout decides.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from sockvisor.config import Config, WatcherConfig
 
 # For what no option bounds: forking, reaping, the control round trip, one
@@ -20,20 +22,32 @@ MARGIN = 10.0
 
 def start(config: Config) -> float:
     """First generation of every autostart watcher ready (in parallel)."""
-    return max((w.ready.timeout for w in config.watchers.values() if w.autostart),
-               default=0.0) + MARGIN
+    return _readiness(config.watchers.values()) + MARGIN
 
 
-def reload(config: Config) -> float:
-    """A rolling reload of every watcher (in parallel): per batch, the new workers
-    get ready_timeout to be ready and the old ones graceful_timeout to exit."""
-    return max((_rolling(w) for w in config.watchers.values()), default=0.0) + MARGIN
+def reload(old: Config, new: Config) -> float:
+    """reloadconfig from `old` to `new`, in reconfigure.py's order: removed watchers
+    stop (graceful_timeout), then kept ones roll (per batch, the new workers get
+    ready_timeout to be ready and the old ones graceful_timeout to exit), then added
+    ones start (ready_timeout); each step's watchers in parallel."""
+    removed = [w for name, w in old.watchers.items() if name not in new.watchers]
+    kept = [w for name, w in new.watchers.items() if name in old.watchers]
+    added = [w for name, w in new.watchers.items() if name not in old.watchers]
+    return (_stopping(removed) + max((_rolling(w) for w in kept), default=0.0)
+            + _readiness(added) + MARGIN)
 
 
 def stop(config: Config) -> float:
     """Every watcher stopped (in parallel): graceful_timeout, then SIGKILL."""
-    return max((w.graceful_timeout for w in config.watchers.values()),
-               default=0.0) + MARGIN
+    return _stopping(config.watchers.values()) + MARGIN
+
+
+def _readiness(watchers: Iterable[WatcherConfig]) -> float:
+    return max((w.ready.timeout for w in watchers if w.autostart), default=0.0)
+
+
+def _stopping(watchers: Iterable[WatcherConfig]) -> float:
+    return max((w.graceful_timeout for w in watchers), default=0.0)
 
 
 def _rolling(watcher: WatcherConfig) -> float:

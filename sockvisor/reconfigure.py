@@ -114,10 +114,9 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
         return_exceptions=True)
     failures = {name: result for name, result in zip(changed, results)
                 if isinstance(result, BaseException)}
-    for name in added:
-        watcher = supervisor.add_watcher(new.watchers[name])
-        if watcher.config.autostart:
-            await watcher.start()
+    # In parallel, as at start-up: each waits for its first generation to be ready.
+    new_watchers = [supervisor.add_watcher(new.watchers[name]) for name in added]
+    await asyncio.gather(*(w.start() for w in new_watchers if w.config.autostart))
 
     # 3. Close what nobody uses any more.  A watcher whose reload failed still runs
     # its old workers, which hold the retired socket: it stays open until the last

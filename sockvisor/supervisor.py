@@ -323,7 +323,7 @@ class Supervisor:
             try:
                 new = config_module.load(self.config.path)
                 if announce:
-                    self.notifier.extend_timeout(phase_bounds.reload(new))
+                    self.notifier.extend_timeout(phase_bounds.reload(self.config, new))
                 return await apply_new_config(self, new)
             finally:
                 if announce:

@@ -40,8 +40,34 @@ graceful_timeout = 3
     # Start-up: only autostart watchers start.
     assert phase_bounds.start(cfg) == 30 + margin
     # slow: 3 batches (2, 2, 1) of ready_timeout + graceful_timeout; manual: 1 batch.
-    assert phase_bounds.reload(cfg) == max(3 * (30 + 20), 500 + 3) + margin
+    assert phase_bounds.reload(cfg, cfg) == max(3 * (30 + 20), 500 + 3) + margin
     assert phase_bounds.stop(cfg) == 20 + margin
+
+
+def test_reload_adds_up_its_steps(tmp_path):
+    """Removed watchers stop, then kept ones roll, then added ones start: one
+    after another, so their bounds add up."""
+    old = config(tmp_path, """
+[watcher:going]
+cmd = sleep 1
+graceful_timeout = 120
+
+[watcher:web]
+cmd = sleep 1
+ready_timeout = 30
+graceful_timeout = 60
+""")
+    new = config(tmp_path, """
+[watcher:web]
+cmd = sleep 1
+ready_timeout = 30
+graceful_timeout = 60
+
+[watcher:api]
+cmd = sleep 1
+ready_timeout = 45
+""")
+    assert phase_bounds.reload(old, new) == 120 + (30 + 60) + 45 + phase_bounds.MARGIN
 
 
 def test_reload_batch_zero_is_one_batch_and_no_watcher_is_the_margin(tmp_path):
@@ -52,7 +78,7 @@ numprocesses = 8
 ready_timeout = 7
 graceful_timeout = 4
 """)
-    assert phase_bounds.reload(cfg) == 7 + 4 + phase_bounds.MARGIN
+    assert phase_bounds.reload(cfg, cfg) == 7 + 4 + phase_bounds.MARGIN
     empty = config(tmp_path, "loglevel = info\n")
-    assert (phase_bounds.start(empty), phase_bounds.reload(empty),
+    assert (phase_bounds.start(empty), phase_bounds.reload(empty, empty),
             phase_bounds.stop(empty)) == (phase_bounds.MARGIN,) * 3
