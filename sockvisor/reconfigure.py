@@ -56,7 +56,8 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
     try:
         for name in needed:
             if name not in taken_over:
-                fresh[name] = _bind_beside(supervisor, new.sockets[name])
+                fresh[name] = _bind_beside(supervisor, new.sockets[name],
+                                           moved_sockets + removed_sockets)
     except SocketError:
         for listening in fresh.values():
             listening.close()
@@ -163,7 +164,8 @@ def _takeovers(old: Config, new: Config, needed: list[str], going: list[str]
     return taken
 
 
-def _bind_beside(supervisor: "Supervisor", config: SocketConfig) -> ListeningSocket:
+def _bind_beside(supervisor: "Supervisor", config: SocketConfig,
+                 going: list[str]) -> ListeningSocket:
     """bind(), with a clearer error when what is in the way is one of our own sockets:
     a socket moved to an overlapping address on the same port (127.0.0.1:80 ->
     0.0.0.0:80) cannot be bound while the old one still serves."""
@@ -172,16 +174,34 @@ def _bind_beside(supervisor: "Supervisor", config: SocketConfig) -> ListeningSoc
     except SocketError as exc:
         if exc.errno != errno.EADDRINUSE or config.is_unix:
             raise
-        ours = [listening for listening in supervisor.sockets.values()
-                if listening.port == config.port]
+        ours = [name for name, listening in supervisor.sockets.items()
+                if _overlaps(listening, config)]
         if not ours:
             raise
+        listening = supervisor.sockets[ours[0]]
+        if ours[0] in going:
+            why = ("which this config moves or removes, but which keeps listening "
+                   "until its workers have moved: a reloadconfig cannot put an "
+                   "overlapping address on the same port; use another port, or "
+                   "restart sockvisor")
+        else:
+            why = "which this config keeps"
         raise SocketError(
             f"[socket:{config.name}] cannot bind {config.describe()}: sockvisor's own "
-            f"[socket:{ours[0].config.name}] listens on {ours[0].address} and keeps "
-            f"listening until its workers have moved; a reloadconfig cannot put an "
-            f"overlapping address on the same port: use another port, or restart "
-            f"sockvisor", exc.errno) from None
+            f"[socket:{ours[0]}] listens on {listening.address}, {why}",
+            exc.errno) from None
+
+
+def _overlaps(listening: ListeningSocket, config: SocketConfig) -> bool:
+    """Would `config`'s address conflict with `listening` in bind()?  The same port,
+    and the same host or a wildcard on either side ("::" covers IPv4 too)."""
+    if listening.port != config.port:
+        return False
+    held = listening.sock.getsockname()[0]
+    wildcards = {"0.0.0.0", "::"}
+    if listening.sock.family != config.family and "::" not in (held, config.host):
+        return False
+    return held == config.host or held in wildcards or config.host in wildcards
 
 
 # Strong references to the tasks below (the event loop keeps only weak ones).

@@ -454,3 +454,22 @@ def test_an_overlapping_address_on_the_same_port_is_refused_clearly(sockvisor, t
     assert sockets_of(endpoint) == before
     assert sorted(pids_of(endpoint, "web")) == pids
     assert sv.http_get(port)["version"] == "1"
+
+
+def test_a_new_socket_overlapping_one_that_stays_names_it(sockvisor, tmp_path):
+    cmd = echo_worker_cmd(tmp_path / "w")
+    port = free_port()
+    sv = sockvisor(web(cmd, port=port))
+    endpoint = endpoint_of(sv)
+    before = sockets_of(endpoint)
+    rewrite(sv, web(cmd, port=port) + f"""
+        [socket:everywhere]
+        host = 0.0.0.0
+        port = {port}
+    """)
+    reply = call(endpoint, "reloadconfig")
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.OS_ERROR, reply
+    assert "[socket:everywhere]" in reply["reason"], reply
+    assert "sockvisor's own [socket:web]" in reply["reason"], reply
+    assert "which this config keeps" in reply["reason"], reply
+    assert sockets_of(endpoint) == before
