@@ -276,7 +276,7 @@ class Sockvisor:
     def http_get(self, port: int, path: str = "/", timeout: float = 2.0) -> dict[str, Any]:
         return http_get(port, path, timeout=timeout)
 
-    def wait_answering(self, port: int, pids: Iterable[int], max_requests: int = 20000,
+    def wait_answering(self, port: int, pids: Iterable[int], max_requests: int = 4000,
                        timeout: float = 20.0) -> set[int]:
         """Send requests, one after another and at most `max_requests`, until every
         worker in `pids` has answered one; return the pids that answered.
@@ -296,7 +296,9 @@ class Sockvisor:
             sent += 1
             answered.add(self.http_get(port)["pid"])
             return wanted <= answered
-        wait_for(all_answered, timeout, interval=0,
+        # A short pause between requests: back to back, the client and the workers
+        # already answering would take the CPU from the one still starting up.
+        wait_for(all_answered, timeout, interval=0.005,
                  message=lambda: f"{wanted} to answer (got {answered})")
         return answered
 
