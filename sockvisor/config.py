@@ -134,8 +134,11 @@ class WatcherConfig:
     user: str | None = None        # the name of `uid`, for USER/LOGNAME/HOME
     home: str | None = None
     working_dir: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)   # all the worker gets
     copy_env: bool = False
+    # What `env` / [env:NAME] set, apart from what copy_env copied: what `set`
+    # must carry over when it rebuilds the watcher (it copies the rest anew).
+    explicit_env: Mapping[str, str] = field(default_factory=dict)
     umask: int | None = None
     stop_signal: int = signal.SIGTERM
     graceful_timeout: float = 30.0
@@ -892,7 +895,7 @@ class _Loader:
             name=name, cmd=cmd_parts[0], args=args,
             numprocesses=values.get("numprocesses", 1), sockets=tuple(wanted),
             uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
-            env=full_env, copy_env=copy_env, umask=values.get("umask"),
+            env=full_env, copy_env=copy_env, explicit_env=env, umask=values.get("umask"),
             stop_signal=values.get("stop_signal", signal.SIGTERM),
             graceful_timeout=values.get("graceful_timeout", 30.0),
             restart=restart, ready=ready, reload_batch=values.get("reload_batch", 0),
@@ -1041,12 +1044,12 @@ def _as_options(config: WatcherConfig) -> dict[str, Any]:
                   else config.ready.kind.value),
         "reload_batch": config.reload_batch,
         "autostart": config.autostart,
-        "copy_env": False,
+        "copy_env": config.copy_env,
     }
     if config.sockets:
         options["sockets"] = ",".join(config.sockets)
-    if config.env:
-        options["env"] = ",".join(f"{k}={v}" for k, v in config.env.items())
+    if config.explicit_env:
+        options["env"] = ",".join(f"{k}={v}" for k, v in config.explicit_env.items())
     if config.uid is not None:
         options["uid"] = str(config.uid)
     if config.gid is not None:

@@ -31,6 +31,7 @@ from sockvisor.config import (
     UNLIMITED_RESTARTS,
     expand_worker_args,
     load,
+    with_options,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -1231,3 +1232,26 @@ def test_circus_feature_switched_off_is_accepted(tmp_path, section, key, off, on
     with pytest.raises(ConfigError, match="not supported") as info:
         config_module.load(write(on))
     assert key in str(info.value)
+
+
+def test_set_rebuilds_a_copy_env_watcher_from_what_the_config_said(tmp_path):
+    """`set` rebuilds a watcher from its options (with_options).  The copied
+    environment is copied anew, not frozen into explicit env: so switching the
+    user afterwards still gives the worker its own HOME/USER/LOGNAME, and the
+    explicit values stay explicit."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    environ = {"PATH": "/usr/bin:/bin", "HOME": "/home/supervisor",
+               "USER": "supervisor", "COPIED": "yes"}
+    path = write(tmp_path, watcher("cmd = sleep 1\ncopy_env = true\nenv = A=1"))
+    web = load(str(path), environ=environ).watchers["web"]
+    assert web.env["HOME"] == "/home/supervisor" and web.explicit_env == {"A": "1"}
+
+    changed = with_options(web, {"uid": me}, {}, environ=environ)
+    assert changed.copy_env and changed.explicit_env == {"A": "1"}
+    assert changed.env["COPIED"] == "yes" and changed.env["A"] == "1"
+    # Set at spawn from the passwd entry of `uid`, not copied from sockvisor's.
+    assert "HOME" not in changed.env and "USER" not in changed.env
+    assert changed.home == pwd.getpwnam(me).pw_dir
+
+    # Without a change, the rebuilt watcher is the same watcher.
+    assert with_options(web, {}, {}, environ=environ) == web
