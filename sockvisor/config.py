@@ -453,9 +453,11 @@ def _parse_rlimit(raw: str) -> int:
     return -1 if not raw.strip() else _parse_int(-1)(raw)
 
 
-# Every limit this platform has (as Circus does); process.py knows the same set.
-for _resource in sorted(name[len("RLIMIT_"):].lower() for name in dir(resource)
-                        if name.startswith("RLIMIT_")):
+# Every limit this platform has (as Circus does): `rlimit_nofile` -> RLIMIT_NOFILE.
+# process.py sets them by this table.
+RLIMITS: dict[str, int] = {name[len("RLIMIT_"):].lower(): getattr(resource, name)
+                           for name in sorted(dir(resource)) if name.startswith("RLIMIT_")}
+for _resource in RLIMITS:
     _WATCHER_OPTIONS[f"rlimit_{_resource}"] = _Option(_parse_rlimit)
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {

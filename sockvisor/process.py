@@ -29,7 +29,7 @@ import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from sockvisor.config import WatcherConfig
+from sockvisor.config import RLIMITS, WatcherConfig
 from sockvisor.states import WORKER_TRANSITIONS, WorkerState, check_transition
 
 log = logging.getLogger("sockvisor.process")
@@ -37,8 +37,6 @@ log = logging.getLogger("sockvisor.process")
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _ALL_SIGNALS = {int(s) for s in signal.valid_signals()} - {signal.SIGKILL, signal.SIGSTOP}
-_RLIMITS = {name[len("RLIMIT_"):].lower(): getattr(resource, name)
-            for name in dir(resource) if name.startswith("RLIMIT_")}
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
@@ -108,7 +106,7 @@ def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
         stage = "rlimits"
         for name, value in spec.rlimits.items():
             limit = resource.RLIM_INFINITY if value < 0 else value
-            resource.setrlimit(_RLIMITS[name], (limit, limit))
+            resource.setrlimit(RLIMITS[name], (limit, limit))
         if spec.umask is not None:
             os.umask(spec.umask)
         stage = "working_dir"
