@@ -208,11 +208,18 @@ class ServiceManager:
 # --------------------------------------------------------------------------- the service
 
 def write_config(directory: Path, body: str, *, globals_: str = "",
-                 loglevel: str = "debug", endpoint: Path | None = None) -> Path:
-    """`directory/sockvisor.ini`: [sockvisor] with an ipc endpoint, then `body`."""
-    endpoint = endpoint or directory / "ctl"
+                 loglevel: str = "debug", endpoint: Path | None | bool = None) -> Path:
+    """`directory/sockvisor.ini`: [sockvisor] with an ipc endpoint, then `body`.
+
+    `endpoint=False` writes none: sockvisor then uses its default endpoint, and
+    runs without a control channel when its interpreter has no pyzmq.
+    """
+    if endpoint is False:
+        endpoint_line = ""
+    else:
+        endpoint_line = f"endpoint = ipc://{endpoint or directory / 'ctl'}\n"
     conf = directory / "sockvisor.ini"
-    conf.write_text(f"[sockvisor]\nendpoint = ipc://{endpoint}\nloglevel = {loglevel}\n"
+    conf.write_text(f"[sockvisor]\n{endpoint_line}loglevel = {loglevel}\n"
                     f"{textwrap.dedent(globals_).strip()}\n\n"
                     f"{textwrap.dedent(body).strip()}\n")
     return conf
