@@ -81,13 +81,12 @@ class LogFile:
     _open: dict[tuple[str, int | None, int | None], "LogFile"] = {}
 
     @classmethod
-    def acquire(cls, config: OutputConfig, uid: int | None, gid: int | None,
-                clock: Callable[[], float] = time.monotonic) -> "LogFile":
+    def acquire(cls, config: OutputConfig, uid: int | None, gid: int | None) -> "LogFile":
         assert config.path is not None
         key = (config.path, uid, gid)
         file = cls._open.get(key)
         if file is None:
-            file = cls(config.path, logdir.Trust(uid, gid), clock)
+            file = cls(config.path, logdir.Trust(uid, gid))
             cls._open[key] = file
             file._key = key
         file.refs += 1
@@ -95,19 +94,17 @@ class LogFile:
         file.backup_count = config.backup_count
         return file
 
-    def __init__(self, path: str, trust: logdir.Trust,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: str, trust: logdir.Trust):
         self.path = path
         self.directory, self.name = os.path.split(path)
         self.trust = trust
-        self.clock = clock
         self.max_bytes = 0
         self.backup_count = 0
         self.refs = 0
         self._key: tuple[str, int | None, int | None] | None = None
         self.dirfd, self.fd = self._open_path()
         self.size = os.fstat(self.fd).st_size
-        self._checked = clock()
+        self._checked = time.monotonic()
 
     def _open_path(self) -> tuple[int, int]:
         dirfd = logdir.open_directory(self.directory or "/", self.trust)
@@ -164,7 +161,7 @@ class LogFile:
         """At most once a second, and before the first write of a new worker or
         after a rotation: is our file still the one at our path?  If it was
         deleted (with its folder, say) or renamed away, reopen the path."""
-        now = self.clock()
+        now = time.monotonic()
         if now - self._checked < _RECHECK:
             return
         self._checked = now
