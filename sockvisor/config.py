@@ -30,6 +30,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from sockvisor import logdir
+
 
 class ConfigError(Exception):
     """A config problem, located as precisely as we know: file, section, key."""
@@ -901,8 +903,8 @@ class _Loader:
             stop_signal=values.get("stop_signal", signal.SIGTERM),
             graceful_timeout=values.get("graceful_timeout", 30.0),
             restart=restart, ready=ready, reload_batch=values.get("reload_batch", 0),
-            stdout=self.build_output("stdout", values, section),
-            stderr=self.build_output("stderr", values, section),
+            stdout=self.build_output("stdout", values, section, uid, gid),
+            stderr=self.build_output("stderr", values, section, uid, gid),
             autostart=values.get("autostart", True),
             rlimits=rlimits,
         )
@@ -913,7 +915,11 @@ class _Loader:
         except ValueError as exc:
             raise self.error(f"cannot split into words: {exc}", section, key) from None
 
-    def build_output(self, stream: str, values: dict[str, Any], section: str) -> OutputConfig:
+    def build_output(self, stream: str, values: dict[str, Any], section: str,
+                     uid: int | None = None, gid: int | None = None) -> OutputConfig:
+        """`stream`'s output; a file is checked as sockvisor will open it (see
+        logdir.py: no folder other users may write, no link, FIFO or folder at
+        the name), so `check` and `start` refuse it before anything is bound."""
         keys = values["__keys__"]
         output: OutputConfig = values.get(stream, OutputConfig())
         circus_class = values.get(f"{stream}_stream.class")
@@ -935,9 +941,13 @@ class _Loader:
         if output.kind == OutputKind.FILE:
             assert output.path is not None
             parent = os.path.dirname(output.path) or "."
+            key = keys.get(stream, f"{stream}_stream.filename")
             if not os.path.isdir(parent):
-                raise self.error(f"directory {parent} does not exist", section,
-                                 keys.get(stream, f"{stream}_stream.filename"))
+                raise self.error(f"directory {parent} does not exist", section, key)
+            try:
+                logdir.check_log_path(output.path, uid, gid)
+            except OSError as exc:
+                raise self.error(str(exc), section, key) from None
             output = OutputConfig(
                 OutputKind.FILE, path=output.path,
                 max_bytes=values.get(f"{stream}_max_bytes", 0),

@@ -9,6 +9,24 @@ by the watcher's workers and rotates it by size.
 Under journald a worker's line may start with an sd-daemon priority `<N>`, as it
 would to journald directly; `prefix` keeps that in front of `watcher[pid]`, where
 journald reads it, so the worker's own levels survive the detour through sockvisor.
+
+Nothing here may block the event loop or be steered by a worker:
+* Log files are opened and rotated through `logdir` (O_NOFOLLOW relative to a
+  checked directory fd, renames relative to it, `ftruncate` of our own fd): a
+  link or FIFO a worker plants at the name is refused, never written through.
+  A file that disappears (its folder deleted and re-created, a rename by
+  logrotate) is noticed within a second and reopened by its path.
+* sockvisor's own stdout/stderr (`prefix`) are written without blocking: a
+  reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
+  chunks are dropped and counted (in the log, rate-limited, and in `stats`).
+* A sink lives as long as someone writes to it: the watcher holds one reference
+  while the sink is its current one, every worker's pipe another.  Changing the
+  output options (set, reload, reloadconfig, and an aborted reload going back)
+  makes a new sink for new workers; the old one closes after its last worker.
+  The file behind sinks naming the same path is shared, so two sinks never
+  rotate one file behind each other's back.
+* Warnings about a failure that repeats with every chunk (a full disk) are
+  rate-limited: one per kind of failure per 30 s, with the count kept quiet.
 """
 
 from __future__ import annotations
@@ -17,34 +35,98 @@ import asyncio
 import logging
 import os
 import re
-import sys
-from typing import BinaryIO
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from typing import Callable
 
+from sockvisor import logdir
 from sockvisor.config import OutputConfig, OutputKind
 from sockvisor.log import is_journal_stream
+from sockvisor.ratelimit import RateLimitedLog
 
 log = logging.getLogger("sockvisor.output")
+_warnings = RateLimitedLog(log)
 
 _CHUNK = 65536
 _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
+STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
+_RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
 
 
-class RotatingFile:
-    """An append-only file rotated at `max_bytes` into path.1 … path.N."""
+@dataclass
+class Dropped:
+    """Worker output that could not be written (stalled reader, full disk, ...)."""
+    lines: int = 0
+    bytes: int = 0
 
-    def __init__(self, path: str, max_bytes: int, backup_count: int):
+    def add(self, data: bytes) -> None:
+        self.lines += data.count(b"\n")
+        self.bytes += len(data)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"dropped_lines": self.lines, "dropped_bytes": self.bytes}
+
+
+class LogFile:
+    """An append-only file rotated at `max_bytes` into NAME.1 … NAME.N.
+
+    One instance per (path, uid, gid), shared by every sink that names it and
+    reference-counted: `acquire` opens or reuses it (the newest options win),
+    `release` closes it after the last user.
+    """
+
+    _open: dict[tuple[str, int | None, int | None], "LogFile"] = {}
+
+    @classmethod
+    def acquire(cls, config: OutputConfig, uid: int | None, gid: int | None) -> "LogFile":
+        assert config.path is not None
+        key = (config.path, uid, gid)
+        file = cls._open.get(key)
+        if file is None:
+            file = cls(config.path, logdir.Trust(uid, gid))
+            cls._open[key] = file
+            file._key = key
+        file.refs += 1
+        file.max_bytes = config.max_bytes
+        file.backup_count = config.backup_count
+        return file
+
+    def __init__(self, path: str, trust: logdir.Trust):
         self.path = path
-        self.max_bytes = max_bytes
-        self.backup_count = backup_count
-        self.handle: BinaryIO = open(path, "ab", buffering=0)
-        self.size = self.handle.tell()
+        self.directory, self.name = os.path.split(path)
+        self.trust = trust
+        self.max_bytes = 0
+        self.backup_count = 0
+        self.refs = 0
+        self._key: tuple[str, int | None, int | None] | None = None
+        self.dirfd, self.fd = self._open_path()
+        self.size = os.fstat(self.fd).st_size
+        self._checked = time.monotonic()
+
+    def _open_path(self) -> tuple[int, int]:
+        dirfd = logdir.open_directory(self.directory or "/", self.trust)
+        try:
+            return dirfd, logdir.open_file(dirfd, self.name, self.path, self.trust)
+        except BaseException:
+            os.close(dirfd)
+            raise
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0:
+            if self._key is not None and LogFile._open.get(self._key) is self:
+                del LogFile._open[self._key]
+            self.close()
 
     def write(self, data: bytes) -> None:
         """Append whole lines, rotating between lines so that no file grows past
         `max_bytes` — unless one line alone is longer, which then gets a file of
         its own.  (`data` is whatever one pipe read brought, up to 64 kB: written
-        in one piece it could double a small `max_bytes`.)"""
+        in one piece it could double a small `max_bytes`.)  Raises OSError."""
+        self._follow_path()
         if not self.max_bytes:
             self._append(data)
             return
@@ -65,38 +147,251 @@ class RotatingFile:
                 self.rotate()
 
     def _append(self, data: bytes) -> None:
-        self.handle.write(data)
-        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            self.size += written
+            view = view[written:]
+
+    def recheck(self) -> None:
+        """Look at the path again before the next write (a new worker starts)."""
+        self._checked = float("-inf")
+
+    def _follow_path(self) -> None:
+        """At most once a second, and before the first write of a new worker or
+        after a rotation: is our file still the one at our path?  If it was
+        deleted (with its folder, say) or renamed away, reopen the path."""
+        now = time.monotonic()
+        if now - self._checked < _RECHECK:
+            return
+        self._checked = now
+        try:
+            ours = os.fstat(self.fd)
+            there = os.stat(self.name, dir_fd=self.dirfd, follow_symlinks=False)
+            if ours.st_nlink and (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        self.reopen()
+
+    def reopen(self) -> bool:
+        """Open the path again from `/` (its folder may be a new one); on failure
+        keep writing where we did and say so, rate-limited."""
+        try:
+            dirfd, fd = self._open_path()
+        except OSError as exc:
+            _warnings.warning((self.path, "reopen", exc.errno),
+                              "cannot reopen %s, output goes on to the file it "
+                              "replaced: %s", self.path, exc)
+            self.size = 0   # no rotation attempt per chunk meanwhile
+            return False
+        os.close(self.fd)
+        os.close(self.dirfd)
+        self.dirfd, self.fd = dirfd, fd
+        self.size = os.fstat(fd).st_size
+        log.info("reopened %s", self.path)
+        return True
 
     def rotate(self) -> None:
-        self.handle.close()
-        if self.backup_count > 0:
-            for index in range(self.backup_count - 1, 0, -1):
-                source = f"{self.path}.{index}"
-                if os.path.exists(source):
-                    os.replace(source, f"{self.path}.{index + 1}")
-            os.replace(self.path, f"{self.path}.1")
-        else:
-            os.truncate(self.path, 0)
-        self.handle = open(self.path, "ab", buffering=0)
+        """NAME → NAME.1 → … by renames inside our directory fd (a rename moves a
+        name, it never follows a link), then a new NAME; with no backups, empty
+        our own file through its fd."""
         self.size = 0
+        if self.backup_count <= 0:
+            os.ftruncate(self.fd, 0)
+            self.recheck()
+            self._follow_path()
+            return
+        for index in range(self.backup_count - 1, 0, -1):
+            try:
+                os.rename(f"{self.name}.{index}", f"{self.name}.{index + 1}",
+                          src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+            except FileNotFoundError:
+                pass
+        try:
+            os.rename(self.name, f"{self.name}.1", src_dir_fd=self.dirfd,
+                      dst_dir_fd=self.dirfd)
+        except FileNotFoundError:
+            self.reopen()   # our file (or its folder) is gone
+            return
+        try:
+            fd = logdir.open_file(self.dirfd, self.name, self.path, self.trust)
+        except OSError as exc:
+            # Something took the name between the rename and the open: keep
+            # writing to the file we have (now NAME.1) rather than follow it.
+            _warnings.warning((self.path, "rotate", exc.errno),
+                              "cannot start a new %s after rotating it: %s", self.path, exc)
+            return
+        os.close(self.fd)
+        self.fd = fd
 
     def close(self) -> None:
-        self.handle.close()
+        for fd in (self.fd, self.dirfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class StreamWriter:
+    """sockvisor's own stdout or stderr, written without ever blocking the loop.
+
+    The fd is shared with whoever started sockvisor (and with `inherit` workers),
+    so O_NONBLOCK, which lives on the open file description, must not be set on
+    it.  Instead: a pipe, FIFO or terminal is opened again through /proc (a new
+    description of the same pipe, ours to make non-blocking); a socket (journald's
+    stream) is sent to with MSG_DONTWAIT; a regular file cannot stall and is
+    written as it is.  What the reader does not take waits in a buffer of at
+    most `limit` bytes; beyond that whole chunks are dropped and counted.
+    """
+
+    def __init__(self, fd: int, name: str, limit: int = STREAM_BUFFER):
+        self._original = fd
+        self.name = name
+        self.limit = limit
+        self.dropped = Dropped()
+        self._pending = bytearray()
+        self._waiting = False
+        self._fd = -1
+        self._send = self._open(fd)
+
+    def fileno(self) -> int:
+        return self._original
+
+    def _open(self, fd: int) -> Callable[[bytes | memoryview], int]:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            error = exc
+
+            def broken(data: bytes | memoryview) -> int:
+                raise error
+            return broken
+        if stat.S_ISSOCK(mode):
+            sock = socket.socket(fileno=os.dup(fd))
+            self._fd = sock.fileno()
+            return lambda data: sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                self._fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK
+                                   | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError as exc:   # no /proc, or a pipe whose reader is gone
+                log.debug("%s: cannot reopen it non-blocking: %s", self.name, exc)
+        if self._fd < 0:
+            self._fd = os.dup(fd)
+        own = self._fd
+        return lambda data: os.write(own, data)
+
+    def write(self, data: bytes) -> bool:
+        """Queue `data` (whole lines); False if it was dropped."""
+        if self._pending:
+            if len(self._pending) + len(data) > self.limit:
+                self._drop(data)
+                return False
+            self._pending += data
+            return True
+        try:
+            written = self._send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.dropped.add(data)
+            _warnings.warning((self.name, "write", exc.errno),
+                              "cannot write worker output to sockvisor's %s: %s",
+                              self.name, exc)
+            return False
+        if written < len(data):
+            if len(data) - written > self.limit:
+                self._drop(data[written:])
+                return False
+            self._pending += data[written:]
+            self._wait_writable()
+        return True
+
+    def _drop(self, data: bytes) -> None:
+        self.dropped.add(data)
+        _warnings.warning((self.name, "stalled"),
+                          "the reader of sockvisor's %s is not keeping up: dropped "
+                          "worker output (%d lines, %d bytes so far); at most %d bytes "
+                          "are held for it", self.name, self.dropped.lines,
+                          self.dropped.bytes, self.limit)
+
+    def _wait_writable(self) -> None:
+        if not self._waiting:
+            asyncio.get_running_loop().add_writer(self._fd, self._flush)
+            self._waiting = True
+
+    def _flush(self) -> None:
+        while self._pending:
+            try:
+                written = self._send(memoryview(self._pending))
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._drop(bytes(self._pending))
+                self._pending.clear()
+                _warnings.warning((self.name, "write", exc.errno),
+                                  "cannot write worker output to sockvisor's %s: %s",
+                                  self.name, exc)
+                break
+            del self._pending[:written]
+        asyncio.get_running_loop().remove_writer(self._fd)
+        self._waiting = False
+
+
+_streams: dict[int, StreamWriter] = {}
+
+
+def _stream(fd: int, name: str) -> StreamWriter:
+    """The one writer of sockvisor's fd `fd` (made on first use)."""
+    writer = _streams.get(fd)
+    if writer is None:
+        writer = _streams[fd] = StreamWriter(fd, name)
+    return writer
+
+
+def stdout_fallback() -> StreamWriter:
+    return _stream(1, "stdout")
+
+
+def stderr_fallback() -> StreamWriter:
+    return _stream(2, "stderr")
 
 
 class OutputSink:
-    """One stream (stdout or stderr) of one watcher: where its workers' output goes."""
+    """One stream (stdout or stderr) of one watcher's configuration: where its
+    workers' output goes.  Reference-counted (see the module docstring): it
+    starts with the watcher's reference; `release` it when it stops being the
+    watcher's current sink."""
 
-    def __init__(self, config: OutputConfig, watcher_name: str, fallback: BinaryIO):
+    def __init__(self, config: OutputConfig, watcher_name: str, fallback: StreamWriter,
+                 uid: int | None = None, gid: int | None = None,
+                 dropped: Dropped | None = None):
         self.config = config
         self.watcher_name = watcher_name
         self.fallback = fallback
-        self.file: RotatingFile | None = None
+        self.dropped = dropped if dropped is not None else Dropped()
+        self.refs = 1
+        self.file: LogFile | None = None
         self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
         if config.kind == OutputKind.FILE:
-            assert config.path is not None
-            self.file = RotatingFile(config.path, config.max_bytes, config.backup_count)
+            self.file = LogFile.acquire(config, uid, gid)
+
+    def acquire(self) -> None:
+        self.refs += 1
+
+    def apply_limits(self) -> None:
+        """This sink is the current one again (an aborted reload went back to it):
+        its rotation options are the shared file's again."""
+        if self.file is not None:
+            self.file.max_bytes = self.config.max_bytes
+            self.file.backup_count = self.config.backup_count
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0 and self.file is not None:
+            self.file.release()
+            self.file = None
 
     def child_fd(self) -> tuple[int | None, int | None]:
         """(fd for the child, read end for sockvisor) — created per worker."""
@@ -110,8 +405,12 @@ class OutputSink:
         return write_end, read_end
 
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
+        """Read a worker's pipe until it closes; the sink stays open until then."""
         prefix = f"{self.watcher_name}[{pid}] ".encode()
         partial = bytearray()
+        self.acquire()
+        if self.file is not None:
+            self.file.recheck()
 
         def on_readable() -> None:
             try:
@@ -126,6 +425,7 @@ class OutputSink:
                 if partial:
                     self.emit(prefix, bytes(partial) + b"\n")
                     partial.clear()
+                self.release()
                 return
             partial.extend(data)
             cut = partial.rfind(b"\n")
@@ -139,31 +439,23 @@ class OutputSink:
         loop.add_reader(read_end, on_readable)
 
     def emit(self, prefix: bytes, lines: bytes) -> None:
-        try:
-            if self.file is not None:
+        if self.file is not None:
+            try:
                 self.file.write(lines)
-                return
-            # Split on \n only: a bare \r (a progress bar) stays inside its line.
-            out = b"".join(self._prefixed(prefix, line)
-                           for line in lines.rstrip(b"\n").split(b"\n"))
-            self.fallback.write(out)
-            self.fallback.flush()
-        except OSError as exc:
-            log.warning("%s: cannot write worker output: %s", self.watcher_name, exc)
+            except OSError as exc:
+                self.dropped.add(lines)
+                _warnings.warning((self.file.path, exc.errno),
+                                  "%s: cannot write worker output to %s: %s",
+                                  self.watcher_name, self.file.path, exc)
+            return
+        # Split on \n only: a bare \r (a progress bar) stays inside its line.
+        out = b"".join(self._prefixed(prefix, line)
+                       for line in lines.rstrip(b"\n").split(b"\n"))
+        if not self.fallback.write(out):
+            self.dropped.add(out)
 
     def _prefixed(self, prefix: bytes, line: bytes) -> bytes:
         if self.to_journal and _PRIORITY.match(line):
             return line[:3] + prefix + line[3:] + b"\n"
         return prefix + line + b"\n"
 
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def stdout_fallback() -> BinaryIO:
-    return sys.stdout.buffer
-
-
-def stderr_fallback() -> BinaryIO:
-    return sys.stderr.buffer

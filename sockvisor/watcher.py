@@ -85,8 +85,8 @@ class Watcher:
         self._backoff_until = 0.0
         self._changed = asyncio.Event()
         self._reloading_batch: set[process.Worker] = set()
-        self._stdout = OutputSink(config.stdout, self.name, stdout_fallback())
-        self._stderr = OutputSink(config.stderr, self.name, stderr_fallback())
+        self._stdout, self._stderr = self._sinks(config)
+        self._sinks_released = False
         self._env_cache: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ state
@@ -178,8 +178,7 @@ class Watcher:
             command.cancel()
         async with self._lock:
             await self._stop_locked()
-        self._stdout.close()
-        self._stderr.close()
+        self._release_sinks()
 
     async def kill_now(self) -> None:
         """Immediate stop (SIGQUIT): SIGKILL every worker's group."""
@@ -255,8 +254,20 @@ class Watcher:
     async def _reload_locked(self, new_config: WatcherConfig | None) -> dict[str, Any]:
         # Taken before the new config is applied: an aborted reload goes back to it.
         old_generation, old_config = self.generation, self.config
-        if new_config is not None:
-            self._apply_config(new_config)
+        # So are the sinks the old workers write to: going back reuses them.
+        old_sinks = self._stdout, self._stderr
+        for sink in old_sinks:
+            sink.acquire()
+        try:
+            if new_config is not None:
+                self._apply_config(new_config)
+            return await self._reload_applied(old_generation, old_config, old_sinks)
+        finally:
+            for sink in old_sinks:
+                sink.release()
+
+    async def _reload_applied(self, old_generation: int, old_config: WatcherConfig,
+                              old_sinks: tuple[OutputSink, OutputSink]) -> dict[str, Any]:
         if self.state in (WatcherState.STOPPED, WatcherState.FATAL):
             return await self._start_locked()
         started = time.monotonic()
@@ -267,7 +278,7 @@ class Watcher:
         try:
             replaced = await self._roll(abort_on_failure=True)
         except ReloadError as exc:
-            await self._roll_back(old_generation, old_config)
+            await self._roll_back(old_generation, old_config, old_sinks)
             self.transition(WatcherState.ACTIVE, "reload aborted")
             self.context.publish(f"watcher.{self.name}.reload.aborted",
                                  {"generation": old_generation, "reason": str(exc)})
@@ -320,9 +331,10 @@ class Watcher:
         self._reconcile()
         return replaced
 
-    async def _roll_back(self, old_generation: int, old_config: WatcherConfig) -> None:
+    async def _roll_back(self, old_generation: int, old_config: WatcherConfig,
+                         old_sinks: tuple[OutputSink, OutputSink]) -> None:
         """After an aborted reload: back to the previous config on every worker."""
-        self._apply_config(old_config)
+        self._apply_config(old_config, old_sinks)
         self.generation = old_generation
         if any(w.generation != old_generation for w in self.live_workers()):
             await self._roll(abort_on_failure=False)
@@ -338,19 +350,57 @@ class Watcher:
         except asyncio.TimeoutError:
             raise process.WorkerNotReady(workers[0], "not ready in time") from None
 
-    def _apply_config(self, config: WatcherConfig) -> None:
+    def _apply_config(self, config: WatcherConfig,
+                      sinks: tuple[OutputSink, OutputSink] | None = None) -> None:
+        """Take `config` for what comes next; `sinks`: the output sinks to use with
+        it (those of an earlier config), instead of new ones if its output changed."""
         if config.numprocesses != self.config.numprocesses:
             self.numprocesses = config.numprocesses
         if config.restart != self.config.restart:
             self.restarts = RestartTracker(config.restart)
-        if config.stdout != self.config.stdout:
-            self._stdout.close()
-            self._stdout = OutputSink(config.stdout, self.name, stdout_fallback())
-        if config.stderr != self.config.stderr:
-            self._stderr.close()
-            self._stderr = OutputSink(config.stderr, self.name, stderr_fallback())
+        if sinks is not None:
+            if sinks == (self._stdout, self._stderr):
+                sinks = None
+            else:
+                for sink in sinks:
+                    sink.acquire()
+                    sink.apply_limits()
+        elif (config.stdout, config.stderr, config.uid, config.gid) != (
+                self.config.stdout, self.config.stderr, self.config.uid, self.config.gid):
+            # New sinks for the workers to come (made first: if a file cannot be
+            # opened, nothing has changed).  The running workers keep theirs, which
+            # close after the last of them.
+            sinks = self._sinks(config)
+        if sinks is not None:
+            self._release_sinks()
+            self._stdout, self._stderr = sinks
+            self._sinks_released = False
         self.config = config
         self._env_cache = None
+
+    def _sinks(self, config: WatcherConfig) -> tuple[OutputSink, OutputSink]:
+        previous = getattr(self, "_stdout", None), getattr(self, "_stderr", None)
+        stdout = OutputSink(config.stdout, self.name, stdout_fallback(), config.uid,
+                            config.gid, previous[0] and previous[0].dropped)
+        try:
+            stderr = OutputSink(config.stderr, self.name, stderr_fallback(), config.uid,
+                                config.gid, previous[1] and previous[1].dropped)
+        except BaseException:
+            stdout.release()
+            raise
+        return stdout, stderr
+
+    def _release_sinks(self) -> None:
+        """Drop the watcher's own reference to its current sinks (once)."""
+        if not self._sinks_released:
+            self._sinks_released = True
+            self._stdout.release()
+            self._stderr.release()
+
+    def output_stats(self) -> dict[str, dict[str, int]]:
+        """Worker output dropped so far (a stalled reader, a full disk, ...)."""
+        return {"stdout": self._stdout.dropped.as_dict(),
+                "stderr": self._stderr.dropped.as_dict()}
 
     # ------------------------------------------------------------------ the desired count
 

@@ -16,7 +16,8 @@ Everything here is meant to be reused by every test file:
   sockvisor's group alone would not reach them).
 * The `scripts` fixture writes small stdlib worker programs into `tmp_path`
   (an HTTP server with a blocking accept() loop on fd 3, an environment probe,
-  an output spewer) and builds `cmd` lines for them.
+  an output spewer, a ticker printing a numbered line every 10 ms) and builds
+  `cmd` lines for them.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _clean_env() -> dict[str, str]:
 class Sockvisor:
     """One running `sockvisor start`, with helpers to look at it from outside."""
 
-    def __init__(self, directory: Path, config_text: str, pass_fds: Iterable[int] = ()):
+    def __init__(self, directory: Path, config_text: str, pass_fds: Iterable[int] = (),
+                 stdout: int | None = None):
         self.directory = directory
         self.conf = directory / "sockvisor.ini"
         self.conf.write_text(config_text)
@@ -214,7 +216,8 @@ class Sockvisor:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sockvisor", "start", str(self.conf)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=directory,
+                stdin=subprocess.DEVNULL, stdout=out if stdout is None else stdout,
+                stderr=err, cwd=directory,
                 env=_clean_env(), start_new_session=True, pass_fds=tuple(pass_fds))
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
@@ -435,19 +438,20 @@ def sockvisor(tmp_path: Path):
 
     `body` holds the [socket:…] and [watcher:…] sections; `globals` extra lines
     for the [sockvisor] section; `pass_fds` fds sockvisor inherits (as from a
-    careless parent).  Each instance gets its own directory
+    careless parent); `stdout` an fd to be sockvisor's stdout instead of the
+    `stdout` file (e.g. a pipe nobody reads).  Each instance gets its own directory
     `tmp_path/name` (config, stdout, stderr, the control endpoint).
     """
     instances: list[Sockvisor] = []
 
     def start(body: str, *, name: str = "sv", ready: bool = True, globals: str = "",
               loglevel: str = "debug", timeout: float = 15.0,
-              pass_fds: Iterable[int] = ()) -> Sockvisor:
+              pass_fds: Iterable[int] = (), stdout: int | None = None) -> Sockvisor:
         directory = tmp_path / name
         directory.mkdir()
         text = (f"[sockvisor]\nendpoint = ipc://{directory}/ctl\nloglevel = {loglevel}\n"
                 f"{textwrap.dedent(globals).strip()}\n\n{textwrap.dedent(body).strip()}\n")
-        instance = Sockvisor(directory, text, pass_fds)
+        instance = Sockvisor(directory, text, pass_fds, stdout)
         instances.append(instance)
         if ready:
             instance.wait_ready(timeout)
@@ -573,7 +577,21 @@ while True:
     signal.pause()
 '''
 
-_SCRIPTS = {"worker.py": WORKER, "probe.py": PROBE, "spew.py": SPEW}
+TICKER = r'''
+"""Test worker: print "tick PID N" every 10 ms, for ever; exit 4 at once if $CRASH."""
+import os, sys, time
+
+if os.environ.get("CRASH"):
+    sys.exit(4)
+out = os.fdopen(1, "w", buffering=1)
+number = 0
+while True:
+    out.write(f"tick {os.getpid()} {number}\n")
+    number += 1
+    time.sleep(0.01)
+'''
+
+_SCRIPTS = {"worker.py": WORKER, "probe.py": PROBE, "spew.py": SPEW, "ticker.py": TICKER}
 
 
 class Scripts:

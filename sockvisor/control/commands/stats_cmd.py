@@ -49,6 +49,8 @@ class Stats(Command):
     sockvisorctl stats [NAME [PID]]
 
     `cpu` is the percentage since the previous `stats` call for that process.
+    `output` counts each watcher's worker output sockvisor had to drop (a stalled
+    reader of its stdout, a full disk): `dropped_lines`, `dropped_bytes`.
     """
     name = "stats"
 
@@ -67,7 +69,9 @@ class Stats(Command):
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         if "name" not in props:
             return {"infos": {name: {str(pid): process_info(pid) for pid in watcher.workers}
-                              for name, watcher in supervisor.watchers.items()}}
+                              for name, watcher in supervisor.watchers.items()},
+                    "output": {name: watcher.output_stats()
+                               for name, watcher in supervisor.watchers.items()}}
         watcher = get_watcher(supervisor, props)
         if "process" in props:
             pid = int_property(props, "process")
@@ -75,7 +79,8 @@ class Stats(Command):
                 raise CommandError(f"process {pid} not found in {watcher.name!r}")
             return {"process": pid, "info": process_info(pid)}
         return {"name": watcher.name,
-                "info": {str(pid): process_info(pid) for pid in watcher.workers}}
+                "info": {str(pid): process_info(pid) for pid in watcher.workers},
+                "output": watcher.output_stats()}
 
     def format(self, reply):
         from sockvisor.control.commands.base import table

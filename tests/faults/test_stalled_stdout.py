@@ -1,0 +1,46 @@
+"""Fault: sockvisor's own stdout is a pipe nobody reads (a stuck log shipper, a
+`sockvisor start | less` left alone) while a worker with `stdout = prefix` keeps
+writing.  The pipe fills after 64 kB; from then on every write would block.
+sockvisor must go on answering its control channel and obey SIGTERM, dropping
+(and counting) worker output it cannot pass on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from sockvisor.control.client import ControlClient
+
+
+def test_a_stalled_stdout_reader_never_freezes_sockvisor(sockvisor, scripts):
+    read_end, write_end = os.pipe()   # read_end stays open and is never read
+    try:
+        sv = sockvisor(f"""
+            [watcher:spew]
+            cmd = {scripts.cmd("spew.py", "40000", "100")}
+            stdout = prefix
+            graceful_timeout = 1
+        """, stdout=write_end)
+        os.close(write_end)
+        write_end = -1
+        endpoint = f"ipc://{sv.directory}/ctl"
+        # 4 MB of output against a 64 kB pipe: the reader stalls within the first
+        # few chunks; then the control channel must still answer at once.
+        sv.wait_log(r"not keeping up.*dropped", timeout=20)
+        for _ in range(5):
+            started = time.monotonic()
+            with ControlClient(endpoint, timeout=5) as client:
+                reply = client.call("status", {"name": "spew"})
+            assert reply.get("status") == "active", reply
+            assert time.monotonic() - started < 5
+        with ControlClient(endpoint, timeout=5) as client:
+            stats = client.call("stats", {"name": "spew"})
+        assert stats["output"]["stdout"]["dropped_bytes"] > 0, stats
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit(10) == 0, sv.describe()
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
