@@ -16,7 +16,9 @@ read back through the control channel (`listsockets`).  For `--minutes` (10) or
   * operations, every `--op-every` (5) s, alternately: `reload web`, and
     `reloadconfig` after rewriting the config file with a real change (the
     watcher's `env = SOAK_FLIP=a` flips to `b` and back, which sockvisor applies
-    as a rolling reload of `web`; the reply must list `web` as reloaded);
+    as a rolling reload of `web`; the reply must list `web` as reloaded.  A
+    reloadconfig aborted by a kill leaves sockvisor on the old config, so the next
+    one makes the same change again);
   * a sampler every 5 s: the supervisor's open fds (/proc/PID/fd), RSS (VmRSS), and
     its children in state Z (zombies).
 
@@ -73,10 +75,10 @@ doing its job, not what this soak measures.
 Circus (`--supervisors sockvisor,circus`, the default): circusd 0.19 as it ships
 (`check_delay` 5 s; `--circus-check-delay`), the same worker on its own port, the same
 kill cadence and the same `reload web` (`waiting`), in the same window, with its own
-clients.  It gets no `reloadconfig`: Circus's reloadconfig stops a changed watcher's
-processes and starts new ones without waiting for readiness, which is not the
-zero-downtime operation being soaked (its slots stay idle), so the Circus column is
-kill + reload only.
+clients.  It gets no `reloadconfig`: Circus's reloadconfig removes a changed watcher
+(stopping every worker) and adds it anew, so nothing serves until the new workers
+have started; that is a planned gap, not the zero-downtime operation being soaked
+(its slots stay idle), so the Circus column is kill + reload only.
 
     python bench/soak.py [--minutes 10 | --seconds S] [--supervisors sockvisor,circus]
                          [--json PATH] [--keep]
@@ -210,7 +212,8 @@ class Soak:
         self.sup: common.Supervised | None = None
         self.port = 0
         self.began = 0.0
-        self.flip = "a"
+        self.flip = "a"               # SOAK_FLIP in the config file
+        self.running_flip = "a"       # SOAK_FLIP of the config sockvisor runs
         self.current_op: str | None = None
         self.kills: list[Kill] = []
         self.ops: list[Operation] = []
@@ -378,7 +381,9 @@ class Soak:
                 common.control_call(self.sup, "reload", {"name": "web", "waiting": True},
                                     timeout=OP_TIMEOUT)
             else:
-                self.flip = "b" if self.flip == "a" else "a"
+                # Flip from what sockvisor runs.  An aborted reloadconfig leaves it on
+                # the old config, so until one succeeds each attempt is the same change.
+                self.flip = "b" if self.running_flip == "a" else "a"
                 path = self.sup.config_path
                 with open(path + ".new", "w", encoding="utf-8") as handle:
                     handle.write(common._ini(self.sections()))   # the format launch used
@@ -386,6 +391,7 @@ class Soak:
                 reply = common.control_call(self.sup, "reloadconfig", timeout=OP_TIMEOUT)
                 if "web" not in (reply.get("reloaded") or []):  # type: ignore[operator]
                     raise OSError(f"reloadconfig did not reload web: {reply}")
+                self.running_flip = self.flip
             op.ok = True
         except OSError as exc:
             op.error = str(exc)[:300]

@@ -76,3 +76,27 @@ def test_classify_tells_the_clients_own_failures_from_the_servers():
     assert soak.classify(TimeoutError("timed out"), True)[0] == "timeout"
     assert soak.classify(ValueError("unexpected answer b''"), True)[0] == "closed, no answer"
     assert soak.classify(ValueError("unexpected body b'x'"), True)[0] == "bad answer"
+
+
+def test_reloadconfig_after_an_aborted_one_makes_the_same_change_again(tmp_path, monkeypatch):
+    """An aborted reloadconfig leaves sockvisor on the old config: flipping the file
+    back would be no change at all (sockvisor rightly answers "unchanged")."""
+    s = make_soak()
+    s.directory = str(tmp_path)
+    config = tmp_path / "sockvisor.ini"
+    s.sup = soak.common.Supervised("sockvisor", "sockvisor", None, str(tmp_path), 1,  # type: ignore[arg-type]
+                                   str(config), str(tmp_path / "log"))
+    replies = iter([OSError("reload of web aborted: killed"), {"reloaded": ["web"]},
+                    {"reloaded": ["web"]}])
+    seen = []
+
+    def control_call(sup, command, properties=None, timeout=10.0):
+        seen.append(config.read_text().count("SOAK_FLIP=b"))
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+    monkeypatch.setattr(soak.common, "control_call", control_call)
+    ops = [s._operate("reloadconfig") for _ in range(3)]
+    assert [op.ok for op in ops] == [False, True, True]
+    assert seen == [1, 1, 0]     # b (aborted), b again, then back to a
