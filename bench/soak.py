@@ -114,7 +114,7 @@ SAMPLE_EVERY = 5.0            # s between two resource samples
 SETTLE_TIMEOUT = 30.0         # s for the watcher to serve again at the end
 ZOMBIE_GRACE = 5.0            # s for the last zombie to be reaped at the end
 OP_TIMEOUT = 60.0             # s for one reload / reloadconfig reply
-STOP_TIMEOUT = 2.0            # s for a SIGSTOPped victim to show state T
+STOP_TIMEOUT = 10.0           # s for a SIGSTOPped victim to show state T (busy machine)
 FAILURES_KEPT = 200           # failures listed one by one in the JSON
 GONE = "gone before the kill"
 
