@@ -20,7 +20,8 @@ socket, and measures them from outside:
   * `Supervised.endpoint` is the supervisor's control endpoint (ipc:// in the temp
     directory); `console_script(name)` finds sockvisorctl / circusctl themselves, not
     a pyenv shim;
-  * `http_get_pid()` asks the worker which pid it is; `NewChildPoller` notices a
+  * `http_get_pid()` asks the worker which pid it is (`on_connect` sees the
+    connection first); `NewChildPoller` notices a
     new child of the supervisor cheaply enough to poll every 0.5 ms;
   * `median()`, `percentile()`, `format_table()` and `machine_info()` for the report.
 
@@ -202,12 +203,18 @@ def console_script(name: str) -> str:
     return path
 
 
-def http_get_pid(port: int, timeout: float, host: str = HOST) -> int:
+def http_get_pid(port: int, timeout: float, host: str = HOST,
+                 on_connect: Callable[[socket.socket], None] | None = None) -> int:
     """GET / from the worker behind `port`; return the pid it says it has.
 
     Raises OSError (connection refused/reset, timeout) or ValueError (not our answer).
+    `on_connect(conn)`, if given, is called once the connection is established and
+    before the request is sent (soak.py notes the client port there, to tell later
+    which worker had accepted a request that failed).
     """
     with socket.create_connection((host, port), timeout=timeout) as conn:
+        if on_connect is not None:
+            on_connect(conn)
         conn.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
         data = b""
         while True:
