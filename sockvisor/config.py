@@ -30,6 +30,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from sockvisor import wholenumber
+
 
 class ConfigError(Exception):
     """A config problem, located as precisely as we know: file, section, key."""
@@ -197,6 +199,8 @@ def _parse_bool(raw: str) -> bool:
 def _parse_int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
+            if not raw.isascii():   # int() takes "١٢" (Arabic-Indic digits) for 12
+                raise ValueError
             value = int(raw.strip(), 0)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
@@ -243,7 +247,7 @@ def _parse_octal(raw: str) -> int:
 
 def _parse_signal(raw: str) -> int:
     name = raw.strip().upper()
-    if name.isdigit():
+    if wholenumber.is_digits(name):
         number = int(name)
         if number in {s.value for s in signal.Signals}:
             return number
@@ -274,7 +278,7 @@ def _parse_list(raw: str) -> tuple[str, ...]:
 def _parse_user(raw: str) -> pwd.struct_passwd:
     name = raw.strip()
     try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        return pwd.getpwuid(int(name)) if wholenumber.is_digits(name) else pwd.getpwnam(name)
     except (KeyError, OverflowError):
         raise ValueError(f"unknown user {name!r}") from None
 
@@ -282,7 +286,7 @@ def _parse_user(raw: str) -> pwd.struct_passwd:
 def _parse_group(raw: str) -> int:
     name = raw.strip()
     try:
-        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+        return grp.getgrgid(int(name)).gr_gid if wholenumber.is_digits(name) else grp.getgrnam(name).gr_gid
     except (KeyError, OverflowError):
         raise ValueError(f"unknown group {name!r}") from None
 

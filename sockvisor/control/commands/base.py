@@ -100,20 +100,15 @@ MAX_NUMPROCESSES = 100_000
 
 def int_property(props: dict[str, Any], key: str, default: int | None = None,
                  minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py)."""
+    from sockvisor import wholenumber
     value = props.get(key, default)
     if value is None:
         raise CommandError(f"{key!r} is required")
-    if isinstance(value, bool):
-        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int):
-        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise CommandError(f"{key!r} must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise CommandError(f"{key!r} must be at most {maximum}, got {value}")
-    return value
+    try:
+        return wholenumber.parse(value, repr(key), minimum, maximum)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def bool_property(props: dict[str, Any], key: str, default: bool) -> bool:
