@@ -161,6 +161,10 @@ class GlobalConfig:
     endpoint: str | None = None          # None: the default ipc path
     pubsub_endpoint: str | None = None   # None: next to the control endpoint
     endpoint_group: int | None = None
+    # What endpoint_group members may do beyond operating (control/access.py),
+    # and the most workers they may scale one watcher to (None: 4 per CPU).
+    endpoint_group_grants: frozenset[str] = frozenset()
+    endpoint_group_max_numprocesses: int | None = None
     curve_secret_key_file: str | None = None
     curve_authorized_keys_dir: str | None = None
     loglevel: str = "info"
@@ -291,6 +295,19 @@ def _parse_group(raw: str) -> int:
         raise ValueError(f"unknown group {name!r}") from None
 
 
+# Words of `endpoint_group_grants`: what only the owner may do unless granted.
+ENDPOINT_GROUP_GRANTS = ("stop", "signal", "quit", "rm", "secrets", "scale")
+
+
+def _parse_grants(raw: str) -> frozenset[str]:
+    words = _parse_list(raw.lower())
+    unknown = [word for word in words if word not in ENDPOINT_GROUP_GRANTS]
+    if unknown:
+        raise ValueError(f"unknown grant {unknown[0]!r}; expected some of "
+                         f"{', '.join(ENDPOINT_GROUP_GRANTS)}")
+    return frozenset(words)
+
+
 def _parse_output(raw: str) -> OutputConfig:
     value = raw.strip()
     lowered = value.lower()
@@ -356,6 +373,8 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "endpoint": _Option(_parse_nonempty),
     "pubsub_endpoint": _Option(_parse_nonempty),
     "endpoint_group": _Option(_parse_group),
+    "endpoint_group_grants": _Option(_parse_grants),
+    "endpoint_group_max_numprocesses": _Option(_parse_int(1, 100_000)),
     "curve_secret_key_file": _Option(_parse_nonempty),
     "curve_authorized_keys_dir": _Option(_parse_nonempty),
     "loglevel": _Option(_parse_str),
@@ -688,6 +707,8 @@ class _Loader:
             endpoint=endpoint,
             pubsub_endpoint=pubsub,
             endpoint_group=values.get("endpoint_group"),
+            endpoint_group_grants=values.get("endpoint_group_grants", frozenset()),
+            endpoint_group_max_numprocesses=values.get("endpoint_group_max_numprocesses"),
             curve_secret_key_file=values.get("curve_secret_key_file"),
             curve_authorized_keys_dir=values.get("curve_authorized_keys_dir"),
             loglevel=level,

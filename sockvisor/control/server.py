@@ -7,8 +7,9 @@ that then runs as root).  Ours:
   * with `endpoint_group`, that endpoint becomes 0660 for the group, and a second,
     owner-only endpoint (`…admin`, 0600) is opened beside it.  ZeroMQ's ipc
     transport does not tell who the peer is, so *which endpoint a request came in
-    on* is the credential: commands that decide what runs or as whom (`add`, `set
-    cmd …`) are refused on the group endpoint, with errno FORBIDDEN;
+    on* is the credential: on the group endpoint, what the group may not do
+    (access.py: decide what runs or as whom, stop the service, see secrets --
+    unless granted) is refused with errno FORBIDDEN;
   * a tcp:// endpoint is only accepted with CURVE keys (config.py refuses it
     otherwise); clients whose public key is not in the authorized directory are
     dropped by ZAP before a single frame reaches us.
@@ -48,7 +49,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
-from sockvisor.control import protocol
+from sockvisor.control import access, protocol
 from sockvisor.control.commands import load_commands
 from sockvisor.control.protocol import CommandError, ErrNo
 
@@ -116,6 +117,9 @@ class ControlServer:
         self.endpoint, self.admin_endpoint, self.events_endpoint = endpoints_for(
             config.path, config.globals.endpoint, config.globals.pubsub_endpoint, self.group)
         self.commands = load_commands()
+        # What endpoint_group members may do: fixed at start-up, like the
+        # endpoints themselves (reloadconfig does not change [sockvisor]).
+        self.operator = access.operator(config.globals)
         self.context = zmq.asyncio.Context()
         self.sockets: list[zmq.asyncio.Socket] = []
         self.routers: list[_Endpoint] = []
@@ -357,9 +361,12 @@ class ControlServer:
         if command is None:
             return protocol.error(request.id, f"unknown command: {request.command!r}",
                                   ErrNo.UNKNOWN_COMMAND)
+        caller = access.OWNER_CALLER if owner else self.operator
         try:
-            command.check_access(request.properties, owner)
-            result = await command.execute(self.supervisor, request.properties)
+            access.authorize(command, request.properties, caller)
+            access.set_current(caller)   # this task's: for the scaling bound
+            result = access.redact(
+                await command.execute(self.supervisor, request.properties), caller)
         except CommandError as exc:
             return protocol.error(request.id, exc.reason, exc.errno)
         except asyncio.CancelledError:

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 class Command:
     name: str = ""
-    # May only run on the owner-only endpoint (it decides what runs, or as whom).
-    privileged: bool = False
+    # Who may run it (control/access.py): "operate" (endpoint_group members too),
+    # "owner" (sockvisor's own endpoint only), or a word of endpoint_group_grants
+    # (the owner, or the group if the config grants it).  Undeclared: the owner's.
+    access: str = "owner"
     # Waits for processes (start, stop, reload...): sockvisorctl allows it longer.
     long_running: bool = False
 
@@ -31,10 +33,13 @@ class Command:
     def properties(self, args: argparse.Namespace) -> dict[str, Any]:
         return {}
 
-    def check_access(self, props: dict[str, Any], owner: bool) -> None:
-        if self.privileged and not owner:
-            raise CommandError(f"{self.name!r} is only allowed on sockvisor's owner "
-                               "endpoint", ErrNo.FORBIDDEN)
+    def requires(self, props: dict[str, Any]) -> str:
+        """What running it with `props` needs (see `access`); checked by the server."""
+        return self.access
+
+    def describe(self, props: dict[str, Any]) -> str:
+        """The request, for a refusal message."""
+        return repr(self.name)
 
     async def execute(self, supervisor: "Supervisor", props: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

@@ -36,6 +36,7 @@ class Signal(Command):
     signals each worker's whole process group.  Not queued: it is sent at once.
     """
     name = "signal"
+    access = "operate"
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="watcher")
@@ -56,6 +57,16 @@ class Signal(Command):
         if args.group:
             props["children"] = True
         return props
+
+    def requires(self, props: dict[str, Any]) -> str:
+        from sockvisor.control.access import signal_needs
+        try:
+            return signal_needs(parse_signal(props.get("signum")))
+        except CommandError:
+            return self.access   # not a signal at all: execute says so
+
+    def describe(self, props: dict[str, Any]) -> str:
+        return f"signal {signal.Signals(parse_signal(props.get('signum'))).name}"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         watcher = get_watcher(supervisor, props)

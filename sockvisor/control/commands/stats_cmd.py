@@ -51,6 +51,7 @@ class Stats(Command):
     `cpu` is the percentage since the previous `stats` call for that process.
     """
     name = "stats"
+    access = "operate"
 
     def add_arguments(self, parser):
         parser.add_argument("name", nargs="?", help="watcher")
