@@ -347,37 +347,43 @@ class ControlServer:
             log.debug("control: could not reply: %s", exc)
 
     async def dispatch(self, body: list[bytes], owner: bool) -> dict[str, Any]:
-        if len(body) != 1:
-            return protocol.error(None, f"expected one frame per request, got {len(body)}",
-                                  ErrNo.BAD_MSG_DATA_ERROR)
-        payload = body[0]
-        try:
-            request = protocol.parse_request(payload)
-        except CommandError as exc:
-            return protocol.error(protocol.request_id_of(payload)
-                                  if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
-                                  exc.reason, exc.errno)
-        command = self.commands.get(request.command)
-        if command is None:
-            return protocol.error(request.id, f"unknown command: {request.command!r}",
-                                  ErrNo.UNKNOWN_COMMAND)
-        caller = access.OWNER_CALLER if owner else self.operator
-        try:
-            access.authorize(command, request.properties, caller)
-            access.set_current(caller)   # this task's: for the scaling bound
-            result = access.redact(
-                await command.execute(self.supervisor, request.properties), caller)
-        except CommandError as exc:
-            return protocol.error(request.id, exc.reason, exc.errno)
-        except asyncio.CancelledError:
-            return protocol.error(request.id, "cancelled: sockvisor is stopping",
-                                  ErrNo.COMMAND_ERROR)
-        except OSError as exc:
-            return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
-        except Exception as exc:   # a bug: report it, keep serving
-            log.exception("control: command %s failed", request.command)
-            return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
-        return protocol.ok(request.id, result)
+        return await dispatch(self.supervisor, self.commands,
+                              access.OWNER_CALLER if owner else self.operator, body)
+
+
+async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
+                   caller: access.Caller, body: list[bytes]) -> dict[str, Any]:
+    """One request's frames (after the routing envelope) to its reply: never raises."""
+    if len(body) != 1:
+        return protocol.error(None, f"expected one frame per request, got {len(body)}",
+                              ErrNo.BAD_MSG_DATA_ERROR)
+    payload = body[0]
+    try:
+        request = protocol.parse_request(payload)
+    except CommandError as exc:
+        return protocol.error(protocol.request_id_of(payload)
+                              if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
+                              exc.reason, exc.errno)
+    command = commands.get(request.command)
+    if command is None:
+        return protocol.error(request.id, f"unknown command: {request.command!r}",
+                              ErrNo.UNKNOWN_COMMAND)
+    try:
+        access.authorize(command, request.properties, caller)
+        access.set_current(caller)   # this task's: for the scaling bound
+        result = access.redact(
+            await command.execute(supervisor, request.properties), caller)
+    except CommandError as exc:
+        return protocol.error(request.id, exc.reason, exc.errno)
+    except asyncio.CancelledError:
+        return protocol.error(request.id, "cancelled: sockvisor is stopping",
+                              ErrNo.COMMAND_ERROR)
+    except OSError as exc:
+        return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
+    except Exception as exc:   # a bug: report it, keep serving
+        log.exception("control: command %s failed", request.command)
+        return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
+    return protocol.ok(request.id, result)
 
 
 def _ipc_in_use(path: str) -> bool:
