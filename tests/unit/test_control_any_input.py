@@ -8,7 +8,7 @@ command looks like from outside) -- for the owner and for a group member.  The
 commands run against a small fake supervisor with one watcher, so they go deep
 (property validation, access checks) without starting processes.
 
-Bounded: 150 examples each, a per-example deadline; a few seconds.
+Bounded: 150-400 examples each, a per-example deadline; a few seconds of CPU.
 """
 
 from __future__ import annotations
@@ -34,11 +34,15 @@ SETTINGS = settings(max_examples=150, deadline=1000, database=None,
 
 # --------------------------------------------------------------------------- inputs
 
+# What commands expect, nearly: numbers that are not quite numbers, names, signals.
+odd_values = st.sampled_from([10 ** 4000, -(10 ** 30), "²", "١٢", "9" * 5000, " 3", "1_0",
+                              "", "web", "nosuch", "KILL", "HUP", "SIGTERM", "9", "-1",
+                              "1", 0, 1, -1, 2.0, 1.5, True, False, None, [], {},
+                              ["env"], ["cmd", "nosuch"], {"numprocesses": "²"},
+                              {"cmd": "/bin/true"}, {"graceful_timeout": "x"},
+                              {"env": {"A": "1"}}, {"CMD": 1}])
 json_scalars = (st.none() | st.booleans() | st.floats(allow_nan=False)
-                | st.integers(min_value=-(10 ** 30), max_value=10 ** 30)
-                | st.sampled_from([10 ** 4000, "²", "١٢", "9" * 5000, "", "web", "KILL",
-                                   "HUP", "9", "-1", "1", "cmd", "numprocesses", "env"])
-                | st.text(max_size=20))
+                | st.integers(min_value=-(10 ** 30), max_value=10 ** 30) | st.text(max_size=20))
 json_values = st.recursive(json_scalars,
                            lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8) | st.sampled_from(
@@ -48,8 +52,11 @@ json_values = st.recursive(json_scalars,
 
 PROPERTY_KEYS = ["name", "nb", "signum", "pid", "process", "keys", "options", "cmd",
                  "start", "children", "recursive", "waiting", "args"]
-properties = st.dictionaries(st.sampled_from(PROPERTY_KEYS) | st.text(max_size=6),
-                             json_values | st.just("web"), max_size=5)
+# Mostly: each known key present or not, with a value commands nearly expect;
+# sometimes anything at all.
+properties = (st.fixed_dictionaries({}, optional={key: odd_values for key in PROPERTY_KEYS})
+              | st.dictionaries(st.sampled_from(PROPERTY_KEYS) | st.text(max_size=6),
+                                json_values, max_size=5))
 command_names = st.sampled_from(sorted(load_commands())) | st.text(max_size=12)
 
 
@@ -62,7 +69,7 @@ def request_frames(draw) -> bytes:
         else draw(st.sampled_from(sorted(load_commands())))}
     props = draw(properties)
     if draw(st.integers(0, 4)):
-        props["name"] = "web"
+        props["name"] = "web"   # the watcher there is: the commands go deep
     message["properties"] = props
     choice = draw(st.integers(0, 19))
     if choice < 9:
@@ -204,7 +211,7 @@ def test_dispatch_any_frames(frames):
     assert_well_formed(reply_to(frames, access.OWNER_CALLER))
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=400)
 @given(request_frames(), st.sampled_from([access.OWNER_CALLER, OPERATOR]))
 def test_dispatch_any_request(frame, caller):
     reply = reply_to([frame], caller)
