@@ -162,10 +162,6 @@ class ControlServer:
         for endpoint in self.routers:
             self.serve_tasks.append(asyncio.ensure_future(self._serve(endpoint)))
 
-    async def start(self) -> None:
-        await self.open()
-        self.serve()
-
     def _start_authenticator(self, keys_dir: str | None) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator
         self.authenticator = AsyncioAuthenticator(self.context)
