@@ -30,7 +30,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from sockvisor import logdir
+from sockvisor import logdir, wholenumber
 
 
 class ConfigError(Exception):
@@ -161,6 +161,10 @@ class GlobalConfig:
     endpoint: str | None = None          # None: the default ipc path
     pubsub_endpoint: str | None = None   # None: next to the control endpoint
     endpoint_group: int | None = None
+    # What endpoint_group members may do beyond operating (control/access.py),
+    # and the most workers they may scale one watcher to (None: 4 per CPU).
+    endpoint_group_grants: frozenset[str] = frozenset()
+    endpoint_group_max_numprocesses: int | None = None
     curve_secret_key_file: str | None = None
     curve_authorized_keys_dir: str | None = None
     loglevel: str = "info"
@@ -199,6 +203,8 @@ def _parse_bool(raw: str) -> bool:
 def _parse_int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
+            if not raw.isascii():   # int() takes "١٢" (Arabic-Indic digits) for 12
+                raise ValueError
             value = int(raw.strip(), 0)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
@@ -245,7 +251,7 @@ def _parse_octal(raw: str) -> int:
 
 def _parse_signal(raw: str) -> int:
     name = raw.strip().upper()
-    if name.isdigit():
+    if wholenumber.is_digits(name):
         number = int(name)
         if number in {s.value for s in signal.Signals}:
             return number
@@ -276,7 +282,7 @@ def _parse_list(raw: str) -> tuple[str, ...]:
 def _parse_user(raw: str) -> pwd.struct_passwd:
     name = raw.strip()
     try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        return pwd.getpwuid(int(name)) if wholenumber.is_digits(name) else pwd.getpwnam(name)
     except (KeyError, OverflowError):
         raise ValueError(f"unknown user {name!r}") from None
 
@@ -284,9 +290,22 @@ def _parse_user(raw: str) -> pwd.struct_passwd:
 def _parse_group(raw: str) -> int:
     name = raw.strip()
     try:
-        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+        return grp.getgrgid(int(name)).gr_gid if wholenumber.is_digits(name) else grp.getgrnam(name).gr_gid
     except (KeyError, OverflowError):
         raise ValueError(f"unknown group {name!r}") from None
+
+
+# Words of `endpoint_group_grants`: what only the owner may do unless granted.
+ENDPOINT_GROUP_GRANTS = ("stop", "signal", "quit", "rm", "secrets", "scale")
+
+
+def _parse_grants(raw: str) -> frozenset[str]:
+    words = _parse_list(raw.lower())
+    unknown = [word for word in words if word not in ENDPOINT_GROUP_GRANTS]
+    if unknown:
+        raise ValueError(f"unknown grant {unknown[0]!r}; expected some of "
+                         f"{', '.join(ENDPOINT_GROUP_GRANTS)}")
+    return frozenset(words)
 
 
 def _parse_output(raw: str) -> OutputConfig:
@@ -354,6 +373,8 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "endpoint": _Option(_parse_nonempty),
     "pubsub_endpoint": _Option(_parse_nonempty),
     "endpoint_group": _Option(_parse_group),
+    "endpoint_group_grants": _Option(_parse_grants),
+    "endpoint_group_max_numprocesses": _Option(_parse_int(1, 100_000)),
     "curve_secret_key_file": _Option(_parse_nonempty),
     "curve_authorized_keys_dir": _Option(_parse_nonempty),
     "loglevel": _Option(_parse_str),
@@ -686,6 +707,8 @@ class _Loader:
             endpoint=endpoint,
             pubsub_endpoint=pubsub,
             endpoint_group=values.get("endpoint_group"),
+            endpoint_group_grants=values.get("endpoint_group_grants", frozenset()),
+            endpoint_group_max_numprocesses=values.get("endpoint_group_max_numprocesses"),
             curve_secret_key_file=values.get("curve_secret_key_file"),
             curve_authorized_keys_dir=values.get("curve_authorized_keys_dir"),
             loglevel=level,

@@ -3,7 +3,9 @@
 One directory per config file (named after the file and a hash of its absolute
 path), mode 0700, under /run/sockvisor as root and $XDG_RUNTIME_DIR/sockvisor
 otherwise.  `sockvisorctl -c conf.ini` computes the same path, so nobody has to
-write an endpoint down twice.
+write an endpoint down twice.  A group member's sockvisorctl looks in its own
+user's place first, then in root's: a root-run sockvisor with `endpoint_group`
+makes its folder 0710 for the group (`candidate_runtime_dirs`).
 """
 
 from __future__ import annotations
@@ -12,21 +14,33 @@ import hashlib
 import os
 
 
+ROOT_RUNTIME_BASE = "/run/sockvisor"
+
+
 def runtime_base() -> str:
     if os.geteuid() == 0:
-        return "/run/sockvisor"
+        return ROOT_RUNTIME_BASE
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "sockvisor")
     return f"/tmp/sockvisor-{os.geteuid()}"   # checked for ownership before use
 
 
-def runtime_dir(config_path: str) -> str:
+def runtime_dir(config_path: str, base: str | None = None) -> str:
     # realpath: the same file reached through a symlink finds the same endpoint.
     absolute = os.path.realpath(config_path)
     stem = os.path.splitext(os.path.basename(absolute))[0][:40] or "sockvisor"
     digest = hashlib.sha256(absolute.encode()).hexdigest()[:10]
-    return os.path.join(runtime_base(), f"{stem}-{digest}")
+    return os.path.join(runtime_base() if base is None else base, f"{stem}-{digest}")
+
+
+def candidate_runtime_dirs(config_path: str) -> list[str]:
+    """Where a sockvisor running `config_path` may have its default endpoints, in
+    the order a client should look: as this user would run it, then as root."""
+    dirs = [runtime_dir(config_path)]
+    if os.geteuid() != 0:
+        dirs.append(runtime_dir(config_path, ROOT_RUNTIME_BASE))
+    return dirs
 
 
 def default_endpoint(config_path: str) -> str:

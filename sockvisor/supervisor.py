@@ -1,9 +1,11 @@
 """The arbiter: start-up and shut-down order, and ownership of everything long-lived.
 
-Start-up: sockets first (adopted from the service manager, else bound) — if one
-fails, nothing is spawned; then the reaper, the workers' notify socket, the
-control channel, and the watchers; READY=1 to systemd once every autostart
-watcher's first generation is ready (having asked, with EXTEND_TIMEOUT_USEC, for
+Start-up: the control endpoints are opened first (a missing folder, or a second
+instance on the same endpoint, ends start-up with exit 3 before any port
+listens); then the sockets (adopted from the service manager, else bound) — if
+one fails, nothing is spawned; then the reaper, the workers' notify socket and
+the watchers, and only then is the control channel read; READY=1 to systemd
+once every autostart watcher's first generation is ready (having asked, with EXTEND_TIMEOUT_USEC, for
 as long as the config lets start-up take; likewise for a reload and a stop: see
 phase_bounds.py).  Shut-down is the reverse: STOPPING=1, every
 watcher stops its workers (stop_signal, graceful_timeout, SIGKILL), the control
@@ -181,9 +183,16 @@ class Supervisor:
             os.umask(self.config.globals.umask)
         self._stop_requested = loop.create_future()
         try:
+            await self._open_control()
+        except StartupError as exc:
+            log.error("%s", exc)
+            return exc.status
+        try:
             self.open_sockets()
         except StartupError as exc:
             log.error("%s", exc)
+            if self.control is not None:
+                await self.control.close()
             return exc.status
         if os.getpid() != 1 and self.config.globals.subreaper:
             become_subreaper()
@@ -196,12 +205,6 @@ class Supervisor:
                              (signal.SIGQUIT, StopMode.IMMEDIATE)):
             loop.add_signal_handler(signum, self.request_stop, mode)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        try:
-            await self._start_control()
-        except StartupError as exc:
-            log.error("%s", exc)
-            await self._teardown(StopMode.IMMEDIATE)
-            return exc.status
         self.notifier.mainpid(os.getpid())
         self.notifier.extend_timeout(phase_bounds.start(self.config))
         context = self._context()
@@ -212,6 +215,8 @@ class Supervisor:
             log.error("[watcher:%s] cannot set up its output: %s", name, exc)
             await self._teardown(StopMode.IMMEDIATE)
             return EXIT_FAILURE
+        if self.control is not None:
+            self.control.serve()
         startup = asyncio.ensure_future(self._start_watchers())
         stop_or_started = await asyncio.wait({startup, self._stop_requested},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -229,7 +234,8 @@ class Supervisor:
         await asyncio.gather(*(w.start() for w in self.watchers.values()
                                if w.config.autostart))
 
-    async def _start_control(self) -> None:
+    async def _open_control(self) -> None:
+        """Open the control endpoints (not yet reading): before any socket is bound."""
         try:
             from sockvisor.control.server import ControlServer
         except ImportError as exc:
@@ -240,14 +246,13 @@ class Supervisor:
                                    EXIT_SOCKET) from None
             log.warning("control channel disabled: %s", exc)
             return
-        self.control = ControlServer(self)
+        control = ControlServer(self)
         try:
-            await self.control.start()
+            await control.open()   # closes what it opened if it fails
         except Exception as exc:   # OSError, zmq.ZMQError: either way we cannot serve
-            await self.control.close()
-            self.control = None
             raise StartupError(f"cannot open the control endpoint: {exc}",
                                EXIT_SOCKET) from None
+        self.control = control
 
     def _start_watchdog(self) -> None:
         interval = systemd.watchdog_interval()

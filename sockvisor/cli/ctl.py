@@ -2,9 +2,10 @@
 
 Exit status: 0 the command succeeded, 1 it failed (the reply was an error),
 2 usage, 3 no sockvisor answered.  The endpoint comes from --endpoint, else from
-`-c CONF` (its [sockvisor] endpoint, or the default path for that file), else
-from $SOCKVISOR_ENDPOINT.  Given a config, sockvisorctl uses the owner-only
-endpoint when it can reach it (see control/server.py).
+`-c CONF` (its [sockvisor] endpoint, or the default path for that file: as
+this user would run it, else as root would -- where a group member finds a
+root-run sockvisor), else from $SOCKVISOR_ENDPOINT.  Given a config, sockvisorctl
+uses the owner-only endpoint when it can reach it (see control/server.py).
 """
 
 from __future__ import annotations
@@ -76,13 +77,19 @@ def _find_endpoint(args: argparse.Namespace) -> str:
 
 
 def endpoint_from_config(path: str) -> str:
-    """The endpoint sockvisor opens for `path`, read without validating the whole file."""
+    """The endpoint sockvisor opens for `path`, read without validating the whole file.
+
+    A config root keeps to itself (0600: it may hold secrets) can still be used
+    by a group member when it sets no `endpoint`: the default endpoint's place
+    depends only on the file's path."""
     import configparser
-    from sockvisor import paths
     parser = configparser.ConfigParser(interpolation=None, strict=False)
+    unreadable = None
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
+    except PermissionError as exc:
+        unreadable = exc
     except (OSError, configparser.Error) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     section = next((s for s in ("sockvisor", "circus") if parser.has_section(s)), None)
@@ -91,12 +98,31 @@ def endpoint_from_config(path: str) -> str:
     if endpoint:
         endpoint = endpoint.strip()
         admin = f"{endpoint}.admin"
-    else:
-        endpoint = paths.default_endpoint(path)
-        admin = paths.default_admin_endpoint(path)
-    if group and admin.startswith("ipc://") and os.access(admin[len("ipc://"):], os.W_OK):
-        return admin
-    return endpoint
+        if group and admin.startswith("ipc://") and os.access(admin[len("ipc://"):],
+                                                              os.W_OK):
+            return admin
+        return endpoint
+    return _default_endpoint(path, unreadable)
+
+
+def _default_endpoint(path: str, unreadable: OSError | None) -> str:
+    """The owner endpoint if we may use it, else the shared one, in the first
+    place (ours, then root's) where a sockvisor for `path` has put them."""
+    from sockvisor import paths
+    for directory in paths.candidate_runtime_dirs(path):
+        admin, control = f"{directory}/admin", f"{directory}/control"
+        if os.access(admin, os.W_OK):
+            return f"ipc://{admin}"
+        if os.path.lexists(control):
+            return f"ipc://{control}"
+        if os.path.isdir(directory) and not os.access(directory, os.X_OK):
+            # There, but not for us: ControlClient says "permission denied".
+            return f"ipc://{control}"
+    if unreadable is not None:
+        raise UsageError(f"cannot read {path}: {unreadable.strerror}; and no sockvisor "
+                         f"endpoint at its default places "
+                         f"({', '.join(paths.candidate_runtime_dirs(path))})")
+    return paths.default_endpoint(path)
 
 
 class UsageError(Exception):

@@ -45,7 +45,10 @@ class ControlClient:
         path = self.endpoint[len("ipc://"):]
         if path.startswith("@"):
             return
+        directory = os.path.dirname(path) or "."
         if not os.path.exists(path):
+            if os.path.isdir(directory) and not os.access(directory, os.X_OK):
+                raise Unreachable(f"permission denied: {self.endpoint}")
             raise Unreachable(f"no sockvisor at {self.endpoint} (no such socket file)")
         if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.X_OK):
             raise Unreachable(f"permission denied: {self.endpoint}")

@@ -17,7 +17,11 @@ import time
 from typing import Any, NamedTuple
 
 MAX_REQUEST_BYTES = 1 << 20      # a bigger frame gets an error reply
-MAX_SOCKET_MESSAGE = 16 << 20    # libzmq drops the peer beyond this (memory bound)
+# libzmq drops the peer beyond this.  It bounds what one peer can make libzmq
+# queue in sockvisor: server.RCVHWM messages of at most this size.
+MAX_SOCKET_MESSAGE = 4 << 20
+MAX_ID_LENGTH = 256              # a request id is echoed in the reply: keep it short
+MAX_REASON = 2000                # error reasons quote client input: keep replies small
 
 
 class ErrNo(enum.IntEnum):
@@ -67,9 +71,19 @@ def parse_request(payload: bytes) -> Request:
     if not isinstance(properties, dict):
         raise CommandError("'properties' must be a JSON object", ErrNo.MESSAGE_ERROR)
     request_id = message.get("id")
-    if not isinstance(request_id, (str, int, type(None))):
-        raise CommandError("'id' must be a string", ErrNo.MESSAGE_ERROR)
+    if not _valid_id(request_id):
+        raise CommandError(f"'id' must be a string of at most {MAX_ID_LENGTH} characters "
+                           "or a 64-bit number", ErrNo.MESSAGE_ERROR)
     return Request(request_id, command.lower(), properties)
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_LENGTH
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and -(1 << 63) <= value < (1 << 64))
 
 
 def request_id_of(payload: bytes) -> Any:
@@ -77,7 +91,7 @@ def request_id_of(payload: bytes) -> Any:
     try:
         message = json.loads(payload)
         value = message.get("id") if isinstance(message, dict) else None
-        return value if isinstance(value, (str, int)) else None
+        return value if value is not None and _valid_id(value) else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -91,6 +105,8 @@ def ok(request_id: Any, props: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def error(request_id: Any, reason: str, errno: ErrNo = ErrNo.NOT_SPECIFIED) -> dict[str, Any]:
+    if len(reason) > MAX_REASON:
+        reason = reason[:MAX_REASON] + "... (cut)"
     return {"status": "error", "reason": reason, "errno": int(errno), "tb": None,
             "time": time.time(), "id": request_id}
 

@@ -7,8 +7,9 @@ that then runs as root).  Ours:
   * with `endpoint_group`, that endpoint becomes 0660 for the group, and a second,
     owner-only endpoint (`…admin`, 0600) is opened beside it.  ZeroMQ's ipc
     transport does not tell who the peer is, so *which endpoint a request came in
-    on* is the credential: commands that decide what runs or as whom (`add`, `set
-    cmd …`) are refused on the group endpoint, with errno FORBIDDEN;
+    on* is the credential: on the group endpoint, what the group may not do
+    (access.py: decide what runs or as whom, stop the service, see secrets --
+    unless granted) is refused with errno FORBIDDEN;
   * a tcp:// endpoint is only accepted with CURVE keys (config.py refuses it
     otherwise); clients whose public key is not in the authorized directory are
     dropped by ZAP before a single frame reaches us.
@@ -16,11 +17,28 @@ that then runs as root).  Ours:
 Every request runs as its own task, so read-only commands answer at once while a
 reload is waiting for readiness; per-watcher ordering is the watcher's business.
 A malformed request gets an error reply; nothing a client sends can stop the loop.
+
+Bounded memory (DESIGN §5).  A client that pipelines requests without reading the
+replies must not make root hold them all: libzmq queues at most RCVHWM messages
+of at most MAX_SOCKET_MESSAGE bytes per peer; a peer (ROUTER identity) runs at
+most PEER_IN_FLIGHT requests at once, the rest wait in its own queue; and an
+endpoint holds at most ENDPOINT_IN_FLIGHT requests (running or waiting) in all.
+At that limit the server stops calling recv: libzmq's queues fill up and the
+clients' sends block.  That is back-pressure, not refusal: nothing is rejected,
+and a client that reads its replies is served as soon as there is room, in
+fair turn with the others (ROUTER reads peers round-robin).  The owner endpoint
+has its own budget, so a group member cannot crowd root out.  Replies to a peer
+that does not read them are dropped beyond SNDHWM.
+
+Start-up opens the endpoints (`open`) before the listening sockets are bound,
+so an endpoint that cannot be opened fails start-up before any port listens;
+requests are read (`serve`) once the watchers exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -31,7 +49,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
-from sockvisor.control import protocol
+from sockvisor.control import access, protocol
 from sockvisor.control.commands import load_commands
 from sockvisor.control.protocol import CommandError, ErrNo
 
@@ -41,8 +59,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("sockvisor.control")
 
 
+# The bounds explained in the module docstring.
+PEER_IN_FLIGHT = 4
+ENDPOINT_IN_FLIGHT = 16
+RCVHWM = 8
+SNDHWM = 64
+
+
 class EndpointError(OSError):
     pass
+
+
+class _Peer:
+    """One client (ROUTER identity) on one endpoint: its running and waiting requests."""
+    __slots__ = ("running", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting: collections.deque[list[bytes]] = collections.deque()
+
+
+class _Endpoint:
+    """One ROUTER socket, whether it is the owner's, and what it holds."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, owner: bool):
+        self.sock = sock
+        self.owner = owner
+        self.room = asyncio.Semaphore(ENDPOINT_IN_FLIGHT)
+        self.peers: dict[bytes, _Peer] = {}
 
 
 def endpoints_for(config_path: str, endpoint: str | None, pubsub: str | None,
@@ -73,33 +117,50 @@ class ControlServer:
         self.endpoint, self.admin_endpoint, self.events_endpoint = endpoints_for(
             config.path, config.globals.endpoint, config.globals.pubsub_endpoint, self.group)
         self.commands = load_commands()
+        # What endpoint_group members may do: fixed at start-up, like the
+        # endpoints themselves (reloadconfig does not change [sockvisor]).
+        self.operator = access.operator(config.globals)
         self.context = zmq.asyncio.Context()
         self.sockets: list[zmq.asyncio.Socket] = []
+        self.routers: list[_Endpoint] = []
         self.events: zmq.asyncio.Socket | None = None
         self.serve_tasks: list[asyncio.Task] = []
         self.handlers: set[asyncio.Task] = set()
         self.ipc_paths: list[str] = []
         self.authenticator: Any = None
         self.default_dir = config.globals.endpoint is None
+        self.closing = False
 
     # ------------------------------------------------------------------ start / close
 
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Bind every endpoint; on failure close what was opened and raise."""
+        try:
+            self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _open(self) -> None:
         globals_ = self.supervisor.config.globals
         if globals_.curve_secret_key_file:
             self._start_authenticator(globals_.curve_authorized_keys_dir)
         shared_mode = 0o660 if self.group is not None else 0o600
         control = self._bind(zmq.ROUTER, self.endpoint, shared_mode)
-        self.serve_tasks.append(asyncio.ensure_future(
-            self._serve(control, owner=self.group is None)))
+        self.routers.append(_Endpoint(control, owner=self.group is None))
         if self.admin_endpoint is not None:
             admin = self._bind(zmq.ROUTER, self.admin_endpoint, 0o600)
-            self.serve_tasks.append(asyncio.ensure_future(self._serve(admin, owner=True)))
+            self.routers.append(_Endpoint(admin, owner=True))
         self.events = self._bind(zmq.PUB, self.events_endpoint, shared_mode)
         self.supervisor.subscribers.append(self.publish)
         log.info("control endpoint %s%s; events on %s", self.endpoint,
                  f" (group-operable; owner endpoint {self.admin_endpoint})"
                  if self.admin_endpoint else "", self.events_endpoint)
+
+    def serve(self) -> None:
+        """Start reading requests (the endpoints are open: see `open`)."""
+        for endpoint in self.routers:
+            self.serve_tasks.append(asyncio.ensure_future(self._serve(endpoint)))
 
     def _start_authenticator(self, keys_dir: str | None) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator
@@ -109,17 +170,24 @@ class ControlServer:
 
     def _bind(self, kind: int, endpoint: str, mode: int) -> zmq.asyncio.Socket:
         sock = self.context.socket(kind)
+        # Listed at once: close() must close it even if the bind below fails, or
+        # the context's term() would wait for it for ever.
+        self.sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_SOCKET_MESSAGE)
+            sock.setsockopt(zmq.RCVHWM, RCVHWM)
+            sock.setsockopt(zmq.SNDHWM, SNDHWM)
         else:
             sock.setsockopt(zmq.SNDHWM, 10000)
         if endpoint.startswith("tcp://"):
             self._configure_curve(sock)
-            sock.bind(endpoint)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
         else:
             self._bind_ipc(sock, endpoint, mode)
-        self.sockets.append(sock)
         return sock
 
     def _configure_curve(self, sock: zmq.asyncio.Socket) -> None:
@@ -185,6 +253,7 @@ class ControlServer:
             os.chown(directory, -1, self.group)
 
     async def close(self) -> None:
+        self.closing = True
         for task in self.serve_tasks:
             task.cancel()
         for task in list(self.handlers):
@@ -216,18 +285,48 @@ class ControlServer:
 
     # ------------------------------------------------------------------ requests
 
-    async def _serve(self, sock: zmq.asyncio.Socket, owner: bool) -> None:
+    async def _serve(self, endpoint: _Endpoint) -> None:
         while True:
+            # At ENDPOINT_IN_FLIGHT held requests, wait here without reading:
+            # that is the back-pressure (see the module docstring).
+            await endpoint.room.acquire()
             try:
-                frames = await sock.recv_multipart()
+                frames = await endpoint.sock.recv_multipart()
             except asyncio.CancelledError:
+                endpoint.room.release()
                 raise
             except zmq.ZMQError as exc:
+                endpoint.room.release()
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
                 log.warning("control: receive failed: %s", exc)
                 continue
-            task = asyncio.ensure_future(self._handle(sock, owner, frames))
-            self.handlers.add(task)
-            task.add_done_callback(self.handlers.discard)
+            self._admit(endpoint, frames)
+
+    def _admit(self, endpoint: _Endpoint, frames: list[bytes]) -> None:
+        peer = endpoint.peers.get(frames[0])
+        if peer is None:
+            peer = endpoint.peers[frames[0]] = _Peer()
+        if peer.running < PEER_IN_FLIGHT:
+            self._run(endpoint, peer, frames)
+        else:
+            peer.waiting.append(frames)
+
+    def _run(self, endpoint: _Endpoint, peer: _Peer, frames: list[bytes]) -> None:
+        peer.running += 1
+        task = asyncio.ensure_future(self._handle(endpoint.sock, endpoint.owner, frames))
+        self.handlers.add(task)
+        task.add_done_callback(lambda done: self._finished(endpoint, frames[0], done))
+
+    def _finished(self, endpoint: _Endpoint, identity: bytes, task: asyncio.Task) -> None:
+        self.handlers.discard(task)
+        endpoint.room.release()
+        peer = endpoint.peers[identity]
+        peer.running -= 1
+        if peer.waiting and not self.closing:
+            self._run(endpoint, peer, peer.waiting.popleft())
+        elif peer.running == 0:
+            del endpoint.peers[identity]
 
     async def _handle(self, sock: zmq.asyncio.Socket, owner: bool,
                       frames: list[bytes]) -> None:
@@ -237,40 +336,50 @@ class ControlServer:
             envelope, body = [b""], body[1:]
         reply = await self.dispatch(body, owner)
         try:
+            # A peer that does not read its replies: beyond SNDHWM, ROUTER drops.
             await sock.send_multipart([identity, *envelope, protocol.encode(reply)],
                                       flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("control: could not reply: %s", exc)
 
     async def dispatch(self, body: list[bytes], owner: bool) -> dict[str, Any]:
-        if len(body) != 1:
-            return protocol.error(None, f"expected one frame per request, got {len(body)}",
-                                  ErrNo.BAD_MSG_DATA_ERROR)
-        payload = body[0]
-        try:
-            request = protocol.parse_request(payload)
-        except CommandError as exc:
-            return protocol.error(protocol.request_id_of(payload)
-                                  if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
-                                  exc.reason, exc.errno)
-        command = self.commands.get(request.command)
-        if command is None:
-            return protocol.error(request.id, f"unknown command: {request.command!r}",
-                                  ErrNo.UNKNOWN_COMMAND)
-        try:
-            command.check_access(request.properties, owner)
-            result = await command.execute(self.supervisor, request.properties)
-        except CommandError as exc:
-            return protocol.error(request.id, exc.reason, exc.errno)
-        except asyncio.CancelledError:
-            return protocol.error(request.id, "cancelled: sockvisor is stopping",
-                                  ErrNo.COMMAND_ERROR)
-        except OSError as exc:
-            return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
-        except Exception as exc:   # a bug: report it, keep serving
-            log.exception("control: command %s failed", request.command)
-            return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
-        return protocol.ok(request.id, result)
+        return await dispatch(self.supervisor, self.commands,
+                              access.OWNER_CALLER if owner else self.operator, body)
+
+
+async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
+                   caller: access.Caller, body: list[bytes]) -> dict[str, Any]:
+    """One request's frames (after the routing envelope) to its reply: never raises."""
+    if len(body) != 1:
+        return protocol.error(None, f"expected one frame per request, got {len(body)}",
+                              ErrNo.BAD_MSG_DATA_ERROR)
+    payload = body[0]
+    try:
+        request = protocol.parse_request(payload)
+    except CommandError as exc:
+        return protocol.error(protocol.request_id_of(payload)
+                              if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
+                              exc.reason, exc.errno)
+    command = commands.get(request.command)
+    if command is None:
+        return protocol.error(request.id, f"unknown command: {request.command!r}",
+                              ErrNo.UNKNOWN_COMMAND)
+    try:
+        access.authorize(command, request.properties, caller)
+        access.set_current(caller)   # this task's: for the scaling bound
+        result = access.redact(
+            await command.execute(supervisor, request.properties), caller)
+    except CommandError as exc:
+        return protocol.error(request.id, exc.reason, exc.errno)
+    except asyncio.CancelledError:
+        return protocol.error(request.id, "cancelled: sockvisor is stopping",
+                              ErrNo.COMMAND_ERROR)
+    except OSError as exc:
+        return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
+    except Exception as exc:   # a bug: report it, keep serving
+        log.exception("control: command %s failed", request.command)
+        return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
+    return protocol.ok(request.id, result)
 
 
 def _ipc_in_use(path: str) -> bool:

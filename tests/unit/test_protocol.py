@@ -180,3 +180,24 @@ def test_make_request_is_what_parse_request_reads():
 for _name, _test in list(globals().items()):
     if _name.startswith("test_") and callable(_test):
         _test.control_protocol = True
+
+
+# --------------------------------------------------------------------------- bounded echoes
+
+def test_an_overlong_id_is_refused_and_not_echoed():
+    payload = json.dumps({"command": "status", "id": "i" * 100_000}).encode()
+    error = rejected(payload)
+    assert error.errno == ErrNo.MESSAGE_ERROR
+    assert protocol.request_id_of(payload) is None
+
+
+@pytest.mark.parametrize("request_id", [True, 1 << 64, -(1 << 63) - 1])
+def test_an_id_that_is_a_bool_or_a_huge_number_is_refused(request_id):
+    assert rejected(json.dumps({"command": "status", "id": request_id}).encode()
+                    ).errno == ErrNo.MESSAGE_ERROR
+
+
+def test_an_error_reason_quoting_client_input_is_cut_short():
+    reply = protocol.error("r", "unknown watcher " + "w" * 1_000_000, ErrNo.MESSAGE_ERROR)
+    assert len(reply["reason"]) < protocol.MAX_REASON + 20
+    assert reply["reason"].endswith("(cut)")

@@ -23,7 +23,7 @@ class Add(Command):
     next reloadconfig removes a watcher the file does not have.
     """
     name = "add"
-    privileged = True
+    access = "owner"   # decides what runs, and as whom: never granted
     long_running = True
 
     def add_arguments(self, parser):

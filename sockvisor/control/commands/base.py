@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 class Command:
     name: str = ""
-    # May only run on the owner-only endpoint (it decides what runs, or as whom).
-    privileged: bool = False
+    # Who may run it (control/access.py): "operate" (endpoint_group members too),
+    # "owner" (sockvisor's own endpoint only), or a word of endpoint_group_grants
+    # (the owner, or the group if the config grants it).  Undeclared: the owner's.
+    access: str = "owner"
     # Waits for processes (start, stop, reload...): sockvisorctl allows it longer.
     long_running: bool = False
 
@@ -31,10 +33,13 @@ class Command:
     def properties(self, args: argparse.Namespace) -> dict[str, Any]:
         return {}
 
-    def check_access(self, props: dict[str, Any], owner: bool) -> None:
-        if self.privileged and not owner:
-            raise CommandError(f"{self.name!r} is only allowed on sockvisor's owner "
-                               "endpoint", ErrNo.FORBIDDEN)
+    def requires(self, props: dict[str, Any]) -> str:
+        """What running it with `props` needs (see `access`); checked by the server."""
+        return self.access
+
+    def describe(self, props: dict[str, Any]) -> str:
+        """The request, for a refusal message."""
+        return repr(self.name)
 
     async def execute(self, supervisor: "Supervisor", props: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -100,20 +105,15 @@ MAX_NUMPROCESSES = 100_000
 
 def int_property(props: dict[str, Any], key: str, default: int | None = None,
                  minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py)."""
+    from sockvisor import wholenumber
     value = props.get(key, default)
     if value is None:
         raise CommandError(f"{key!r} is required")
-    if isinstance(value, bool):
-        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int):
-        raise CommandError(f"{key!r} must be a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise CommandError(f"{key!r} must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise CommandError(f"{key!r} must be at most {maximum}, got {value}")
-    return value
+    try:
+        return wholenumber.parse(value, repr(key), minimum, maximum)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def bool_property(props: dict[str, Any], key: str, default: bool) -> bool:

@@ -17,6 +17,7 @@ class Decr(Command):
     them to exit.
     """
     name = "decr"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser)
@@ -26,8 +27,12 @@ class Decr(Command):
         return {"name": args.name, "nb": args.nb}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.control import access
         watcher = get_watcher(supervisor, props)
-        result = await watcher.decr(int_property(props, "nb", 1, minimum=1))
+        nb = int_property(props, "nb", 1, minimum=1)
+        # To 0 is a stop: on the group endpoint only with the `stop` grant.
+        async with access.scaling(watcher, lambda current: max(0, current - nb)):
+            result = await watcher.decr(nb)
         return {"numprocesses": result["numprocesses"]}
 
     def format(self, reply):

@@ -13,6 +13,7 @@ class DStats(Command):
     sockvisorctl dstats
     """
     name = "dstats"
+    access = "operate"
 
     async def execute(self, supervisor, props):
         from sockvisor.control.commands.stats_cmd import process_info

@@ -15,6 +15,7 @@ class Get(Command):
     sockvisorctl get NAME KEY [KEY...]
     """
     name = "get"
+    access = "operate"
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="watcher")

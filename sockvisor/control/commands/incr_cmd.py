@@ -14,9 +14,11 @@ class Incr(Command):
     sockvisorctl incr NAME [N]
 
     In a watcher that is stopped or FATAL only the desired count changes.  During
-    a backoff the new workers start when the backoff ends.
+    a backoff the new workers start when the backoff ends.  On the group
+    endpoint, up to endpoint_group_max_numprocesses workers.
     """
     name = "incr"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser)
@@ -26,12 +28,14 @@ class Incr(Command):
         return {"name": args.name, "nb": args.nb}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.control import access
         watcher = get_watcher(supervisor, props)
         # Bounded like numprocesses in the file: {"nb": 10**30} would otherwise
         # fork until the machine runs out, with the event loop stuck in the loop.
         room = MAX_NUMPROCESSES - watcher.numprocesses
-        result = await watcher.incr(int_property(props, "nb", 1, minimum=1,
-                                                 maximum=room))
+        nb = int_property(props, "nb", 1, minimum=1, maximum=room)
+        async with access.scaling(watcher, lambda current: current + nb):
+            result = await watcher.incr(nb)
         return {"numprocesses": result["numprocesses"]}
 
     def format(self, reply):

@@ -13,6 +13,7 @@ class List(Command):
     sockvisorctl list [NAME]
     """
     name = "list"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser, optional=True)

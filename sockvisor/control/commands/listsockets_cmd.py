@@ -16,6 +16,7 @@ class ListSockets(Command):
     A port given as 0 in the config shows the port the kernel chose.
     """
     name = "listsockets"
+    access = "operate"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         result = []

@@ -14,6 +14,7 @@ class NumProcesses(Command):
     sockvisorctl numprocesses [NAME]
     """
     name = "numprocesses"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser, optional=True)

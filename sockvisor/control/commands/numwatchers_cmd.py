@@ -11,6 +11,7 @@ class NumWatchers(Command):
     sockvisorctl numwatchers
     """
     name = "numwatchers"
+    access = "operate"
 
     async def execute(self, supervisor, props):
         return {"numwatchers": len(supervisor.watchers)}

@@ -45,6 +45,7 @@ class Options(Command):
     sockvisorctl options NAME
     """
     name = "options"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser)

@@ -13,6 +13,7 @@ class Quit(Command):
     The reply is sent before the stop begins.
     """
     name = "quit"
+    access = "quit"
 
     async def execute(self, supervisor, props):
         import asyncio   # here, not at the top: sockvisorctl never needs it

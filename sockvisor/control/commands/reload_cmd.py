@@ -23,6 +23,7 @@ class Reload(Command):
     once and the reload goes on in the background, as in Circus.)
     """
     name = "reload"
+    access = "operate"
     long_running = True
 
     def add_arguments(self, parser):

@@ -20,6 +20,7 @@ class ReloadConfig(Command):
     in place.
     """
     name = "reloadconfig"
+    access = "operate"
     long_running = True
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:

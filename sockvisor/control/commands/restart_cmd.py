@@ -14,6 +14,7 @@ class Restart(WatcherLifecycleCommand):
     replace workers without a gap.
     """
     name = "restart"
+    access = "operate"
     method = "restart"
     fatal_is_failure = True
 

@@ -15,6 +15,7 @@ class Rm(Command):
     Its sockets stay open (other watchers or a later `add` may use them).
     """
     name = "rm"
+    access = "rm"
     long_running = True
 
     def add_arguments(self, parser):

@@ -37,6 +37,7 @@ class Set(Command):
     owner endpoint.
     """
     name = "set"
+    access = "operate"
     long_running = True
 
     def add_arguments(self, parser):
@@ -50,20 +51,25 @@ class Set(Command):
         return {"name": args.name,
                 "options": {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}}
 
-    def check_access(self, props: dict[str, Any], owner: bool) -> None:
-        from sockvisor.config import PRIVILEGED_WATCHER_OPTIONS
+    def requires(self, props: dict[str, Any]) -> str:
+        from sockvisor.control.access import OPERATOR_OPTIONS, OWNER
         options = props.get("options")
-        if not owner and isinstance(options, dict):
-            # The keys as `execute` will read them: checking the raw keys let
-            # {"CMD": ...} through the group endpoint.
-            denied = sorted(set(_normalised(options))
-                            & (PRIVILEGED_WATCHER_OPTIONS | _OUTPUT_OPTIONS))
-            if denied:
-                raise CommandError(f"setting {', '.join(denied)} is only allowed on "
-                                   "sockvisor's owner endpoint", ErrNo.FORBIDDEN)
+        # The keys as `execute` will read them: checking the raw keys let
+        # {"CMD": ...} through the group endpoint.
+        if isinstance(options, dict) and set(_normalised(options)) - OPERATOR_OPTIONS:
+            return OWNER
+        return self.access
+
+    def describe(self, props: dict[str, Any]) -> str:
+        from sockvisor.control.access import OPERATOR_OPTIONS
+        options = props.get("options")
+        denied = sorted(set(_normalised(options)) - OPERATOR_OPTIONS
+                        if isinstance(options, dict) else ())
+        return f"setting {', '.join(denied)[:200]}" if denied else repr(self.name)
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         from sockvisor.config import ConfigError, with_options
+        from sockvisor.control import access
         from sockvisor.watcher import ReloadError
         watcher = get_watcher(supervisor, props)
         options = props.get("options")
@@ -78,7 +84,8 @@ class Set(Command):
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
         if "numprocesses" in options:
-            await watcher.set_numprocesses(new_config.numprocesses)
+            async with access.scaling(watcher, lambda _: new_config.numprocesses):
+                await watcher.set_numprocesses(new_config.numprocesses)
         try:
             if set(options) & _NEEDS_RELOAD:
                 return {"watcher": await watcher.reload(new_config)}

@@ -5,24 +5,26 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from sockvisor.control.commands.base import Command, bool_property, get_watcher
+from sockvisor.control.commands.base import Command, bool_property, get_watcher, int_property
 from sockvisor.control.protocol import CommandError
 
 
 def parse_signal(value: Any) -> int:
-    if isinstance(value, bool):
-        raise CommandError(f"unknown signal {value!r}")
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        number = int(value)
-        if number in {s.value for s in signal.Signals}:
-            return number
-        raise CommandError(f"unknown signal number {number}")
-    if isinstance(value, str):
+    """A signal name (HUP, SIGUSR1) or number, from a client: strictly."""
+    from sockvisor import wholenumber
+    if isinstance(value, str) and value.isascii() and value.isalpha():
         name = value.upper()
         name = name if name.startswith("SIG") else "SIG" + name
         if name in signal.Signals.__members__:
             return signal.Signals[name].value
-    raise CommandError(f"unknown signal {value!r}")
+        raise CommandError(f"unknown signal {wholenumber.show(value)}")
+    try:
+        number = wholenumber.parse(value, "a signal number")
+    except ValueError as exc:
+        raise CommandError(f"unknown signal: {exc}") from None
+    if number in {s.value for s in signal.Signals}:
+        return number
+    raise CommandError(f"unknown signal number {number}")
 
 
 class Signal(Command):
@@ -34,6 +36,7 @@ class Signal(Command):
     signals each worker's whole process group.  Not queued: it is sent at once.
     """
     name = "signal"
+    access = "operate"
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="watcher")
@@ -46,20 +49,31 @@ class Signal(Command):
             raise SystemExit("sockvisorctl signal: expected NAME [PID] SIGNUM")
         props: dict[str, Any] = {"name": args.name, "signum": args.target[-1]}
         if len(args.target) == 2:
-            if not args.target[0].isdigit():
-                raise SystemExit(f"sockvisorctl signal: PID must be a number, "
-                                 f"got {args.target[0]!r}")
-            props["pid"] = int(args.target[0])
+            from sockvisor import wholenumber
+            try:
+                props["pid"] = wholenumber.parse(args.target[0], "PID", low=1)
+            except ValueError as exc:
+                raise SystemExit(f"sockvisorctl signal: {exc}") from None
         if args.group:
             props["children"] = True
         return props
+
+    def requires(self, props: dict[str, Any]) -> str:
+        from sockvisor.control.access import signal_needs
+        try:
+            return signal_needs(parse_signal(props.get("signum")))
+        except CommandError:
+            return self.access   # not a signal at all: execute says so
+
+    def describe(self, props: dict[str, Any]) -> str:
+        return f"signal {signal.Signals(parse_signal(props.get('signum'))).name}"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         watcher = get_watcher(supervisor, props)
         signum = parse_signal(props.get("signum"))
         pid = props.get("pid")
-        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
-            raise CommandError(f"'pid' must be a number, got {pid!r}")
+        if pid is not None:
+            pid = int_property(props, "pid", minimum=1)
         group = bool_property(props, "children", False) or bool_property(
             props, "recursive", False)
         try:

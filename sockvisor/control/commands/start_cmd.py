@@ -14,6 +14,7 @@ class Start(WatcherLifecycleCommand):
     active watcher does nothing.
     """
     name = "start"
+    access = "operate"
     method = "start"
     fatal_is_failure = True
 

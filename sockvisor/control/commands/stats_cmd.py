@@ -53,6 +53,7 @@ class Stats(Command):
     reader of its stdout, a full disk): `dropped_lines`, `dropped_bytes`.
     """
     name = "stats"
+    access = "operate"
 
     def add_arguments(self, parser):
         parser.add_argument("name", nargs="?", help="watcher")

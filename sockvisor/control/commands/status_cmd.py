@@ -17,6 +17,7 @@ class Status(Command):
     adds `watchers` (or `watcher`) with the details.
     """
     name = "status"
+    access = "operate"
 
     def add_arguments(self, parser):
         watcher_argument(parser, optional=True)

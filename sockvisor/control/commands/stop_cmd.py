@@ -14,6 +14,7 @@ class Stop(WatcherLifecycleCommand):
     again.  Queued behind a running command on the same watcher.
     """
     name = "stop"
+    access = "stop"
     method = "stop"
 
 
