@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections import deque
 from typing import BinaryIO
 
 from sockvisor.config import OutputConfig, OutputKind
@@ -28,6 +30,8 @@ log = logging.getLogger("sockvisor.output")
 _CHUNK = 65536
 _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
+RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
+_RECENT_WIDTH = 500   # characters kept of each of those lines
 
 
 class RotatingFile:
@@ -94,6 +98,8 @@ class OutputSink:
         self.fallback = fallback
         self.file: RotatingFile | None = None
         self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
+        # (time, pid, line): the last lines, whatever the destination (`logs`).
+        self.recent: deque[tuple[float, int, str]] = deque(maxlen=RECENT_LINES)
         if config.kind == OutputKind.FILE:
             assert config.path is not None
             self.file = RotatingFile(config.path, config.max_bytes, config.backup_count)
@@ -111,6 +117,14 @@ class OutputSink:
 
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
         prefix = f"{self.watcher_name}[{pid}] ".encode()
+        emit = self.emit
+
+        def remember_and_emit(prefix: bytes, lines: bytes) -> None:
+            # Only the chunk's last lines can stay in the ring: split no more.
+            now = time.time()
+            for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]:
+                self.recent.append((now, pid, line[:_RECENT_WIDTH].decode(errors="replace")))
+            emit(prefix, lines)
         partial = bytearray()
 
         def on_readable() -> None:
@@ -124,16 +138,16 @@ class OutputSink:
                 loop.remove_reader(read_end)
                 os.close(read_end)
                 if partial:
-                    self.emit(prefix, bytes(partial) + b"\n")
+                    remember_and_emit(prefix, bytes(partial) + b"\n")
                     partial.clear()
                 return
             partial.extend(data)
             cut = partial.rfind(b"\n")
             if cut >= 0:
-                self.emit(prefix, bytes(partial[:cut + 1]))
+                remember_and_emit(prefix, bytes(partial[:cut + 1]))
                 del partial[:cut + 1]
             elif len(partial) > _MAX_PARTIAL:
-                self.emit(prefix, bytes(partial) + b"\n")
+                remember_and_emit(prefix, bytes(partial) + b"\n")
                 partial.clear()
 
         loop.add_reader(read_end, on_readable)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from sockvisor import config as config_module
 from sockvisor import phase_bounds, systemd
+from sockvisor.http import start_console
 from sockvisor.config import Config, ConfigError, SocketConfig
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
@@ -74,6 +75,7 @@ class Supervisor:
         self.reaper: Reaper | None = None
         self.readiness: ReadinessListener | None = None
         self.control: Any = None
+        self.http: Any = None   # the web console (sockvisor/http/), when `http` is set
         self._stop_requested: asyncio.Future[StopMode] | None = None
         self._status_pending = False
         self._watchdog_task: asyncio.Task | None = None
@@ -198,6 +200,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self._start_control()
+            self.http = await start_console(self)
         except StartupError as exc:
             log.error("%s", exc)
             await self._teardown(StopMode.IMMEDIATE)
@@ -286,6 +289,8 @@ class Supervisor:
         if mode == StopMode.IMMEDIATE:
             await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
         await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
+        if self.http is not None:
+            await self.http.close()
         if self.control is not None:
             await self.control.close()
         if self.readiness is not None:

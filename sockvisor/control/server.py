@@ -33,6 +33,7 @@ import zmq.asyncio
 from sockvisor import paths
 from sockvisor.control import protocol
 from sockvisor.control.commands import load_commands
+from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
@@ -253,24 +254,8 @@ class ControlServer:
             return protocol.error(protocol.request_id_of(payload)
                                   if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
                                   exc.reason, exc.errno)
-        command = self.commands.get(request.command)
-        if command is None:
-            return protocol.error(request.id, f"unknown command: {request.command!r}",
-                                  ErrNo.UNKNOWN_COMMAND)
-        try:
-            command.check_access(request.properties, owner)
-            result = await command.execute(self.supervisor, request.properties)
-        except CommandError as exc:
-            return protocol.error(request.id, exc.reason, exc.errno)
-        except asyncio.CancelledError:
-            return protocol.error(request.id, "cancelled: sockvisor is stopping",
-                                  ErrNo.COMMAND_ERROR)
-        except OSError as exc:
-            return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
-        except Exception as exc:   # a bug: report it, keep serving
-            log.exception("control: command %s failed", request.command)
-            return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
-        return protocol.ok(request.id, result)
+        return await run_command(self.supervisor, request.command, request.properties,
+                                 owner=owner, request_id=request.id)
 
 
 def _ipc_in_use(path: str) -> bool:
