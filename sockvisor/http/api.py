@@ -317,9 +317,9 @@ def make_application(console: "ConsoleServer") -> tornado.web.Application:
             (r"/api/sockets/?", SocketsHandler, args),
             (r"/api/events", EventsHandler, args),
             (r"/metrics", MetricsHandler, args),
-            (r"/static/(.*)", StaticHandler, {"path": os.path.join(HERE, "static")}),
         ],
         template_path=os.path.join(HERE, "templates"),
+        static_path=os.path.join(HERE, "static"), static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler, default_handler_args=args,
         log_function=_log_request, compress_response=False, xsrf_cookies=False,
         autoescape="xhtml_escape")

@@ -348,7 +348,8 @@ function renderWatcher(name, entry) {
       `generation ${g}: ${c.ready}/${c.workers} ready`).join(" · ")));
   }
   if (entry.expanded) {
-    body.append(workersTable(detail), pager(name, entry, detail), outputBox(entry));
+    body.append(...[workersTable(detail), pager(name, entry, detail), outputBox(entry)]
+      .filter((node) => node));
   }
   return el("div", { class: "card state-" + detail.state, dataset: { watcher: name } }, head, body);
 }
@@ -406,8 +407,9 @@ function sparkline(points, limit) {
   const top = Math.max(1, ...points);
   const step = width / Math.max(1, SPARK_POINTS - 1);
   const offset = SPARK_POINTS - points.length;
-  const coords = points.map((v, i) =>
-    `${((offset + i) * step).toFixed(1)},${(height - 1 - (v / top) * (height - 2)).toFixed(1)}`);
+  const y = (v) => (height - 1 - (v / top) * (height - 2)).toFixed(1);
+  const coords = points.map((v, i) => `${((offset + i) * step).toFixed(1)},${y(v)}`);
+  if (points.length === 1) coords.unshift(`${((offset - 1) * step).toFixed(1)},${y(points[0])}`);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("class", "spark");
