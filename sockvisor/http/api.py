@@ -82,7 +82,8 @@ class BaseHandler(tornado.web.RequestHandler):
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await self.console.pacer.turn()   # see pacing.py
         if not self.console.host_allowed(self.request.host):
             self.send_error_reply(403, f"Host {self.request.host!r} is not this console's "
                                        "loopback address")
@@ -139,6 +140,9 @@ class PageHandler(BaseHandler):
 
 
 class StaticHandler(tornado.web.StaticFileHandler):
+    async def prepare(self) -> None:
+        await self.settings["console"].pacer.turn()
+
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             if name != "Cache-Control":
@@ -290,8 +294,8 @@ class MetricsHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     public = True
 
-    def prepare(self) -> None:
-        super().prepare()
+    async def prepare(self) -> None:
+        await super().prepare()
         if not self._finished:
             self.send_error_reply(404, f"no such page: {self.request.path}")
 
@@ -322,4 +326,5 @@ def make_application(console: "ConsoleServer") -> tornado.web.Application:
         static_path=os.path.join(HERE, "static"), static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler, default_handler_args=args,
         log_function=_log_request, compress_response=False, xsrf_cookies=False,
+        console=console,
         autoescape="xhtml_escape")

@@ -12,6 +12,8 @@ bounded:
   * connections: at most MAX_CONNECTIONS at once (more are closed on accept);
     headers must arrive within IDLE_TIMEOUT, a body within BODY_TIMEOUT, and
     be small (MAX_HEADER / MAX_BODY);
+  * requests start one per loop turn (pacing.py): a reaping or control
+    callback waits for one request handler at most, not for 200;
   * writes never block the loop (tornado buffers per connection), and the event
     stream drops a client that does not read (events.py);
   * reading /proc for CPU and memory runs in a thread, at most once a second
@@ -43,6 +45,7 @@ from sockvisor import paths
 from sockvisor.config import _http_is_local, http_host_port
 from sockvisor.http import auth
 from sockvisor.http.events import EventHub
+from sockvisor.http.pacing import Pacer
 from sockvisor.http.sampler import ProcessSampler
 
 if TYPE_CHECKING:
@@ -85,6 +88,7 @@ class ConsoleServer:
         self.url = ""
         self.hub = EventHub()
         self.sampler = ProcessSampler()
+        self.pacer = Pacer()
         self.metrics: Any = None
         self.server: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
