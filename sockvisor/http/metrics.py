@@ -33,7 +33,9 @@ per socket (label `socket`)
 kernel keeps no per-socket total we could read honestly.)
 
 CPU and RSS come from sampler.py (a thread, at most once a second), so a scrape
-never reads /proc on the event loop.
+never reads /proc on the event loop; a rendered page is reused for CACHE_SECONDS,
+so a client that scrapes in a loop costs one render a second (figures are then
+at most that old).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_WORKER_SERIES = 64
 RESTART_REASONS = ("crash", "failed_start", "ready_timeout")
+CACHE_SECONDS = 1.0
 RELOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -73,6 +76,7 @@ class Metrics:
         self.reloads: dict[tuple[str, str], int] = {}
         self._reload_started: dict[str, float] = {}
         self._usage: dict[int, Usage] = {}
+        self._rendered: tuple[float, bytes] = (-CACHE_SECONDS, b"")
         self.registry.register(_Collector(self))
 
     # ---- events (subscribed by the server)
@@ -93,8 +97,13 @@ class Metrics:
     # ---- a scrape
 
     async def render(self) -> bytes:
+        rendered_at, body = self._rendered
+        if time.monotonic() - rendered_at < CACHE_SECONDS:
+            return body
         self._usage = await self.sampler.sample(list(self.supervisor.workers_by_pid))
-        return generate_latest(self.registry)
+        body = generate_latest(self.registry)
+        self._rendered = (time.monotonic(), body)
+        return body
 
 
 class _Collector:

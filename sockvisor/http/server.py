@@ -120,6 +120,9 @@ class ConsoleServer:
             log.warning("/metrics disabled: %s (pip install prometheus_client)", exc)
         self.supervisor.subscribers.append(self.hub.publish)
         from sockvisor.http.api import make_application
+        # tornado reports every malformed request at INFO: a client could flood
+        # our log (journald) with them.  Our own access log is debug (api.py).
+        logging.getLogger("tornado.general").setLevel(logging.WARNING)
         self.server = _BoundedHTTPServer(
             make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
             body_timeout=BODY_TIMEOUT, max_header_size=MAX_HEADER, max_body_size=MAX_BODY)
