@@ -14,9 +14,11 @@ CPU_BUDGET of one CPU over the last WINDOW, the next turn waits until the
 average is back under it.  On a busy machine this matters as much as the turn
 order: a process that sleeps in epoll when a child dies is woken at once by
 the kernel's scheduler, one that has been burning its share serving HTTP waits
-for its next slice behind everything else runnable.  (Measured with 200
-clients on 2 CPUs at load 14: kill→fork 14 ms idle, 43 ms loaded with turns
-alone.)  Any CPU sockvisor spends counts, so a big reload also slows HTTP
+for its next slice behind everything else runnable.  (bench/console_load.py,
+200 clients, 2 CPUs at load 14–18: kill→fork 14 ms idle, 43 ms loaded with
+turns alone, 41 ms with a 25% budget, ~1× idle at 10% with sampler.py's cheap
+tree walk.)  10% of a CPU is 50 requests/s on that machine, several hundred
+on an idle one: plenty for pages and scrapes.  Any CPU sockvisor spends counts, so a big reload also slows HTTP
 down: the console is what gives way.
 
 Handlers that wait for long (a reload in progress, the event stream) hold no
