@@ -227,9 +227,13 @@ def test_metrics_parse_and_count(sockvisor, scripts):
     assert post(url, "/api/watchers/web/reload", token=token).status == 200
 
     def counted() -> dict | None:
+        # /metrics may be up to a second old (rendered once a second): wait for
+        # a page that has seen the reload, and the new workers' children.
         samples = parse_metrics(get(url, "/metrics").body.decode())
         processes = samples.get("sockvisor_worker_processes", {})
-        return samples if len(processes) == 2 and all(
+        reloads = samples.get("sockvisor_watcher_reloads_total", {}).get(
+            (("result", "finished"), ("watcher", "web")))
+        return samples if reloads == 1 and len(processes) == 2 and all(
             v == 2 for v in processes.values()) else None
     samples = wait_for(counted, 10)
     assert metric(samples, "sockvisor_watcher_restarts_total", watcher="web",
