@@ -176,6 +176,11 @@ class GlobalConfig:
     # it); true for older managers (FileDescriptorStoreMax= set but no $FDSTORE);
     # false: never.
     fdstore: bool | None = None
+    # The web console, HTTP API and /metrics (sockvisor/http/): "HOST:PORT" or
+    # "unix:/PATH"; None: off.  The token file: the operator's own bearer token
+    # (required for a non-loopback address); else one is made at each start.
+    http: str | None = None
+    http_token_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -382,6 +387,12 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "umask": _Option(_parse_octal),
     "notify_socket_dir": _Option(_parse_nonempty),
     "fdstore": _Option(_parse_bool),
+    "http": _Option(_parse_nonempty),
+    "http_token_file": _Option(_parse_nonempty),
+    # Circus's console switch and address: mapped onto `http` (_http_address).
+    "httpd": _Option(_parse_bool),
+    "httpd_host": _Option(_parse_nonempty),
+    "httpd_port": _Option(_parse_int(0, 65535)),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -391,9 +402,6 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "debug_gc": _Ignored("not applicable"),
     "stats_endpoint": _Ignored("use the `stats` command"),
     "statsd": _Unsupported("statsd is not supported"),
-    "httpd": _Unsupported("the Circus web console is not supported"),
-    "httpd_host": _Unsupported("the Circus web console is not supported"),
-    "httpd_port": _Unsupported("the Circus web console is not supported"),
     "endpoint_owner": _Unsupported("use endpoint_group: sockvisor's endpoint is 0600 "
                                    "and a group can be given operator rights"),
     "pidfile": _Unsupported("sockvisor does not daemonize; use systemd or a container"),
@@ -406,7 +414,7 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "include_dir": _Unsupported("sockvisor reads one config file; merge the included "
                                 "files into it"),
     "statsd_close_outputs": _Ignored("statsd is not supported"),
-    "httpd_close_outputs": _Ignored("the Circus web console is not supported"),
+    "httpd_close_outputs": _Ignored("the console runs inside sockvisor: nothing to close"),
     "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "
                                    "discovery"),
     "stream_backend": _Ignored("not applicable"),
@@ -716,7 +724,46 @@ class _Loader:
             umask=values.get("umask"),
             notify_socket_dir=values.get("notify_socket_dir"),
             fdstore=values.get("fdstore"),
+            http=self.http_address(values, section),
+            http_token_file=values.get("http_token_file"),
         )
+
+    def http_address(self, values: dict[str, Any], section: str) -> str | None:
+        """`http`, or Circus's `httpd = true` + `httpd_host`/`httpd_port` (its
+        defaults: localhost:8080), checked: a non-loopback address needs a token
+        file, since anyone who can reach it could otherwise read everything."""
+        keys = values["__keys__"]
+        address = values.get("http")
+        if values.get("httpd"):
+            if address is not None:
+                raise self.error("give either http or httpd (Circus's), not both",
+                                 section, "httpd")
+            host = values.get("httpd_host", "localhost")
+            address = f"[{host}]:" if ":" in host else f"{host}:"
+            address += str(values.get("httpd_port", 8080))
+            key = "httpd_host" if "httpd_host" in keys else "httpd"
+        else:
+            for circus_key in ("httpd_host", "httpd_port"):
+                if circus_key in keys:
+                    self.warnings.append(f"{self.path}: [{section}] {circus_key}: ignored: "
+                                         "httpd is not true")
+            key = "http"
+        if address is None:
+            if "http_token_file" in keys:
+                raise self.error("http_token_file without http (the console is off)",
+                                 section, "http_token_file")
+            return None
+        try:
+            loopback = _http_is_local(address)
+        except ValueError as exc:
+            raise self.error(str(exc), section, key) from None
+        token_file = values.get("http_token_file")
+        if not loopback and token_file is None:
+            raise self.error(f"{address} is not a loopback address: set http_token_file "
+                             "(every request then needs its bearer token)", section, key)
+        if token_file is not None and not token_file.startswith("/"):
+            raise self.error("expected an absolute path", section, "http_token_file")
+        return address
 
     def check_endpoint(self, endpoint: str, section: str, key: str,
                        values: dict[str, Any]) -> None:
@@ -1009,6 +1056,36 @@ def expand_worker_args(argv: list[str], wid: int, fds: Mapping[str, int]) -> lis
             return str(fds[ref[len("sockets."):]])
         return match.group(0)
     return [_SUBSTITUTION.sub(replace, arg) for arg in argv]
+
+
+def http_host_port(address: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` → (host, port); ValueError with a readable reason."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT or unix:/PATH, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets: [{host}]:{port}")
+    return host, int(port)
+
+
+def _http_is_local(address: str) -> bool:
+    """Whether `http = address` is reachable only from this machine (loopback or a
+    unix socket).  Names other than localhost count as remote: they may resolve
+    to anything."""
+    import ipaddress
+    if address.startswith("unix:"):
+        if not address[len("unix:"):].startswith("/"):
+            raise ValueError("expected unix:/ABSOLUTE/PATH")
+        return True
+    host, _ = http_host_port(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _switched_off(raw: str) -> bool:

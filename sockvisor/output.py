@@ -38,6 +38,7 @@ import re
 import socket
 import stat
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +55,8 @@ _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
 STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
 _RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
+RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
+_RECENT_WIDTH = 500   # characters kept of each of those lines
 
 
 @dataclass
@@ -374,6 +377,8 @@ class OutputSink:
         self.refs = 1
         self.file: LogFile | None = None
         self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
+        # (time, pid, line): the last lines, whatever the destination (`logs`).
+        self.recent: deque[tuple[float, int, str]] = deque(maxlen=RECENT_LINES)
         if config.kind == OutputKind.FILE:
             self.file = LogFile.acquire(config, uid, gid)
 
@@ -407,6 +412,14 @@ class OutputSink:
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
         """Read a worker's pipe until it closes; the sink stays open until then."""
         prefix = f"{self.watcher_name}[{pid}] ".encode()
+        emit = self.emit
+
+        def remember_and_emit(prefix: bytes, lines: bytes) -> None:
+            # Only the chunk's last lines can stay in the ring: split no more.
+            now = time.time()
+            for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]:
+                self.recent.append((now, pid, line[:_RECENT_WIDTH].decode(errors="replace")))
+            emit(prefix, lines)
         partial = bytearray()
         self.acquire()
         if self.file is not None:
@@ -423,17 +436,17 @@ class OutputSink:
                 loop.remove_reader(read_end)
                 os.close(read_end)
                 if partial:
-                    self.emit(prefix, bytes(partial) + b"\n")
+                    remember_and_emit(prefix, bytes(partial) + b"\n")
                     partial.clear()
                 self.release()
                 return
             partial.extend(data)
             cut = partial.rfind(b"\n")
             if cut >= 0:
-                self.emit(prefix, bytes(partial[:cut + 1]))
+                remember_and_emit(prefix, bytes(partial[:cut + 1]))
                 del partial[:cut + 1]
             elif len(partial) > _MAX_PARTIAL:
-                self.emit(prefix, bytes(partial) + b"\n")
+                remember_and_emit(prefix, bytes(partial) + b"\n")
                 partial.clear()
 
         loop.add_reader(read_end, on_readable)

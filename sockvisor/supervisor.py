@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from sockvisor import config as config_module
 from sockvisor import phase_bounds, systemd
+from sockvisor.http import start_console
 from sockvisor.config import Config, ConfigError, SocketConfig
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
@@ -76,6 +77,7 @@ class Supervisor:
         self.reaper: Reaper | None = None
         self.readiness: ReadinessListener | None = None
         self.control: Any = None
+        self.http: Any = None   # the web console (sockvisor/http/), when `http` is set
         self._stop_requested: asyncio.Future[StopMode] | None = None
         self._status_pending = False
         self._watchdog_task: asyncio.Task | None = None
@@ -182,15 +184,17 @@ class Supervisor:
         if self.config.globals.umask is not None:
             os.umask(self.config.globals.umask)
         self._stop_requested = loop.create_future()
+        # Every endpoint of our own (control, web console) before any listening
+        # socket: one that cannot be opened fails start-up without a port ever
+        # having listened for workers that will not come.
         try:
             await self._open_control()
-        except StartupError as exc:
-            log.error("%s", exc)
-            return exc.status
-        try:
+            self.http = await start_console(self)
             self.open_sockets()
         except StartupError as exc:
             log.error("%s", exc)
+            if self.http is not None:
+                await self.http.close()
             if self.control is not None:
                 await self.control.close()
             return exc.status
@@ -291,6 +295,8 @@ class Supervisor:
         if mode == StopMode.IMMEDIATE:
             await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
         await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
+        if self.http is not None:
+            await self.http.close()
         if self.control is not None:
             await self.control.close()
         if self.readiness is not None:

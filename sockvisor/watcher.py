@@ -72,6 +72,7 @@ class Watcher:
         self.restarts = RestartTracker(config.restart)
         self.fatal_reason = ""
         self.restart_count = 0
+        self.restart_reasons: dict[str, int] = {}   # crash / failed_start / ready_timeout
         self._wid_restarts: dict[int, int] = {}
         self._used_wids: set[int] = set()
         self._released_wids: list[int] = []   # a heap
@@ -666,6 +667,9 @@ class Watcher:
         failed_start = worker.ready_at is None or worker.ready_failed
         decision = self.restarts.on_exit(0.0 if failed_start else uptime)
         self.restart_count += 1
+        reason = ("ready_timeout" if worker.ready_failed else
+                  "failed_start" if failed_start else "crash")
+        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
         self._wid_restarts[worker.wid] = self._wid_restarts.get(worker.wid, 0) + 1
         if decision.fatal:
             self._go_fatal(decision.reason)
@@ -675,6 +679,13 @@ class Watcher:
             self._reconcile()
 
     # ------------------------------------------------------------------ reporting
+
+    def recent_output(self) -> list[tuple[float, str, int, str]]:
+        """The last lines the workers wrote that passed through sockvisor
+        (stdout/stderr = prefix or file), oldest first: (time, stream, pid, line)."""
+        lines = [(t, "stdout", pid, text) for t, pid, text in self._stdout.recent]
+        lines += [(t, "stderr", pid, text) for t, pid, text in self._stderr.recent]
+        return sorted(lines, key=lambda line: line[0])
 
     def summary(self) -> dict[str, Any]:
         result = {"name": self.name, "state": self.state.value,

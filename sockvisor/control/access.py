@@ -86,6 +86,20 @@ def operator(globals_: "GlobalConfig") -> Caller:
                   max_numprocesses=maximum)
 
 
+# What a holder of the web console's token may do beyond an operator: the
+# console's own actions (issue: stop/start and signal from the page).  Never
+# `quit`, `rm` or secrets, and never the owner's rights: nothing reachable over
+# HTTP decides what runs or as whom.
+CONSOLE_GRANTS = frozenset({"stop", "signal"})
+
+
+def console(globals_: "GlobalConfig") -> Caller:
+    """The rights of a web-console request (actions need its token: http/api.py)."""
+    base = operator(globals_)
+    return Caller(owner=False, grants=base.grants | CONSOLE_GRANTS,
+                  max_numprocesses=base.max_numprocesses)
+
+
 def current() -> Caller:
     return _current.get()
 

@@ -51,6 +51,7 @@ import zmq.asyncio
 from sockvisor import paths
 from sockvisor.control import access, protocol
 from sockvisor.control.commands import load_commands
+from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
@@ -360,26 +361,8 @@ async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
         return protocol.error(protocol.request_id_of(payload)
                               if len(payload) <= protocol.MAX_REQUEST_BYTES else None,
                               exc.reason, exc.errno)
-    command = commands.get(request.command)
-    if command is None:
-        return protocol.error(request.id, f"unknown command: {request.command!r}",
-                              ErrNo.UNKNOWN_COMMAND)
-    try:
-        access.authorize(command, request.properties, caller)
-        access.set_current(caller)   # this task's: for the scaling bound
-        result = access.redact(
-            await command.execute(supervisor, request.properties), caller)
-    except CommandError as exc:
-        return protocol.error(request.id, exc.reason, exc.errno)
-    except asyncio.CancelledError:
-        return protocol.error(request.id, "cancelled: sockvisor is stopping",
-                              ErrNo.COMMAND_ERROR)
-    except OSError as exc:
-        return protocol.error(request.id, str(exc), ErrNo.OS_ERROR)
-    except Exception as exc:   # a bug: report it, keep serving
-        log.exception("control: command %s failed", request.command)
-        return protocol.error(request.id, f"internal error: {exc}", ErrNo.COMMAND_ERROR)
-    return protocol.ok(request.id, result)
+    return await run_command(supervisor, request.command, request.properties,
+                             caller=caller, request_id=request.id, commands=commands)
 
 
 def _ipc_in_use(path: str) -> bool:

@@ -565,7 +565,6 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
      "stdout_stream.class", "'mypkg.FileStream' is not supported"),
     (watcher("cmd = sleep 1\nstderr_stream.class = TimedRotatingFileStream"),
      "watcher:web", "stderr_stream.class", "not supported"),
-    ("[circus]\nhttpd = true\n", "circus", "httpd", "web console"),
     ("[circus]\nstatsd = true\n", "circus", "statsd", "statsd"),
     ("[circus]\npidfile = /run/circus.pid\n", "circus", "pidfile", "daemonize"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
@@ -1211,7 +1210,6 @@ def test_stdout_and_stream_filename_together(tmp_path):
 
 
 @pytest.mark.parametrize("section,key,off,on", [
-    ("circus", "httpd", "false", "true"),
     ("circus", "statsd", "False", "True"),
     ("watcher:web", "singleton", "false", "true"),
     ("watcher:web", "max_age", "0", "60"),

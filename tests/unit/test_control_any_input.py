@@ -102,6 +102,9 @@ class FakeWatcher:
     def status(self) -> dict[str, Any]:
         return {**self.summary(), "restarts": 0, "workers": []}
 
+    def recent_output(self) -> list[tuple[float, str, int, str]]:
+        return []
+
     def output_stats(self) -> dict[str, dict[str, int]]:
         return {"stdout": {"dropped_lines": 0, "dropped_bytes": 0},
                 "stderr": {"dropped_lines": 0, "dropped_bytes": 0}}

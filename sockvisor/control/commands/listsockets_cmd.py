@@ -13,12 +13,16 @@ class ListSockets(Command):
 
     sockvisorctl listsockets
 
-    A port given as 0 in the config shows the port the kernel chose.
+    A port given as 0 in the config shows the port the kernel chose.  QUEUED is
+    the accept queue: connections the kernel completed that no worker accepted
+    yet, over the limit the kernel applies (`accept_queue`, `accept_queue_limit`
+    in the reply; "?" when the kernel does not tell).
     """
     name = "listsockets"
     access = "operate"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.accept_queue import accept_queue
         result = []
         for listening in supervisor.sockets.values():
             entry: dict[str, Any] = {"name": listening.name, "fd": listening.fd,
@@ -33,14 +37,22 @@ class ListSockets(Command):
             else:
                 host, port = listening.sock.getsockname()[:2]
                 entry["host"], entry["port"] = host, port
+            queue = accept_queue(listening.sock)
+            # None when the kernel does not tell (e.g. no unix_diag): unknown, not 0.
+            entry["accept_queue"] = queue.length if queue else None
+            entry["accept_queue_limit"] = queue.limit if queue else None
             result.append(entry)
         result.sort(key=lambda entry: entry["fd"])
         return {"sockets": result}
 
     def format(self, reply):
-        rows = [[s["name"], s["fd"], s["address"], s["backlog"], ",".join(s["watchers"])]
-                for s in reply["sockets"]]
-        return table(rows, ["NAME", "FD", "ADDRESS", "BACKLOG", "WATCHERS"])
+        def queue(s: dict[str, Any]) -> str:
+            if s.get("accept_queue") is None:
+                return "?"
+            return f"{s['accept_queue']}/{s['accept_queue_limit']}"
+        rows = [[s["name"], s["fd"], s["address"], s["backlog"], queue(s),
+                 ",".join(s["watchers"])] for s in reply["sockets"]]
+        return table(rows, ["NAME", "FD", "ADDRESS", "BACKLOG", "QUEUED", "WATCHERS"])
 
 
 COMMAND = ListSockets()

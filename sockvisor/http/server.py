@@ -1,0 +1,212 @@
+"""The console's HTTP server: tornado on sockvisor's own event loop.
+
+Why in the loop and not a separate process: the console is a second transport
+over the same command layer (control/dispatch.py), the same event list and the
+same listening sockets (TCP_INFO needs the socket); a separate process would
+need a copy of all three, or a private protocol to reach them, and a second
+thing to supervise.  What keeps a slow or hostile HTTP client from delaying
+reaping, respawns, reloads or the ZeroMQ channel is that nothing here waits on
+a client while holding anything, and that every cost a client can cause is
+bounded:
+
+  * connections: at most MAX_CONNECTIONS at once (more are closed on accept);
+    headers must arrive within IDLE_TIMEOUT, a body within BODY_TIMEOUT, and
+    be small (MAX_HEADER / MAX_BODY);
+  * requests start one per loop turn (pacing.py): a reaping or control
+    callback waits for one request handler at most, not for 200;
+  * writes never block the loop (tornado buffers per connection), and the event
+    stream drops a client that does not read (events.py);
+  * reading /proc for CPU and memory runs in a thread, at most once a second
+    (sampler.py); actions in flight are bounded (api.py);
+  * access is logged at debug level only: a client cannot flood the log.
+bench/console_load.py measures it: kill→replacement latency with 200 clients
+hammering the console against an idle one.
+
+Binding: `http = HOST:PORT` (every address HOST resolves to) or `unix:/PATH`
+(created 0600 by the umask at bind, never chmod'ed by path afterwards; an old
+socket file there is replaced only if it is a socket nobody answers on).  On a
+loopback address the Host header must name loopback too: a web page whose name
+is rebound to 127.0.0.1 (DNS rebinding) cannot read the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from sockvisor import paths
+from sockvisor.config import _http_is_local, http_host_port
+from sockvisor.control import access
+from sockvisor.http import auth
+from sockvisor.http.events import EventHub
+from sockvisor.http.pacing import Pacer
+from sockvisor.http.sampler import ProcessSampler
+
+if TYPE_CHECKING:
+    from sockvisor.supervisor import Supervisor
+
+log = logging.getLogger("sockvisor.http")
+
+MAX_CONNECTIONS = 256
+IDLE_TIMEOUT = 30.0
+BODY_TIMEOUT = 10.0
+MAX_HEADER = 16 * 1024
+MAX_BODY = 64 * 1024
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class _BoundedHTTPServer(HTTPServer):
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            stream.close()   # the peer sees a reset, the loop spends nothing more
+            return
+        super().handle_stream(stream, address)
+
+
+class ConsoleServer:
+    def __init__(self, supervisor: "Supervisor"):
+        self.supervisor = supervisor
+        globals_ = supervisor.config.globals
+        assert globals_.http is not None
+        self.address: str = globals_.http
+        self.unix_path = self.address[len("unix:"):] if self.address.startswith("unix:") else None
+        self.local = _http_is_local(self.address)
+        # On a loopback or unix address only local users reach us: reading is
+        # open, as `sockvisorctl status` is to them.  Anywhere else, everything
+        # needs the token (config.py insists on http_token_file there).
+        self.token_needed_to_read = not self.local
+        self.token_file = globals_.http_token_file
+        self.token_dir = paths.runtime_dir(supervisor.config.path)
+        self.token = ""
+        self._wrote_token = False
+        self.url = ""
+        self.hub = EventHub()
+        self.sampler = ProcessSampler()
+        self.pacer = Pacer()
+        self.metrics: Any = None
+        self.server: HTTPServer | None = None
+        self.sockets: list[socket.socket] = []
+        self.loopback_hosts: set[str] = set()
+        self.actions_in_flight = 0   # api.py bounds it
+        self.caller = access.console(globals_)   # what its requests may do
+
+    # ------------------------------------------------------------------ start / close
+
+    async def start(self) -> None:
+        from sockvisor.supervisor import EXIT_SOCKET, StartupError
+        try:
+            if self.token_file is not None:
+                self.token = auth.read_token_file(self.token_file)
+            else:
+                self.token = auth.new_token()
+                auth.write_token(self.token_dir, self.token)
+                self._wrote_token = True
+            self._bind()
+        except OSError as exc:
+            self._close_sockets()
+            self._remove_token()
+            raise StartupError(f"cannot serve the web console on {self.address}: {exc}",
+                               EXIT_SOCKET) from None
+        try:
+            from sockvisor.http.metrics import Metrics
+            self.metrics = Metrics(self.supervisor, self.sampler)
+            self.supervisor.subscribers.append(self.metrics.on_event)
+        except ImportError as exc:
+            log.warning("/metrics disabled: %s (pip install prometheus_client)", exc)
+        self.supervisor.subscribers.append(self.hub.publish)
+        from sockvisor.http.api import make_application
+        # tornado reports every malformed request at INFO: a client could flood
+        # our log (journald) with them.  Our own access log is debug (api.py).
+        logging.getLogger("tornado.general").setLevel(logging.WARNING)
+        self.server = _BoundedHTTPServer(
+            make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
+            body_timeout=BODY_TIMEOUT, max_header_size=MAX_HEADER, max_body_size=MAX_BODY)
+        self.server.add_sockets(self.sockets)
+        log.info("web console on %s (actions need the token: sockvisorctl console-token)",
+                 self.url)
+
+    def _bind(self) -> None:
+        if self.unix_path is not None:
+            self.sockets.append(_bind_unix(self.unix_path))
+            self.url = f"unix:{self.unix_path}"
+            return
+        host, port = http_host_port(self.address)
+        self.sockets = bind_sockets(port, address=host, backlog=128)
+        bound = self.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.url = f"http://{shown}:{bound[1]}/"
+        if self.local:
+            ports = {str(s.getsockname()[1]) for s in self.sockets}
+            for name in ("localhost", "127.0.0.1", "[::1]", shown, host):
+                self.loopback_hosts.add(name)
+                self.loopback_hosts.update(f"{name}:{p}" for p in ports)
+
+    def host_allowed(self, host: str) -> bool:
+        """The Host header of a request (DNS-rebinding guard, loopback only)."""
+        if self.unix_path is not None or not self.local:
+            return True
+        return host.lower() in self.loopback_hosts
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.hub.close()
+            await self.server.close_all_connections()
+        for subscriber in (self.hub.publish, getattr(self.metrics, "on_event", None)):
+            if subscriber in self.supervisor.subscribers:
+                self.supervisor.subscribers.remove(subscriber)
+        self._close_sockets()
+        self._remove_token()
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+        if self.unix_path is not None:
+            try:
+                if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
+                    os.unlink(self.unix_path)
+            except OSError:
+                pass
+
+    def _remove_token(self) -> None:
+        if self._wrote_token:
+            auth.remove_token(self.token_dir)
+            self._wrote_token = False
+
+
+def _bind_unix(path: str) -> socket.socket:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise OSError(f"{path} is in use")
+        except ConnectionRefusedError:
+            os.unlink(path)   # a socket file left by a previous run
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)   # born 0600: no window in which others may connect
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    sock.listen(128)
+    return sock
