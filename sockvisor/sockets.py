@@ -6,11 +6,31 @@ queue — and every connection waiting in it — survives crashes, restarts and
 reloads.  Only `close()` ends it, and the supervisor calls that at exit or when a
 reloaded config no longer wants the address.
 
-The socket's file is shared with every worker, so its O_NONBLOCK flag is shared
-too: by default it is cleared, so a worker's plain blocking `accept()` loop works.
+Workers are not trusted (DESIGN.md §5), and two kinds of state they can reach are
+guarded here:
 
-Workers are not trusted (DESIGN.md §5).  A unix socket's file usually lives in a
-folder the worker can write (`/run/app/app.sock`), so the name can be swapped for a symlink at any moment.
+* **The open file description is shared.**  Every worker's fd 3 is a duplicate of
+  our fd, so the file status flags are one and the same for everybody holding the
+  socket: a worker that sets O_NONBLOCK on its fd (asyncio, Go's runtime, libuv all
+  do) sets it for every other worker of every watcher on that socket, and a plain
+  blocking `accept()` loop then gets EAGAIN and dies.  `prepare_for_spawn()` puts
+  the flag back to the socket's `blocking` setting right before each fork (one
+  fcntl when it is already right).  A worker that changes the flag after others
+  were started still changes it for them: that is the kernel's rule, which the
+  README states for watchers sharing a socket.
+* **`shutdown()` acts on the socket itself, not on a descriptor.**  A worker's
+  `shutdown(SHUT_RD)` on a listening TCP socket disconnects it: it leaves LISTEN
+  (SO_ACCEPTCONN is 0), the connections queued at that moment are reset, and a
+  port the kernel chose (port 0) is released.  `listen()` again restores it (after
+  binding the same port again if it was released).  On a unix socket the shutdown
+  leaves it "listening" but refusing every connection for good (ECONNREFUSED, and
+  accept() fails with EINVAL), and no listen() clears that: the only repair is a
+  new socket bound at the path.  `keep_listening()` checks and repairs; the
+  supervisor runs it on every worker exit, before every spawn and on
+  `status`/`listsockets`.
+
+A unix socket's file usually lives in a folder the worker can write
+(`/run/app/app.sock`), so the name can be swapped for a symlink at any moment.
 Root never changes mode or owner by path: the folder is opened once without
 following a symlink, the socket's file is opened relative to it with
 O_PATH|O_NOFOLLOW, checked to be the very inode our socket is bound to (the
@@ -27,10 +47,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import struct
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from sockvisor.config import SocketConfig
 
@@ -52,6 +74,14 @@ class ListeningSocket:
     adopted: bool = False          # handed to us by the service manager
     # (st_dev, st_ino) of the file a unix socket we bound is bound to.
     unix_inode: tuple[int, int] | None = field(default=None, repr=False)
+    relistened: int = 0            # times a worker's shutdown() was repaired
+    broken: str = ""               # why it is out of service and could not be repaired
+    # Where an inet socket was bound: a shutdown() may release a port the kernel chose.
+    bound_at: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bound_at is None and self.sock.family != socket.AF_UNIX:
+            self.bound_at = self.sock.getsockname()
 
     @property
     def name(self) -> str:
@@ -64,7 +94,11 @@ class ListeningSocket:
     @property
     def address(self) -> str:
         """The real bound address (port 0 resolved), as host:port, [v6]:port or a path."""
-        return format_address(self.sock.family, self.sock.getsockname())
+        return format_address(self.sock.family, self.bound_at or self.sock.getsockname())
+
+    @property
+    def listening(self) -> bool:
+        return not self.broken
 
     @property
     def port(self) -> int | None:
@@ -148,6 +182,61 @@ class ListeningSocket:
             # Before closing: while the socket lives, its inode cannot be reused.
             self._unlink_file()
         self.sock.close()
+
+    # ---------------------------------------------------------------- shared state
+
+    def prepare_for_spawn(self) -> None:
+        """Right before a fork: O_NONBLOCK back to the configured `blocking`
+        (another worker may have set it on the file all of them share)."""
+        fd = self.sock.fileno()
+        if os.get_blocking(fd) != self.config.blocking:
+            os.set_blocking(fd, self.config.blocking)
+
+    def ensure_listening(self) -> str | None:
+        """Undo a worker's shutdown(): None if the socket was fine, else what was
+        done.  Raises SocketError if it is out of service and cannot be repaired."""
+        if self.sock.family == socket.AF_UNIX:
+            return self._ensure_unix_listening()
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return None
+        try:
+            # The kernel let go of a port it had chosen (port 0); an explicitly
+            # bound port stays bound and this fails with EINVAL.
+            self.sock.bind(self.bound_at)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise SocketError(f"[socket:{self.name}] a worker shut it down and its "
+                                  f"port was taken meanwhile: cannot bind "
+                                  f"{self.address} again: {exc.strerror}") from None
+        try:
+            self.sock.listen(self.config.backlog)
+        except OSError as exc:
+            raise SocketError(f"[socket:{self.name}] a worker shut it down and listen() "
+                              f"fails: {exc.strerror}") from None
+        return "listen() again"
+
+    def _ensure_unix_listening(self) -> str | None:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLRDHUP)
+        if not any(events & select.POLLRDHUP for _, events in poller.poll(0)):
+            return None
+        if self.adopted:
+            raise SocketError(f"[socket:{self.name}] a worker shut it down (every "
+                              f"connection to {self.config.path} is refused) and it came "
+                              "from the service manager: restart its .socket unit")
+        # No listen() undoes a unix socket's shutdown: bind a new one at the path.
+        self._unlink_file()
+        fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            inode = _bind_unix(fresh, self.config)
+            fresh.listen(self.config.backlog)
+            fresh.setblocking(self.config.blocking)
+        except BaseException:
+            fresh.close()
+            raise
+        old, self.sock, self.unix_inode = self.sock, fresh, inode
+        old.close()   # workers still holding it have a dead socket; their next start gets this one
+        return "bound anew (no listen() undoes a unix socket's shutdown)"
 
 
 def format_address(family: int, sockname) -> str:
@@ -381,6 +470,40 @@ def _unix_socket_in_use(path: str) -> bool:
         return True
     finally:
         probe.close()
+
+
+def keep_listening(sockets: Iterable[ListeningSocket],
+                   publish: Callable[[str, dict[str, Any]], None]) -> None:
+    """Check and repair the listen state of `sockets` (see the module docstring);
+    log and publish `socket.NAME.relisten` for each repair, and
+    `socket.NAME.broken` once when one cannot be repaired."""
+    for listening in sockets:
+        if listening.sock.fileno() < 0:
+            continue
+        try:
+            repaired = listening.ensure_listening()
+        except SocketError as exc:
+            if listening.broken != str(exc):
+                listening.broken = str(exc)
+                log.error("%s", exc)
+                publish(f"socket.{listening.name}.broken",
+                        {"name": listening.name, "address": listening.address,
+                         "reason": str(exc)})
+            continue
+        except OSError as exc:   # not a worker's doing; say so, keep going
+            log.error("socket %s: checking its listen state failed: %s", listening.name,
+                      exc)
+            continue
+        if repaired is None:
+            continue
+        listening.broken = ""
+        listening.relistened += 1
+        log.warning("socket %s (%s) was shut down by a worker and stopped listening: "
+                    "%s (repair #%d)", listening.name, listening.address, repaired,
+                    listening.relistened)
+        publish(f"socket.{listening.name}.relisten",
+                {"name": listening.name, "address": listening.address, "how": repaired,
+                 "relistened": listening.relistened})
 
 
 def adopt(config: SocketConfig, fd: int) -> ListeningSocket:

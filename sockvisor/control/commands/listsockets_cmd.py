@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 from sockvisor.control.commands.base import Command, table
+from sockvisor.sockets import keep_listening
 
 
 class ListSockets(Command):
@@ -13,20 +14,28 @@ class ListSockets(Command):
 
     sockvisorctl listsockets
 
-    A port given as 0 in the config shows the port the kernel chose.
+    A port given as 0 in the config shows the port the kernel chose.  Each
+    socket's listen state is checked first: a socket a worker shut down is put
+    back to listening; `relistened` counts those repairs, and `listening` is
+    false (with `broken` saying why) for one that could not be repaired.
     """
     name = "listsockets"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        keep_listening(supervisor.sockets.values(), supervisor.publish)
         result = []
         for listening in supervisor.sockets.values():
             entry: dict[str, Any] = {"name": listening.name, "fd": listening.fd,
                                      "backlog": listening.config.backlog,
                                      "address": listening.address,
                                      "adopted": listening.adopted,
+                                     "listening": listening.listening,
+                                     "relistened": listening.relistened,
                                      "watchers": sorted(
                                          w.name for w in supervisor.watchers.values()
                                          if listening.name in w.config.sockets)}
+            if listening.broken:
+                entry["broken"] = listening.broken
             if listening.sock.family == socket.AF_UNIX:
                 entry["path"] = listening.address
             else:
@@ -37,9 +46,10 @@ class ListSockets(Command):
         return {"sockets": result}
 
     def format(self, reply):
-        rows = [[s["name"], s["fd"], s["address"], s["backlog"], ",".join(s["watchers"])]
+        rows = [[s["name"], s["fd"], s["address"], s["backlog"], ",".join(s["watchers"]),
+                 s.get("relistened", 0) if s.get("listening", True) else "BROKEN"]
                 for s in reply["sockets"]]
-        return table(rows, ["NAME", "FD", "ADDRESS", "BACKLOG", "WATCHERS"])
+        return table(rows, ["NAME", "FD", "ADDRESS", "BACKLOG", "WATCHERS", "RELISTENED"])
 
 
 COMMAND = ListSockets()
