@@ -188,7 +188,9 @@ def test_a_new_socket_swapped_right_after_bind_is_not_chmodded(world_readable_di
              "-e", "inject=bind:delay_exit=500000", "-o", "/dev/null"],
             stderr=subprocess.PIPE, text=True)
         # strace says "Process N attached" once the (main) thread is traced.
-        assert "attached" in tracer.stderr.readline()
+        said = tracer.stderr.readline()
+        if "attached" not in said:
+            pytest.skip(f"strace cannot trace sockvisor here: {said.strip()}")
         _rewrite(sv, body + layout.socket_section("second", "second.sock",
                                                   "owner = nobody"))
         reply = _call(sv, "reloadconfig")

@@ -6,7 +6,6 @@ import socket
 from typing import Any
 
 from sockvisor.control.commands.base import Command, table
-from sockvisor.sockets import keep_listening
 
 
 class ListSockets(Command):
@@ -22,6 +21,7 @@ class ListSockets(Command):
     name = "listsockets"
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.sockets import keep_listening   # not at import: sockvisorctl
         keep_listening(supervisor.sockets.values(), supervisor.publish)
         result = []
         for listening in supervisor.sockets.values():

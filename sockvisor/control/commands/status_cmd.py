@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from sockvisor.control.commands.base import Command, get_watcher, table, watcher_argument
-from sockvisor.sockets import keep_listening
 
 
 class Status(Command):
@@ -26,6 +25,7 @@ class Status(Command):
         return {"name": args.name} if args.name else {}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.sockets import keep_listening   # not at import: sockvisorctl
         # A cheap check of every socket's listen state (see `listsockets`): a
         # monitoring loop calling status repairs a socket a worker shut down.
         keep_listening(supervisor.sockets.values(), supervisor.publish)
