@@ -17,7 +17,6 @@ description, same socket.  So one worker can
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import textwrap
 

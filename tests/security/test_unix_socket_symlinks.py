@@ -26,7 +26,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
