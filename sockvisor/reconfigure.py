@@ -11,7 +11,11 @@ The order matters:
   3. sockets no longer wanted close last, once the workers using them are gone.
 A socket whose address did not change is never touched, whatever else changed:
 its accept queue is what makes the reload invisible to clients.  A backlog
-change is applied in place with listen().
+change is applied in place with listen(); a unix socket's new mode/owner/group
+too, through the socket file's checked fd (sockets.py): its folder is often the
+worker's, which may have swapped the name for a symlink, so the file is checked
+to still be ours *before* anything changes, and a file that is not refuses the
+whole reloadconfig.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from sockvisor.config import Config, SocketConfig
@@ -52,6 +57,12 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
     # 1. Bind first: all or nothing.
     needed = added_sockets + moved_sockets
     taken_over = _takeovers(old, new, needed, moved_sockets + removed_sockets)
+    in_place = [(supervisor.sockets[name], old.sockets[name], new.sockets[name])
+                for name in new.sockets if name in old.sockets and name not in moved_sockets]
+    in_place += [(supervisor.sockets[old_name], old.sockets[old_name], new.sockets[name])
+                 for name, old_name in taken_over.items()]
+    # Checked before anything changes; applied through these fds after the commit.
+    permission_fds = _check_permissions(in_place)
     fresh: dict[str, ListeningSocket] = {}
     try:
         for name in needed:
@@ -61,6 +72,8 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
     except SocketError:
         for listening in fresh.values():
             listening.close()
+        for fd in permission_fds.values():
+            os.close(fd)
         raise
 
     retiring: dict[str, ListeningSocket] = {}
@@ -72,10 +85,14 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
         log.info("socket %s takes over the listening socket of %s (%s)", name, old_name,
                  listening.address)
         supervisor.sockets[name] = listening
-        _apply_in_place(listening, old.sockets[old_name], new.sockets[name])
-    for name in new.sockets:
-        if name in old.sockets and name not in moved_sockets:
-            _apply_in_place(supervisor.sockets[name], old.sockets[name], new.sockets[name])
+    permission_errors = []
+    for listening, old_config, new_config in in_place:
+        try:
+            _apply_in_place(listening, old_config, new_config,
+                            permission_fds.pop(id(listening), None))
+        except SocketError as exc:   # chmod/chown itself failed (EPERM...)
+            log.error("reloadconfig: %s", exc)
+            permission_errors.append(str(exc))
     supervisor.config = new
     # The fd store: every name going away or moving is dropped *before* anything
     # is stored.  systemd ignores a stored fd's second FDSTORE=1 (it keeps the
@@ -142,6 +159,9 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
                "sockets_taken_over": taken_over}
     log.info("reloadconfig: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v)
              or "nothing changed")
+    if permission_errors:
+        raise ReloadError("reloadconfig: the new config is applied, but "
+                          + "; ".join(permission_errors))
     if failures:
         reasons = "; ".join(str(exc) for exc in failures.values())
         if all(isinstance(exc, ReloadError) for exc in failures.values()):
@@ -235,19 +255,39 @@ async def _reload_or_keep_stopped(watcher, config) -> dict[str, Any]:
     return await watcher.reload(config)
 
 
-def _apply_in_place(listening: ListeningSocket, old: SocketConfig, new: SocketConfig) -> None:
+def _permissions_change(old: SocketConfig, new: SocketConfig) -> bool:
+    return new.is_unix and (old.mode, old.owner, old.group) != (new.mode, new.owner,
+                                                                 new.group)
+
+
+def _check_permissions(in_place: list[tuple[ListeningSocket, SocketConfig, SocketConfig]]
+                       ) -> dict[int, int]:
+    """id(listening) -> a checked fd of its unix socket file, for each socket whose
+    mode/owner/group changes; SocketError (nothing held) if a file is no longer ours."""
+    fds: dict[int, int] = {}
+    try:
+        for listening, old, new in in_place:
+            if _permissions_change(old, new):
+                fds[id(listening)] = listening.unix_file()
+    except SocketError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _apply_in_place(listening: ListeningSocket, old: SocketConfig, new: SocketConfig,
+                    file_fd: int | None) -> None:
     """What can change on a socket without rebinding it."""
+    listening.config = new
     if old.backlog != new.backlog:
         listening.set_backlog(new.backlog)
         log.info("socket %s: backlog %d -> %d", new.name, old.backlog, new.backlog)
     if old.blocking != new.blocking:
         listening.sock.setblocking(new.blocking)
-    if new.is_unix and (old.mode, old.owner, old.group) != (new.mode, new.owner, new.group):
-        import os
-        assert new.path is not None
-        if new.mode is not None:
-            os.chmod(new.path, new.mode)
-        if new.owner is not None or new.group is not None:
-            os.chown(new.path, -1 if new.owner is None else new.owner,
-                     -1 if new.group is None else new.group)
-    listening.config = new
+    if file_fd is not None:
+        try:
+            listening.set_permissions(new, file_fd)
+        finally:
+            os.close(file_fd)
+        log.info("socket %s: mode/owner of %s set", new.name, new.path)

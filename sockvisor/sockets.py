@@ -6,8 +6,40 @@ queue — and every connection waiting in it — survives crashes, restarts and
 reloads.  Only `close()` ends it, and the supervisor calls that at exit or when a
 reloaded config no longer wants the address.
 
-The socket's file is shared with every worker, so its O_NONBLOCK flag is shared
-too: by default it is cleared, so a worker's plain blocking `accept()` loop works.
+Workers are not trusted (DESIGN.md §5), and two kinds of state they can reach are
+guarded here:
+
+* **The open file description is shared.**  Every worker's fd 3 is a duplicate of
+  our fd, so the file status flags are one and the same for everybody holding the
+  socket: a worker that sets O_NONBLOCK on its fd (asyncio, Go's runtime, libuv all
+  do) sets it for every other worker of every watcher on that socket, and a plain
+  blocking `accept()` loop then gets EAGAIN and dies.  `prepare_for_spawn()` puts
+  the flag back to the socket's `blocking` setting right before each fork (one
+  fcntl when it is already right).  A worker that changes the flag after others
+  were started still changes it for them: that is the kernel's rule, which the
+  README states for watchers sharing a socket.
+* **`shutdown()` acts on the socket itself, not on a descriptor.**  A worker's
+  `shutdown(SHUT_RD)` on a listening TCP socket disconnects it: it leaves LISTEN
+  (SO_ACCEPTCONN is 0), the connections queued at that moment are reset, and a
+  port the kernel chose (port 0) is released.  `listen()` again restores it (after
+  binding the same port again if it was released).  On a unix socket the shutdown
+  leaves it "listening" but refusing every connection for good (ECONNREFUSED, and
+  accept() fails with EINVAL), and no listen() clears that: the only repair is a
+  new socket bound at the path.  `keep_listening()` checks and repairs; the
+  supervisor runs it on every worker exit, before every spawn and on
+  `status`/`listsockets`.
+
+A unix socket's file usually lives in a folder the worker can write
+(`/run/app/app.sock`), so the name can be swapped for a symlink at any moment.
+Root never changes mode or owner by path: the folder is opened once without
+following a symlink, the socket's file is opened relative to it with
+O_PATH|O_NOFOLLOW, checked to be the very inode our socket is bound to (the
+kernel says which through sock_diag), and chmod/chown go through that fd
+(`/proc/self/fd/N` acts on exactly that inode, whatever the name points to later).
+(fchmod on the socket's own fd would not do: it changes the sockfs inode, not the
+file.)  The socket is bound by its real path, so that getsockname() — in
+sockvisor and in every worker — still says where it is; a folder swapped under
+that path is caught by the same inode check.
 """
 
 from __future__ import annotations
@@ -15,9 +47,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import stat
+import struct
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from sockvisor.config import SocketConfig
 
@@ -37,7 +72,16 @@ class ListeningSocket:
     config: SocketConfig
     sock: socket.socket
     adopted: bool = False          # handed to us by the service manager
+    # (st_dev, st_ino) of the file a unix socket we bound is bound to.
     unix_inode: tuple[int, int] | None = field(default=None, repr=False)
+    relistened: int = 0            # times a worker's shutdown() was repaired
+    broken: str = ""               # why it is out of service and could not be repaired
+    # Where an inet socket was bound: a shutdown() may release a port the kernel chose.
+    bound_at: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bound_at is None and self.sock.family != socket.AF_UNIX:
+            self.bound_at = self.sock.getsockname()
 
     @property
     def name(self) -> str:
@@ -50,7 +94,11 @@ class ListeningSocket:
     @property
     def address(self) -> str:
         """The real bound address (port 0 resolved), as host:port, [v6]:port or a path."""
-        return format_address(self.sock.family, self.sock.getsockname())
+        return format_address(self.sock.family, self.bound_at or self.sock.getsockname())
+
+    @property
+    def listening(self) -> bool:
+        return not self.broken
 
     @property
     def port(self) -> int | None:
@@ -71,19 +119,124 @@ class ListeningSocket:
         """listen() again: Linux applies the new backlog to the same queue."""
         self.sock.listen(backlog)
 
+    # ---------------------------------------------------------------- the unix socket's file
+
+    def unix_file(self) -> int:
+        """An O_PATH fd of this unix socket's file, checked to be the file we bound
+        (the name may have been swapped by anyone who can write its folder).
+
+        Raises SocketError saying what is at the path instead."""
+        path = self.config.path
+        assert path is not None and self.sock.family == socket.AF_UNIX
+        if self.adopted or self.unix_inode is None:
+            raise SocketError(f"[socket:{self.name}] {path} was created by the service "
+                              "manager (socket activation): its SocketMode=, SocketUser= "
+                              "and SocketGroup= decide its mode and owner")
+        dir_fd, name = _open_folder(self.config)
+        try:
+            try:
+                fd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as exc:
+                raise SocketError(f"[socket:{self.name}] {path} is no longer the socket "
+                                  f"sockvisor bound: {exc.strerror}") from None
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) != self.unix_inode:
+            os.close(fd)
+            raise SocketError(f"[socket:{self.name}] {path} is no longer the socket "
+                              f"sockvisor bound (it is now {_describe(st)}); not "
+                              "changing its mode or owner")
+        return fd
+
+    def set_permissions(self, config: SocketConfig, fd: int) -> None:
+        """Give the file behind `fd` (from `unix_file()`) `config`'s mode and owner:
+        through the checked fd, never through a name that may have been swapped."""
+        try:
+            _chmod_chown(fd, config.mode, config.owner, config.group)
+        except OSError as exc:
+            raise SocketError(f"[socket:{self.name}] cannot set mode/owner of "
+                              f"{self.config.path}: {exc.strerror}") from None
+
+    def _unlink_file(self) -> None:
+        """Remove the unix socket's file if the name still is the file we bound."""
+        try:
+            fd = self.unix_file()
+        except (SocketError, OSError):
+            return
+        try:
+            dir_fd, name = _open_folder(self.config)
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except (SocketError, OSError):
+            pass
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         if self.sock.fileno() < 0:
             return
-        path = self.config.path if self.sock.family == socket.AF_UNIX else None
+        if self.sock.family == socket.AF_UNIX and not self.adopted:
+            # Before closing: while the socket lives, its inode cannot be reused.
+            self._unlink_file()
         self.sock.close()
-        if path and not self.adopted and self.unix_inode is not None:
-            # Remove the file only if it is still the one we created.
-            try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) == self.unix_inode:
-                    os.unlink(path)
-            except OSError:
-                pass
+
+    # ---------------------------------------------------------------- shared state
+
+    def prepare_for_spawn(self) -> None:
+        """Right before a fork: O_NONBLOCK back to the configured `blocking`
+        (another worker may have set it on the file all of them share)."""
+        fd = self.sock.fileno()
+        if os.get_blocking(fd) != self.config.blocking:
+            os.set_blocking(fd, self.config.blocking)
+
+    def ensure_listening(self) -> str | None:
+        """Undo a worker's shutdown(): None if the socket was fine, else what was
+        done.  Raises SocketError if it is out of service and cannot be repaired."""
+        if self.sock.family == socket.AF_UNIX:
+            return self._ensure_unix_listening()
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return None
+        try:
+            # The kernel let go of a port it had chosen (port 0); an explicitly
+            # bound port stays bound and this fails with EINVAL.
+            self.sock.bind(self.bound_at)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise SocketError(f"[socket:{self.name}] a worker shut it down and its "
+                                  f"port was taken meanwhile: cannot bind "
+                                  f"{self.address} again: {exc.strerror}") from None
+        try:
+            self.sock.listen(self.config.backlog)
+        except OSError as exc:
+            raise SocketError(f"[socket:{self.name}] a worker shut it down and listen() "
+                              f"fails: {exc.strerror}") from None
+        return "listen() again"
+
+    def _ensure_unix_listening(self) -> str | None:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLRDHUP)
+        if not any(events & select.POLLRDHUP for _, events in poller.poll(0)):
+            return None
+        if self.adopted:
+            raise SocketError(f"[socket:{self.name}] a worker shut it down (every "
+                              f"connection to {self.config.path} is refused) and it came "
+                              "from the service manager: restart its .socket unit")
+        # No listen() undoes a unix socket's shutdown: bind a new one at the path.
+        self._unlink_file()
+        fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            inode = _bind_unix(fresh, self.config)
+            fresh.listen(self.config.backlog)
+            fresh.setblocking(self.config.blocking)
+        except BaseException:
+            fresh.close()
+            raise
+        old, self.sock, self.unix_inode = self.sock, fresh, inode
+        old.close()   # workers still holding it have a dead socket; their next start gets this one
+        return "bound anew (no listen() undoes a unix socket's shutdown)"
 
 
 def format_address(family: int, sockname) -> str:
@@ -133,44 +286,175 @@ def _bind_error(config: SocketConfig, exc: OSError) -> str:
     return f"[socket:{config.name}] cannot bind {config.describe()}: {exc.strerror}{hint}"
 
 
+_O_PATH = getattr(os, "O_PATH", 0o10000000)   # Linux
+
+
+def _open_folder(config: SocketConfig) -> tuple[int, str]:
+    """An fd of the socket path's folder, opened without following a symlink at
+    its last component, and the socket's name in it."""
+    assert config.path is not None
+    folder, name = os.path.split(config.path)
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                     | os.O_CLOEXEC)
+    except OSError as exc:
+        hint = " (a symlink: name the real folder)" if exc.errno == errno.ELOOP else ""
+        raise SocketError(f"[socket:{config.name}] cannot open the folder of "
+                          f"{config.path}: {exc.strerror}{hint}") from None
+    return fd, name
+
+
+def _describe(st: os.stat_result) -> str:
+    kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else
+            "a socket" if stat.S_ISSOCK(st.st_mode) else
+            "a folder" if stat.S_ISDIR(st.st_mode) else
+            "a regular file" if stat.S_ISREG(st.st_mode) else "a special file")
+    return f"{kind} owned by uid {st.st_uid}"
+
+
+def _chmod_chown(fd: int, mode: int | None, owner: int | None, group: int | None) -> None:
+    """chmod/chown the inode an O_PATH fd refers to.  /proc/self/fd/N is a magic
+    link to that very inode: a later swap of the name cannot redirect it."""
+    target = f"/proc/self/fd/{fd}"
+    if mode is not None:
+        os.chmod(target, mode)
+    if owner is not None or group is not None:
+        os.chown(target, -1 if owner is None else owner, -1 if group is None else group)
+
+
 def _bind_unix(sock: socket.socket, config: SocketConfig) -> tuple[int, int]:
     path = config.path
     assert path is not None
+    dir_fd, name = _open_folder(config)
     try:
-        st = os.lstat(path)
+        _remove_stale(config, dir_fd, name)
+        # Bind with a restrictive umask so the file never exists with looser
+        # permissions than configured, then set the configured mode and owner.
+        # bind() itself never follows a symlink: anything at the name is EADDRINUSE.
+        old_umask = os.umask(0o177) if config.mode is not None else None
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            raise SocketError(f"[socket:{config.name}] cannot bind {path}: "
+                              f"{exc.strerror}") from None
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        fd = _bound_file(sock, config, dir_fd, name)
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        try:
+            _chmod_chown(fd, config.mode, config.owner, config.group)
+        except OSError as exc:
+            listening = ListeningSocket(config, sock, unix_inode=(st.st_dev, st.st_ino))
+            listening._unlink_file()
+            raise SocketError(f"[socket:{config.name}] cannot set mode/owner of {path}: "
+                              f"{exc.strerror}") from None
+        return (st.st_dev, st.st_ino)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(config: SocketConfig, dir_fd: int, name: str) -> None:
+    """A socket file nobody listens on (left by a killed sockvisor) is removed;
+    anything else at the name is refused, never followed."""
+    try:
+        fd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SocketError(f"[socket:{config.name}] {config.path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(f"[socket:{config.name}] {config.path} exists and is not "
+                              f"a socket ({_describe(st)}); not replacing it")
+        # Connect through the fd: the probe reaches exactly the file we looked at.
+        if _unix_socket_in_use(f"/proc/self/fd/{fd}"):
+            raise SocketError(f"[socket:{config.name}] {config.path}: something is "
+                              "listening on it already")
+    finally:
+        os.close(fd)
+    log.info("socket %s: removing stale socket file %s", config.name, config.path)
+    try:
+        os.unlink(name, dir_fd=dir_fd)   # a name in dir_fd: nothing is followed
     except FileNotFoundError:
         pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SocketError(f"[socket:{config.name}] {path} exists and is not a socket; "
-                              "not replacing it")
-        if _unix_socket_in_use(path):
-            raise SocketError(f"[socket:{config.name}] {path}: something is listening on "
-                              "it already")
-        log.info("socket %s: removing stale socket file %s", config.name, path)
-        os.unlink(path)
-    # Bind with a restrictive umask so the file never exists with looser permissions
-    # than configured, then set the configured mode and owner.
-    old_umask = os.umask(0o177) if config.mode is not None else None
+
+
+def _bound_file(sock: socket.socket, config: SocketConfig, dir_fd: int, name: str) -> int:
+    """An O_PATH fd of the file `sock` was just bound to, found by name in its
+    folder and checked: a socket we own, and (where the kernel can say) the very
+    inode the socket is bound to.  Anything else means the name or the folder
+    was swapped between bind() and now: refuse, touch nothing."""
+    def refuse(what: str) -> SocketError:
+        return SocketError(f"[socket:{config.name}] {config.path} was replaced right "
+                           f"after sockvisor bound it ({what}); not setting its mode "
+                           "or owner")
     try:
-        sock.bind(path)
+        fd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
-        raise SocketError(f"[socket:{config.name}] cannot bind {path}: {exc.strerror}") from None
-    finally:
-        if old_umask is not None:
-            os.umask(old_umask)
+        raise refuse(exc.strerror) from None
+    st = os.fstat(fd)
+    bound = _bound_inode(sock)
+    problem = ""
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        problem = f"it is now {_describe(st)}"
+    elif bound is not None and bound != st.st_ino & 0xFFFFFFFF:
+        problem = "it is now another socket"
+    if problem:
+        os.close(fd)
+        raise refuse(problem)
+    return fd
+
+
+# sock_diag (NETLINK_SOCK_DIAG, linux/unix_diag.h): the inode of the file a unix
+# socket is bound to.  Not every kernel has unix_diag; then the checks above
+# (a socket, owned by us, at the name in the folder we opened) stand alone.
+_SOCK_DIAG_BY_FAMILY = 20
+_NLMSG_ERROR = 2
+_UDIAG_SHOW_VFS = 0x2
+_UNIX_DIAG_VFS = 1
+_sock_diag_unavailable = False
+
+
+def _bound_inode(sock: socket.socket) -> int | None:
+    """The (32-bit) inode number of the file `sock` is bound to, or None."""
+    global _sock_diag_unavailable
+    if _sock_diag_unavailable:
+        return None
+    socket_inode = os.fstat(sock.fileno()).st_ino
+    request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF,
+                          socket_inode & 0xFFFFFFFF, _UDIAG_SHOW_VFS,
+                          0xFFFFFFFF, 0xFFFFFFFF)   # no cookie
+    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 1, 0)
     try:
-        if config.mode is not None:
-            os.chmod(path, config.mode)
-        if config.owner is not None or config.group is not None:
-            os.chown(path, -1 if config.owner is None else config.owner,
-                     -1 if config.group is None else config.group)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as netlink:
+            netlink.settimeout(1.0)
+            netlink.send(header + request)
+            reply = netlink.recv(65536)
     except OSError as exc:
-        os.unlink(path)
-        raise SocketError(f"[socket:{config.name}] cannot set mode/owner of {path}: "
-                          f"{exc.strerror}") from None
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino)
+        log.debug("sock_diag unavailable (%s): unix socket files are checked "
+                  "without it", exc)
+        _sock_diag_unavailable = True
+        return None
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == _NLMSG_ERROR:
+        log.debug("sock_diag: error %d for unix sockets: checked without it",
+                  struct.unpack_from("=i", reply, 16)[0])
+        _sock_diag_unavailable = True
+        return None
+    offset = 16 + 16   # nlmsghdr, unix_diag_msg
+    while offset + 4 <= min(length, len(reply)):
+        size, attribute = struct.unpack_from("=HH", reply, offset)
+        if size < 4:
+            break
+        if attribute == _UNIX_DIAG_VFS and size >= 12:
+            return struct.unpack_from("=I", reply, offset + 4)[0]
+        offset += (size + 3) & ~3
+    return None
 
 
 def _unix_socket_in_use(path: str) -> bool:
@@ -186,6 +470,40 @@ def _unix_socket_in_use(path: str) -> bool:
         return True
     finally:
         probe.close()
+
+
+def keep_listening(sockets: Iterable[ListeningSocket],
+                   publish: Callable[[str, dict[str, Any]], None]) -> None:
+    """Check and repair the listen state of `sockets` (see the module docstring);
+    log and publish `socket.NAME.relisten` for each repair, and
+    `socket.NAME.broken` once when one cannot be repaired."""
+    for listening in sockets:
+        if listening.sock.fileno() < 0:
+            continue
+        try:
+            repaired = listening.ensure_listening()
+        except SocketError as exc:
+            if listening.broken != str(exc):
+                listening.broken = str(exc)
+                log.error("%s", exc)
+                publish(f"socket.{listening.name}.broken",
+                        {"name": listening.name, "address": listening.address,
+                         "reason": str(exc)})
+            continue
+        except OSError as exc:   # not a worker's doing; say so, keep going
+            log.error("socket %s: checking its listen state failed: %s", listening.name,
+                      exc)
+            continue
+        if repaired is None:
+            continue
+        listening.broken = ""
+        listening.relistened += 1
+        log.warning("socket %s (%s) was shut down by a worker and stopped listening: "
+                    "%s (repair #%d)", listening.name, listening.address, repaired,
+                    listening.relistened)
+        publish(f"socket.{listening.name}.relisten",
+                {"name": listening.name, "address": listening.address, "how": repaired,
+                 "relistened": listening.relistened})
 
 
 def adopt(config: SocketConfig, fd: int) -> ListeningSocket:

@@ -37,7 +37,7 @@ from sockvisor.backoff import RestartTracker
 from sockvisor.config import ReadyKind, WatcherConfig, expand_worker_args
 from sockvisor.output import OutputSink, stderr_fallback, stdout_fallback
 from sockvisor.reaper import Reaper, describe_status
-from sockvisor.sockets import ListeningSocket
+from sockvisor.sockets import ListeningSocket, keep_listening
 from sockvisor.states import (WATCHER_TRANSITIONS, WATCHER_WANTS_WORKERS, WatcherState,
                               WorkerState, check_transition)
 
@@ -535,7 +535,13 @@ class Watcher:
         config = self.config
         wid = self._free_wid()
         names = list(config.sockets)
-        fds = [self.context.sockets[n].fd for n in names]
+        sockets = [self.context.sockets[n] for n in names]
+        # The workers share these sockets' open file descriptions: one may have
+        # shut a socket down or made it non-blocking (sockets.py).
+        keep_listening(sockets, self.context.publish)
+        for listening in sockets:
+            listening.prepare_for_spawn()
+        fds = [listening.fd for listening in sockets]   # after: a repair may rebind
         argv = expand_worker_args(config.argv(), wid, {n: 3 + i for i, n in enumerate(names)})
         env = dict(self._base_env())
         env["SOCKVISOR_WID"] = str(wid)
@@ -635,6 +641,9 @@ class Watcher:
         """The reaper collected `worker`: record it and decide about a replacement."""
         self._collect_exec_status(worker)
         worker.on_exit(status)
+        # Did it shut a shared socket down on its way out?  (Before a replacement.)
+        keep_listening([self.context.sockets[n] for n in worker.config.sockets
+                        if n in self.context.sockets], self.context.publish)
         self.workers.pop(worker.pid, None)
         self._release_wid(worker.wid)
         self.context.workers_by_pid.pop(worker.pid, None)

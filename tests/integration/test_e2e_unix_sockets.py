@@ -8,6 +8,7 @@ process is listening on the path.
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
 import stat
@@ -71,3 +72,21 @@ def test_unix_socket_in_use_refuses_to_start(sockvisor, scripts, tmp_path):
         assert os.lstat(path).st_ino == inode
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(str(path))
+
+
+def test_reloadconfig_changes_mode_and_group_in_place(sockvisor, scripts, tmp_path):
+    """The same socket file (same inode, still serving) gets the new mode and group."""
+    from sockvisor.control.client import ControlClient
+    path = tmp_path / "s.sock"
+    sv = sockvisor(_config(path, scripts, tmp_path / "spawned"))
+    [pid] = sv.wait_workers(1, "worker.py")
+    inode = os.lstat(path).st_ino
+    sv.conf.write_text(sv.conf.read_text().replace("mode = 0660",
+                                                   "mode = 0604\ngroup = nogroup"))
+    with ControlClient(f"ipc://{sv.directory}/ctl", 30.0) as client:
+        reply = client.call("reloadconfig", {})
+    assert reply["status"] == "ok", reply
+    st = os.lstat(path)
+    assert (st.st_ino, stat.S_IMODE(st.st_mode)) == (inode, 0o604)
+    assert st.st_gid == grp.getgrnam("nogroup").gr_gid
+    assert unix_http_get(str(path))["pid"] == pid

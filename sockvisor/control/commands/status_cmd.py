@@ -26,6 +26,10 @@ class Status(Command):
         return {"name": args.name} if args.name else {}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.sockets import keep_listening   # not at import: sockvisorctl
+        # A cheap check of every socket's listen state (see `listsockets`): a
+        # monitoring loop calling status repairs a socket a worker shut down.
+        keep_listening(supervisor.sockets.values(), supervisor.publish)
         if "name" in props:
             watcher = get_watcher(supervisor, props)
             return {"status": watcher.state.value, "watcher": watcher.status()}
