@@ -156,6 +156,9 @@ class FakeSupervisor:
     def request_stop(self) -> None:
         self.stop_requested = True
 
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        pass
+
     async def reload_config(self) -> dict[str, Any]:
         return {}
 

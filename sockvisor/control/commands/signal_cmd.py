@@ -12,7 +12,8 @@ from sockvisor.control.protocol import CommandError
 def parse_signal(value: Any) -> int:
     """A signal name (HUP, SIGUSR1) or number, from a client: strictly."""
     from sockvisor import wholenumber
-    if isinstance(value, str) and value.isascii() and value.isalpha():
+    # A name starts with an ASCII letter (USR1 and USR2 have digits too).
+    if isinstance(value, str) and value[:1].isascii() and value[:1].isalpha():
         name = value.upper()
         name = name if name.startswith("SIG") else "SIG" + name
         if name in signal.Signals.__members__:
