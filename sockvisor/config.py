@@ -170,6 +170,9 @@ class GlobalConfig:
     # it); true for older managers (FileDescriptorStoreMax= set but no $FDSTORE);
     # false: never.
     fdstore: bool | None = None
+    # A cgroup per worker (see cgroup.py): auto (where cgroup v2 is writable and,
+    # under systemd, delegated), on (required: start fails without), off.
+    cgroup: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,16 @@ def _parse_signal(raw: str) -> int:
         return signal.Signals[name].value
     except KeyError:
         raise ValueError(f"unknown signal {raw.strip()!r}") from None
+
+
+def _parse_cgroup(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "auto":
+        return value
+    try:
+        return "on" if _parse_bool(value) else "off"
+    except ValueError:
+        raise ValueError(f"expected auto, on or off, got {raw!r}") from None
 
 
 def _parse_str(raw: str) -> str:
@@ -359,6 +372,7 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "umask": _Option(_parse_octal),
     "notify_socket_dir": _Option(_parse_nonempty),
     "fdstore": _Option(_parse_bool),
+    "cgroup": _Option(_parse_cgroup),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -691,6 +705,7 @@ class _Loader:
             umask=values.get("umask"),
             notify_socket_dir=values.get("notify_socket_dir"),
             fdstore=values.get("fdstore"),
+            cgroup=values.get("cgroup", "auto"),
         )
 
     def check_endpoint(self, endpoint: str, section: str, key: str,
