@@ -368,6 +368,7 @@ class WorkerCgroup:
         self.procs_fd: int | None = procs_fd
         self.watch: int | None = None
         self.released = False
+        self.killed = False
         self.removed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -387,6 +388,7 @@ class WorkerCgroup:
         """SIGKILL everything in the leaf."""
         if self.tree.dir_fd < 0 or self.removed.done():
             return
+        self.killed = True
         if self.tree.has_kill:
             try:
                 self._write("cgroup.kill", b"1")
@@ -443,7 +445,8 @@ class WorkerCgroup:
         if self.removed.done():
             return
         self.released = True
-        self.kill()
+        if not self.killed:
+            self.kill()   # (cgroup.kill also got any fork that was in flight)
         if not self.try_remove() and self.watch is None:
             if self.tree._watch(self):
                 self.try_remove()   # it may have emptied before the watch was in place
@@ -460,8 +463,8 @@ class WorkerCgroup:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 log.warning("cannot remove %s: %s", self.path, exc.strerror)
-            else:
-                self.kill()   # something forked since: again (a no-op when empty)
+            elif not self.tree.has_kill:
+                self._kill_each()   # a fork may have raced the last round
             return False
         self.tree._unwatch(self)
         self.tree.leaves.pop(self.name, None)
