@@ -186,6 +186,24 @@ def test_sigterm_of_sockvisor_ends_a_daemonised_grandchild(directory, sockvisor,
     assert port_is_free(port), f"port {port} still bound after sockvisor exited"
 
 
+@pytest.mark.parametrize("variant", ["cgroup", "cgroup+subreaper", "pgroup+subreaper"])
+def test_a_crashed_worker_takes_its_daemon(directory, sockvisor, variant):
+    """Not a stop: the worker is SIGKILLed from outside (a crash), and its
+    replacement's daemon is the only one left serving."""
+    sv = start(sockvisor, directory, "daemon", variant)
+    port = sv.port("web")
+    daemon = find(port, "daemon")
+    sv.track(daemon["pid"])
+    os.kill(daemon["worker"], signal.SIGKILL)
+    wait_for(lambda: is_gone(daemon["pid"]), 5,
+             message=lambda: f"daemon {daemon['pid']} gone with its crashed worker\n"
+                             f"{sv.describe()}")
+    new = find(port, "daemon", exclude={daemon["pid"]})
+    assert new["worker"] != daemon["worker"]
+    for _ in range(20):
+        assert http_get(port)["pid"] == new["pid"]
+
+
 def test_without_cgroup_or_subreaper_the_limit_is_said(directory, sockvisor):
     """The weaker guarantee is stated in the log, not silently assumed."""
     sv = start(sockvisor, directory, "daemon", "pgroup")
