@@ -59,8 +59,10 @@ import ctypes
 import errno
 import logging
 import os
+import select
 import signal
 import struct
+import time
 from dataclasses import dataclass
 
 import _signal
@@ -73,6 +75,7 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")
 _OWNER_XATTR = "trusted.sockvisor"
+SWEEP_TIMEOUT = 2.0        # start-up: how long to wait for a dead run's leftovers to die
 _KILL_ROUNDS = 16          # fallback kill: rounds of "read cgroup.procs, SIGKILL the new"
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -533,6 +536,9 @@ def _sweep_dead_runs(parent: str) -> None:
                 handle.write(b"1")
         except OSError:
             pass
+        # Wait (bounded) for the killed to be gone: the ports they hold are about
+        # to be bound.  Start-up has nothing else to do yet.
+        _wait_unpopulated(entry.path, SWEEP_TIMEOUT)
         removed = True
         for directory, subdirectories, _files in os.walk(entry.path, topdown=False):
             try:
@@ -541,6 +547,28 @@ def _sweep_dead_runs(parent: str) -> None:
                 removed = False   # still dying: the next start removes it
         log.warning("sockvisor %s is gone without cleaning up: %s %s", pid, entry.path,
                     "killed and removed" if removed else "killed; removed later")
+
+
+def _wait_unpopulated(path: str, timeout: float) -> bool:
+    """Block until `path`'s cgroup.events says `populated 0`, at most `timeout`.
+    The kernel flags a change of that file as POLLPRI."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        while True:
+            if b"populated 0" in os.pread(fd, 4096, 0):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            poller.poll(remaining * 1000)
+    finally:
+        os.close(fd)
 
 
 def place_self(procs_fd: int) -> None:
