@@ -317,7 +317,8 @@ class Worker:
             pass
 
     async def stop(self, signum: int, graceful_timeout: float, expected: bool = True) -> int:
-        """stop signal → wait graceful_timeout → SIGKILL the group; return the status.
+        """stop signal (to the worker) → wait graceful_timeout → SIGKILL its cgroup
+        and process group; return the status once it is reaped and its cgroup empty.
 
         `expected=False` stops it as a failure (its exit counts toward the restart
         policy), e.g. a worker that missed its ready_timeout.
