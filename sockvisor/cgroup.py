@@ -30,7 +30,10 @@ Placing a worker.  The parent makes the leaf and opens its `cgroup.procs`
 before fork; the child writes "0" (itself) into it first thing after fork,
 before it drops privileges or execs anything, so nothing the worker runs ever
 starts outside it (CLONE_INTO_CGROUP would avoid even that write, but Python's
-fork cannot pass it).  A failure there fails the spawn like a failed exec.
+fork cannot pass it).  A failure there fails the spawn like a failed exec.  The
+write costs the child one RCU grace period (the kernel's threadgroup rwsem), a few
+ms before its exec, unless the cgroup2 mount has `favordynmods`; the parent does
+not wait for it.
 
 Killing and removing.  When the worker has exited — on any exit — its leaf is
 killed (`cgroup.kill`; before 5.14: freeze if possible, then SIGKILL each pid
