@@ -115,7 +115,8 @@ def _find_own_cgroup() -> _Mount:
             root, mount_point = _unescape(fields[3]), _unescape(fields[4])
             if own == root or own.startswith(root.rstrip("/") + "/"):
                 relative = own[len(root.rstrip("/")):].lstrip("/")
-                return _Mount(mount_point, os.path.join(mount_point, relative))
+                return _Mount(mount_point, os.path.join(mount_point, relative)
+                              if relative else mount_point)
     raise CgroupUnavailable("no cgroup2 file system mounted where our cgroup is")
 
 
