@@ -137,7 +137,10 @@ def start(sockvisor, directory: Path, role: str, variant: str):
 def find(port: int, role: str, exclude: set[int] = frozenset()) -> dict:
     """An answer from a process of `role` that is not in `exclude`."""
     def answer() -> dict | None:
-        reply = http_get(port)
+        try:
+            reply = http_get(port, timeout=5)
+        except OSError:   # a process killed with the connection in hand; or slow to start
+            return None
         return reply if reply["role"] == role and reply["pid"] not in exclude else None
     return wait_for(answer, 20, interval=0.005, message=f"an answer from a {role}")
 
