@@ -181,6 +181,9 @@ class GlobalConfig:
     # (required for a non-loopback address); else one is made at each start.
     http: str | None = None
     http_token_file: str | None = None
+    # A cgroup per worker (see cgroup.py): auto (where cgroup v2 is writable and,
+    # under systemd, delegated), on (required: start fails without), off.
+    cgroup: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,16 @@ def _parse_signal(raw: str) -> int:
         return signal.Signals[name].value
     except KeyError:
         raise ValueError(f"unknown signal {raw.strip()!r}") from None
+
+
+def _parse_cgroup(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "auto":
+        return value
+    try:
+        return "on" if _parse_bool(value) else "off"
+    except ValueError:
+        raise ValueError(f"expected auto, on or off, got {raw!r}") from None
 
 
 def _parse_str(raw: str) -> str:
@@ -393,6 +406,7 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "httpd": _Option(_parse_bool),
     "httpd_host": _Option(_parse_nonempty),
     "httpd_port": _Option(_parse_int(0, 65535)),
+    "cgroup": _Option(_parse_cgroup),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -726,6 +740,7 @@ class _Loader:
             fdstore=values.get("fdstore"),
             http=self.http_address(values, section),
             http_token_file=values.get("http_token_file"),
+            cgroup=values.get("cgroup", "auto"),
         )
 
     def http_address(self, values: dict[str, Any], section: str) -> str | None:

@@ -8,6 +8,12 @@ is only known after fork; and `PR_SET_PDEATHSIG` must be set after the uid chang
 between fork and exec.  Failures there (a missing binary, a bad working_dir) travel
 back over a close-on-exec pipe: EOF means exec succeeded, bytes mean it failed.
 
+Containment: the child moves itself into its own cgroup (see cgroup.py) first
+thing after fork, where cgroups are in use, and makes itself a session and
+process group leader.  Whenever the worker is gone — stopped, crashed, killed —
+everything left in its cgroup and its process group is SIGKILLed (`before_reap`,
+while the worker is a zombie, so its pid cannot name anyone else yet).
+
 Signals: all signals are blocked around fork, so that a signal arriving in the
 child before exec can never run sockvisor's handlers (which would write into the
 event loop's wake-up fd, shared with the parent).  The child resets every handler
@@ -29,12 +35,14 @@ import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from sockvisor.cgroup import WorkerCgroup, place_self
 from sockvisor.config import RLIMITS, WatcherConfig
 from sockvisor.states import WORKER_TRANSITIONS, WorkerState, check_transition
 
 log = logging.getLogger("sockvisor.process")
 
 PR_SET_PDEATHSIG = 1
+LEFTOVER_TIMEOUT = 5.0   # how long `stop` waits for SIGKILLed descendants to be gone
 _libc = ctypes.CDLL(None, use_errno=True)
 _ALL_SIGNALS = {int(s) for s in signal.valid_signals()} - {signal.SIGKILL, signal.SIGSTOP}
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -55,6 +63,7 @@ class SpawnSpec:
     cwd: str | None = None
     rlimits: Mapping[str, int] = field(default_factory=dict)
     pdeathsig: int = signal.SIGKILL
+    cgroup: WorkerCgroup | None = None   # the leaf the child moves itself into
 
 
 class SpawnError(Exception):
@@ -80,12 +89,16 @@ def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
             _child(spec, stdin, status_w, parent_pid, old_mask)
     except BaseException:
         os.close(status_r)
+        if spec.cgroup is not None:
+            spec.cgroup.discard()   # no child: nothing was ever in it
         raise
     finally:
         if pid != 0:
             _signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(status_w)
         os.close(stdin)
+        if spec.cgroup is not None:
+            spec.cgroup.close_procs_fd()
     return pid, status_r
 
 
@@ -100,6 +113,11 @@ def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
                 signal.signal(signum, signal.SIG_DFL)
             except (OSError, ValueError):
                 pass
+        if spec.cgroup is not None and spec.cgroup.procs_fd is not None:
+            # Before anything else runs, and while still root: from here on,
+            # whatever this process starts is born in the worker's cgroup.
+            stage = "cgroup"
+            place_self(spec.cgroup.procs_fd)
         stage = "setsid"
         os.setsid()   # own session and process group: stoppable as a group,
                       # and a terminal's Ctrl-C goes to sockvisor, not to workers
@@ -213,6 +231,7 @@ class Worker:
         self.ready_failed = False     # stopped for missing ready_timeout
         self.status_fd: int | None = None   # exec-status pipe, until read
         self.status_text = ""         # last STATUS= it sent
+        self.cgroup: WorkerCgroup | None = None   # its own cgroup, if cgroups are used
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
@@ -266,6 +285,8 @@ class Worker:
 
     def on_exit(self, status: int) -> None:
         """Called by the reaper."""
+        if self.cgroup is not None:
+            self.cgroup.release()   # killed in before_reap; removed once empty
         self.exit_status = status
         for handle in self._timers:
             handle.cancel()
@@ -285,14 +306,19 @@ class Worker:
             return False
 
     def kill_group(self) -> None:
-        """SIGKILL the worker's whole process group (it is the group leader)."""
+        """SIGKILL everything the worker is: its cgroup, and its process group (it
+        is the leader: a session leader cannot leave its group, so the group id is
+        its pid as long as that pid is not reaped)."""
+        if self.cgroup is not None:
+            self.cgroup.kill()
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
     async def stop(self, signum: int, graceful_timeout: float, expected: bool = True) -> int:
-        """stop signal → wait graceful_timeout → SIGKILL the group; return the status.
+        """stop signal (to the worker) → wait graceful_timeout → SIGKILL its cgroup
+        and process group; return the status once it is reaped and its cgroup empty.
 
         `expected=False` stops it as a failure (its exit counts toward the restart
         policy), e.g. a worker that missed its ready_timeout.
@@ -311,12 +337,18 @@ class Worker:
                             self.label, graceful_timeout)
                 self.kill_group()   # still alive, so the group id is still its own
         # Leftovers of the group are killed by `before_reap` when the leader exits.
-        return await asyncio.shield(self.exited)
+        status = await asyncio.shield(self.exited)
+        if self.cgroup is not None:
+            # `stop` means nothing of it runs any more, descendants included.
+            await self.cgroup.wait_removed(LEFTOVER_TIMEOUT)
+        return status
 
     def before_reap(self) -> None:
-        """The reaper is about to reap us: a stopped worker's children go with it."""
-        if self.stop_requested:
-            self.kill_group()
+        """The reaper is about to reap us.  On *any* exit — a requested stop, a
+        crash, a SIGKILL from outside — what the worker started goes with it: a
+        pre-fork master's children must not live on serving old code.  We are a
+        zombie now, so our pid, the process group's id, cannot be reused yet."""
+        self.kill_group()
 
 
 class WorkerNotReady(Exception):

@@ -11,6 +11,11 @@ phase_bounds.py).  Shut-down is the reverse: STOPPING=1, every
 watcher stops its workers (stop_signal, graceful_timeout, SIGKILL), the control
 channel closes, and the listening sockets close last.
 
+Process containment (cgroup.py: a cgroup per worker where cgroup v2 is usable,
+else process groups and, with `subreaper`, adopted orphans) is set up first —
+clearing what a SIGKILLed predecessor left, which may hold our ports — and torn
+down after the last worker: nothing a worker started outlives sockvisor.
+
 Signals are handled in the event loop (asyncio's wake-up fd): SIGTERM/SIGINT stop
 gracefully, SIGQUIT stops at once, SIGHUP re-reads the config.  This works as
 PID 1 too, where the kernel gives no default action to any signal.
@@ -26,6 +31,7 @@ import signal
 import time
 from typing import Any, Callable
 
+from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import phase_bounds, systemd
 from sockvisor.http import start_console
@@ -75,6 +81,7 @@ class Supervisor:
         self.subscribers: list[Callable[[str, dict[str, Any]], None]] = []
         self.started_at = time.time()
         self.reaper: Reaper | None = None
+        self.cgroups: cgroup.CgroupTree | None = None
         self.readiness: ReadinessListener | None = None
         self.control: Any = None
         self.http: Any = None   # the web console (sockvisor/http/), when `http` is set
@@ -159,7 +166,8 @@ class Supervisor:
         assert self.reaper is not None
         return WatcherContext(reaper=self.reaper, sockets=self.sockets,
                               notify_address=self.readiness.address if self.readiness else None,
-                              publish=self.publish, workers_by_pid=self.workers_by_pid)
+                              publish=self.publish, workers_by_pid=self.workers_by_pid,
+                              cgroups=self.cgroups)
 
     def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
         worker = self.workers_by_pid.get(pid)
@@ -184,6 +192,15 @@ class Supervisor:
         if self.config.globals.umask is not None:
             os.umask(self.config.globals.umask)
         self._stop_requested = loop.create_future()
+        # Containment before the sockets: cleaning up after a SIGKILLed predecessor
+        # (cgroup.py) frees the ports its workers' daemons may still hold.
+        adopts_orphans = os.getpid() == 1 or (self.config.globals.subreaper
+                                              and become_subreaper())
+        try:
+            self.cgroups = self._contain(adopts_orphans)
+        except cgroup.CgroupUnavailable as exc:
+            log.error("[sockvisor] cgroup = on, but cgroups cannot be used: %s", exc)
+            return EXIT_FAILURE
         # Every endpoint of our own (control, web console) before any listening
         # socket: one that cannot be opened fails start-up without a port ever
         # having listened for workers that will not come.
@@ -197,11 +214,14 @@ class Supervisor:
                 await self.http.close()
             if self.control is not None:
                 await self.control.close()
+            if self.cgroups is not None:
+                self.cgroups.close_unused()
             return exc.status
-        if os.getpid() != 1 and self.config.globals.subreaper:
-            become_subreaper()
         self.reaper = Reaper(loop)
+        self.reaper.stops_orphans = adopts_orphans and self.cgroups is None
         self.reaper.start()
+        if self.cgroups is not None:
+            self.cgroups.start(loop)
         self.readiness = ReadinessListener(os.path.basename(self.config.path))
         self.readiness.start(loop, self._on_notify)
         for signum, mode in ((signal.SIGTERM, StopMode.GRACEFUL),
@@ -233,6 +253,21 @@ class Supervisor:
         startup.cancel()
         await self._teardown(mode)
         return EXIT_OK
+
+    def _contain(self, adopts_orphans: bool) -> cgroup.CgroupTree | None:
+        """Set up process containment (cgroup.py) and say once which one is in use."""
+        tree, why_not = cgroup.setup(self.config.globals.cgroup)
+        if tree is not None:
+            log.info("process containment: %s", tree.description)
+        elif adopts_orphans:
+            log.info("process containment: process groups only (%s); orphans a worker "
+                     "leaves are stopped with it if they keep its LISTEN_PID, all of "
+                     "them when sockvisor stops", why_not)
+        else:
+            log.info("process containment: process groups only (%s); a worker's "
+                     "descendants that leave its process group escape (set "
+                     "`subreaper = true`, or make cgroup v2 writable)", why_not)
+        return tree
 
     async def _start_watchers(self) -> None:
         await asyncio.gather(*(w.start() for w in self.watchers.values()
@@ -295,6 +330,11 @@ class Supervisor:
         if mode == StopMode.IMMEDIATE:
             await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
         await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
+        # Nothing a worker started may outlive sockvisor (cgroup.py, reaper.py).
+        if self.reaper is not None:
+            await self.reaper.stop_orphans()
+        if self.cgroups is not None:
+            await self.cgroups.close()
         if self.http is not None:
             await self.http.close()
         if self.control is not None:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping
 
 from sockvisor import process
 from sockvisor.backoff import RestartTracker
+from sockvisor.cgroup import CgroupTree
 from sockvisor.config import ReadyKind, WatcherConfig, expand_worker_args
 from sockvisor.output import OutputSink, stderr_fallback, stdout_fallback
 from sockvisor.reaper import Reaper, describe_status
@@ -58,6 +59,7 @@ class WatcherContext:
     notify_address: str | None
     publish: Callable[[str, dict[str, Any]], None]
     workers_by_pid: dict[int, process.Worker]   # shared index for readiness messages
+    cgroups: CgroupTree | None = None           # a cgroup per worker, if usable
 
 
 class Watcher:
@@ -553,9 +555,13 @@ class Watcher:
             groups=self._groups(config),
             umask=config.umask, cwd=config.working_dir, rlimits=config.rlimits)
         try:
+            if self.context.cgroups is not None:
+                spec.cgroup = self.context.cgroups.new_leaf(self.name)
             pid, status_r = process.fork_exec(spec)
         except OSError as exc:
-            log.error("watcher %s: cannot fork: %s", self.name, exc.strerror)
+            failed = ("create a cgroup for a worker" if self.context.cgroups is not None
+                      and spec.cgroup is None else "fork")
+            log.error("watcher %s: cannot %s: %s", self.name, failed, exc.strerror)
             self._release_wid(wid)
             for fd in (out_read, err_read):
                 if fd is not None:
@@ -566,6 +572,7 @@ class Watcher:
                 if fd is not None:
                     os.close(fd)
         worker = process.Worker(config, wid, self.generation, pid, self._on_worker_state)
+        worker.cgroup = spec.cgroup
         self.workers[pid] = worker
         self.context.workers_by_pid[pid] = worker
         self.context.reaper.register(pid, lambda status: self._on_exit(worker, status),
