@@ -178,6 +178,10 @@ class GlobalConfig:
     # it); true for older managers (FileDescriptorStoreMax= set but no $FDSTORE);
     # false: never.
     fdstore: bool | None = None
+    # What `start` does when an autostart watcher cannot start (goes FATAL before
+    # start-up is over): "exit" fails the start (no READY=1, exit status 4) rather
+    # than hold a port nobody serves; "continue" serves the other watchers.
+    start_failure: str = "exit"
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,13 @@ def _parse_circus_stream_class(raw: str) -> OutputKind:
     return kinds[name]
 
 
+def _parse_start_failure(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("exit", "continue"):
+        raise ValueError(f"expected exit or continue, got {raw.strip()!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Option:
     parse: Callable[[str], Any]
@@ -428,6 +439,7 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "umask": _Option(_parse_octal),
     "notify_socket_dir": _Option(_parse_nonempty),
     "fdstore": _Option(_parse_bool),
+    "start_failure": _Option(_parse_start_failure),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -837,6 +849,7 @@ class _Loader:
             umask=values.get("umask"),
             notify_socket_dir=values.get("notify_socket_dir"),
             fdstore=values.get("fdstore"),
+            start_failure=values.get("start_failure", "exit"),
         )
 
     def check_endpoint(self, endpoint: str, section: str, key: str,

@@ -78,7 +78,7 @@ def test_crash_loop_goes_fatal_and_other_watchers_keep_serving(sockvisor, script
         cmd = {scripts.cmd("worker.py")} --role web
         sockets = web
         graceful_timeout = 1
-    """)
+    """, globals="start_failure = continue")
     sv.wait_log(r"watcher crash is FATAL: 4 failed starts within 30s \(max_restarts = 3\)")
     sv.wait_log(r"watcher crash: \w+ -> fatal")
     spawns = sv.log_count(r"watcher crash: spawned ")

@@ -315,3 +315,18 @@ def test_split_words_is_shlex_split(text):
             config_module.split_words(text)
     else:
         assert config_module.split_words(text) == expected
+
+
+# --------------------------------------------------------------------------- start_failure
+
+@pytest.mark.parametrize("raw, expected", [(None, "exit"), ("exit", "exit"),
+                                           ("Continue", "continue")])
+def test_start_failure_option(tmp_path, raw, expected):
+    head = "" if raw is None else f"[sockvisor]\nstart_failure = {raw}\n"
+    cfg = load_ok(tmp_path, head + watcher("cmd = sleep 1"))
+    assert cfg.globals.start_failure == expected
+
+
+def test_start_failure_option_bad_value(tmp_path):
+    load_error(tmp_path, "[sockvisor]\nstart_failure = ignore\n" + watcher("cmd = sleep 1"),
+               section="sockvisor", key="start_failure", says="expected exit or continue")
