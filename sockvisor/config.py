@@ -7,6 +7,12 @@ the section and the key.  Each section kind has one option table (`_SOCKET_OPTIO
 the Circus names that mean the same thing; an unknown key is an error with a
 did-you-mean, never silently kept.
 
+Checked across sections, because each would otherwise surface only after `start`
+had bound the ports: a config needs a watcher; no two sockets may share an
+address; each watcher's program must be there and executable by the worker's
+user (`program_problem`, searched as execvpe will); no value may be longer than
+64 KiB (nothing longer can reach exec, and the loader stays linear in the file).
+
 Substitutions:
   * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved here, against the watcher's
     final environment (its `env` on top of sockvisor's own environment);
@@ -20,6 +26,7 @@ import configparser
 import difflib
 import enum
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -27,6 +34,7 @@ import resource
 import shlex
 import signal
 import socket
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -184,6 +192,10 @@ class GlobalConfig:
     # A cgroup per worker (see cgroup.py): auto (where cgroup v2 is writable and,
     # under systemd, delegated), on (required: start fails without), off.
     cgroup: str = "auto"
+    # What `start` does when an autostart watcher cannot start (goes FATAL before
+    # start-up is over): "exit" fails the start (no READY=1, exit status 4) rather
+    # than hold a port nobody serves; "continue" serves the other watchers.
+    start_failure: str = "exit"
 
 
 @dataclass(frozen=True)
@@ -297,6 +309,67 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item for item in re.split(r"[\s,]+", raw.strip()) if item)
 
 
+_PLAIN = re.compile(r"[^ \t\r\n'\"\\]+")
+_IN_DOUBLE_QUOTES = re.compile(r'[^"\\]+')
+_BLANK = re.compile(r"[ \t\r\n]+")
+
+
+def split_words(text: str) -> list[str]:
+    """Split `text` into words as `shlex.split` does (POSIX rules, no comments).
+
+    Ours because shlex builds each word a character at a time by string
+    concatenation, which is quadratic: one 1 MB word took 12 s, 10 MB hours.
+    This one consumes runs of plain characters with a regex: linear.  Raises
+    ValueError with shlex's messages for an unclosed quote or a trailing `\\`.
+    """
+    words: list[str] = []
+    position, end = 0, len(text)
+    while True:
+        blank = _BLANK.match(text, position)
+        if blank:
+            position = blank.end()
+        if position >= end:
+            return words
+        parts: list[str] = []
+        while position < end and text[position] not in " \t\r\n":
+            char = text[position]
+            if char == "'":
+                close = text.find("'", position + 1)
+                if close < 0:
+                    raise ValueError("No closing quotation")
+                parts.append(text[position + 1:close])
+                position = close + 1
+            elif char == '"':
+                position += 1
+                while True:
+                    run = _IN_DOUBLE_QUOTES.match(text, position)
+                    if run:
+                        parts.append(run.group())
+                        position = run.end()
+                    if position >= end:
+                        raise ValueError("No closing quotation")
+                    if text[position] == '"':
+                        position += 1
+                        break
+                    # A backslash: only \" and \\ are escapes inside double quotes.
+                    if position + 1 >= end:
+                        raise ValueError("No escaped character")
+                    following = text[position + 1]
+                    parts.append(following if following in '"\\' else "\\" + following)
+                    position += 2
+            elif char == "\\":
+                if position + 1 >= end:
+                    raise ValueError("No escaped character")
+                parts.append(text[position + 1])
+                position += 2
+            else:
+                run = _PLAIN.match(text, position)
+                assert run is not None
+                parts.append(run.group())
+                position = run.end()
+        words.append("".join(parts))
+
+
 def _parse_user(raw: str) -> pwd.struct_passwd:
     name = raw.strip()
     try:
@@ -369,6 +442,13 @@ def _parse_circus_stream_class(raw: str) -> OutputKind:
     return kinds[name]
 
 
+def _parse_start_failure(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("exit", "continue"):
+        raise ValueError(f"expected exit or continue, got {raw.strip()!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Option:
     parse: Callable[[str], Any]
@@ -407,6 +487,7 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "httpd_host": _Option(_parse_nonempty),
     "httpd_port": _Option(_parse_int(0, 65535)),
     "cgroup": _Option(_parse_cgroup),
+    "start_failure": _Option(_parse_start_failure),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -548,6 +629,13 @@ for _stream in ("stdout", "stderr"):
         f"{_stream}_stream.utc": _Ignored("time-based rotation is not supported"),
     })
 
+# Longest value any key may have.  execve refuses a single argument or environment
+# string over 128 KiB (MAX_ARG_STRLEN), so nothing longer can be meant; and the
+# bound keeps the loader's work proportional to a sane file (a 10 MB `args` once
+# kept it busy for hours).
+MAX_VALUE_LENGTH = 64 * 1024
+MAX_KEY_LENGTH = 200
+
 _SUBSTITUTION = re.compile(r"\$\((sockvisor|circus)\.([A-Za-z0-9_.\-]+)\)")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
@@ -609,6 +697,7 @@ class _Loader:
         env_sections: dict[str, str] = {}
         kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
         for section in self.parser.sections():
+            self.check_lengths(section)
             if section in ("sockvisor", "circus"):
                 global_sections.append(section)
                 continue
@@ -658,10 +747,79 @@ class _Loader:
         globals_ = self.build_globals(global_sections[0] if global_sections else None)
         sockets = {name: self.build_socket(name, section)
                    for name, section in socket_sections.items()}
+        self.check_addresses(sockets, socket_sections)
         watchers = {name: self.build_watcher(name, section,
                                              tuple(envs_of[name]), sockets)
                     for name, section in watcher_sections.items()}
+        # Last: what is wrong in a section is more precise than "nothing to run".
+        if not watcher_sections:
+            # Never what a production config means: sockvisor would run for ever
+            # doing nothing, holding its sockets' ports with nobody serving them,
+            # and a truncated file given to reloadconfig would stop every watcher.
+            held = "".join(f" [{section}]" for section in socket_sections.values())
+            raise self.error(
+                "no [watcher:NAME] section: nothing to run"
+                + (f", and the sockets ({held.strip()}) would be held with nobody "
+                   "serving them" if held else "")
+                + ".  To start with nothing running and `add` or `start` watchers at "
+                "run time, give a watcher with autostart = false")
         return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
+
+    def check_lengths(self, section: str) -> None:
+        """Refuse over-long names and values before any of them is parsed."""
+        if len(section) > MAX_KEY_LENGTH:
+            raise self.error(f"section name too long ({len(section)} characters)",
+                             section[:40] + "...")
+        for key, value in self.parser.items(section):
+            if len(key) > MAX_KEY_LENGTH:
+                raise self.error(f"key too long ({len(key)} characters)", section,
+                                 key[:40] + "...")
+            if len(value) > MAX_VALUE_LENGTH:
+                raise self.error(f"value too long: {len(value)} characters, at most "
+                                 f"{MAX_VALUE_LENGTH // 1024} KiB (exec refuses an "
+                                 "argument or environment string over 128 KiB)",
+                                 section, key)
+
+    def check_addresses(self, sockets: Mapping[str, SocketConfig],
+                        sections: Mapping[str, str]) -> None:
+        """Two sockets that bind() would refuse together: the same unix path, or the
+        same port with the same address or a wildcard covering the other ("::" takes
+        IPv4 too: sockets.py clears IPV6_V6ONLY for it).  Port 0 never collides.
+        Found in one pass: first socket seen per (port, address class)."""
+        seen_paths: dict[str, str] = {}
+        seen_ports: dict[int, dict[str, str]] = {}
+        for name, config in sockets.items():
+            other = None
+            if config.is_unix:
+                assert config.path is not None
+                directory, base = os.path.split(config.path)
+                where = os.path.join(os.path.realpath(directory), base)
+                other = seen_paths.setdefault(where, name)
+            elif config.port:
+                assert config.host is not None
+                taken = seen_ports.setdefault(config.port, {})
+                address = ipaddress.ip_address(config.host)
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                    address = address.ipv4_mapped
+                v4 = isinstance(address, ipaddress.IPv4Address)
+                if address.is_unspecified and not v4:       # "::": everything
+                    conflicts = ["any6", "any4"]
+                elif address.is_unspecified:                # "0.0.0.0": all of IPv4
+                    conflicts = ["wild6", "any4"]
+                else:
+                    conflicts = ["wild6", f"={address}"] + (["wild4"] if v4 else [])
+                other = next((taken[c] for c in conflicts if c in taken), None)
+                marks = ["any4" if v4 else "any6", f"={address}"]
+                if address.is_unspecified:
+                    marks.append("wild4" if v4 else "wild6")
+                for mark in marks:
+                    taken.setdefault(mark, name)
+            if other is not None and other != name:
+                raise self.error(
+                    f"same address as [{sections[other]}] ({config.describe()} and "
+                    f"{sockets[other].describe()}): only one of them could be bound.  "
+                    "To serve one address from several watchers, list the one socket in "
+                    "each watcher's sockets", sections[name])
 
     # ---- option tables
 
@@ -741,6 +899,7 @@ class _Loader:
             http=self.http_address(values, section),
             http_token_file=values.get("http_token_file"),
             cgroup=values.get("cgroup", "auto"),
+            start_failure=values.get("start_failure", "exit"),
         )
 
     def http_address(self, values: dict[str, Any], section: str) -> str | None:
@@ -960,6 +1119,14 @@ class _Loader:
         working_dir = values.get("working_dir")
         if working_dir is not None and not os.path.isdir(working_dir):
             raise self.error(f"no such directory: {working_dir}", section, keys["working_dir"])
+        # The program as execvpe will look for it, as the worker's user.  Not when
+        # its name depends on the worker ($(sockvisor.wid), a socket's fd number):
+        # then exec is the check.  $(sockvisor.env.X) is already expanded here.
+        if not _SUBSTITUTION.search(cmd_parts[0]):
+            problem = program_problem(cmd_parts[0], full_env, working_dir,
+                                      _Identity.of(uid, gid, user))
+            if problem:
+                raise self.error(problem, section, keys["cmd"])
 
         restart = RestartPolicy(
             respawn=values.get("respawn", True),
@@ -996,7 +1163,7 @@ class _Loader:
 
     def split_words(self, text: str, section: str, key: str | None) -> list[str]:
         try:
-            return shlex.split(text)
+            return split_words(text)
         except ValueError as exc:
             raise self.error(f"cannot split into words: {exc}", section, key) from None
 
@@ -1059,6 +1226,130 @@ class _Loader:
                 return env[name]
             return match.group(0)
         return _SUBSTITUTION.sub(replace, text)
+
+
+# ------------------------------------------------------------- can the worker exec cmd?
+# A first, deliberately small version of "as that user would see it": the mode
+# bits of the file and of every directory on the way, judged for the worker's uid,
+# gid and supplementary groups (root: any x bit on a regular file), and noexec
+# mounts.  ACLs, capabilities and LSMs are not looked at (issue 10 plans a check
+# done by a child that really is that user); exec stays the final judge.
+
+@dataclass(frozen=True)
+class _Identity:
+    uid: int
+    gids: frozenset[int]
+    name: str
+
+    @classmethod
+    def of(cls, uid: int | None, gid: int | None, user: str | None) -> "_Identity":
+        """Who the worker runs as: `uid`/`gid` from the config, else sockvisor's user."""
+        if uid is None and gid is None:
+            gids = frozenset([os.getegid(), *os.getgroups()])
+        elif user is not None:
+            try:   # what initgroups gives the worker (process.user_groups)
+                gids = frozenset(os.getgrouplist(user, gid if gid is not None else 0))
+            except OSError:
+                gids = frozenset([gid] if gid is not None else [])
+        else:
+            gids = frozenset([gid] if gid is not None else [])
+        uid = os.geteuid() if uid is None else uid
+        if user is None:
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = f"uid {uid}"
+        return cls(uid, gids, user)
+
+    def may(self, st: os.stat_result, bits: tuple[int, int, int]) -> bool:
+        """The kernel's rule: the owner class if we own it, else the group class if
+        one of our groups has it, else other; the first class that applies decides."""
+        if self.uid == 0:
+            return True
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & bits[0])
+        if st.st_gid in self.gids:
+            return bool(st.st_mode & bits[1])
+        return bool(st.st_mode & bits[2])
+
+
+_EXECUTE = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+_ANY_EXECUTE = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH   # even root needs one
+
+
+def _describe_mode(st: os.stat_result) -> str:
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group}"
+
+
+def _exec_problem(path: str, who: _Identity) -> str | None:
+    """Why `who` could not execve(`path`) (an absolute path), or None."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{path}: not found"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path}: not a regular file"
+    # Every directory on the way must be searchable, on the path as written and
+    # on the one symlinks lead to.
+    for name in (path, os.path.realpath(path)):
+        directory = os.path.dirname(name)
+        while True:
+            try:
+                dir_st = os.stat(directory)
+            except OSError as exc:
+                return f"{path}: cannot look at {directory}: {exc.strerror}"
+            if not who.may(dir_st, _EXECUTE):
+                return (f"{path}: {who.name} may not enter {directory} "
+                        f"({_describe_mode(dir_st)})")
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+    if not st.st_mode & _ANY_EXECUTE or not who.may(st, _EXECUTE):
+        return f"{path}: not executable by {who.name} ({_describe_mode(st)})"
+    try:
+        if os.statvfs(path).f_flag & os.ST_NOEXEC:
+            return f"{path}: on a file system mounted noexec"
+    except OSError:
+        pass
+    return None
+
+
+def program_problem(program: str, env: Mapping[str, str], working_dir: str | None,
+                    who: _Identity) -> str | None:
+    """Why the worker could not exec `program`, searched as os.execvpe does (a name
+    without "/" in the worker's PATH, else os.defpath; a relative path from its
+    working directory), or None if it could."""
+    if "\0" in program:
+        return "the program name contains a NUL character"
+    try:
+        cwd = working_dir or os.getcwd()
+    except OSError:   # sockvisor's own directory is gone
+        cwd = "/"
+    if "/" in program:
+        return _exec_problem(os.path.normpath(os.path.join(cwd, program)), who)
+    problems = []
+    for directory in os.get_exec_path(env):
+        candidate = os.path.normpath(os.path.join(cwd, directory, program))
+        problem = _exec_problem(candidate, who)
+        if problem is None:
+            return None
+        if not problem.endswith(": not found"):
+            problems.append(problem)
+    if problems:   # execvpe reports the first error that is not "no such file"
+        return problems[0]
+    return (f"{program}: not found in PATH "
+            f"({env.get('PATH', os.defpath)})")
 
 
 def expand_worker_args(argv: list[str], wid: int, fds: Mapping[str, int]) -> list[str]:
@@ -1141,6 +1432,7 @@ def watcher_from_options(path: str, name: str, options: Mapping[str, Any],
             value = "true" if value else "false"
         parser.set(section, str(key), str(value))
     loader = _Loader("<control>", parser, os.environ if environ is None else environ)
+    loader.check_lengths(section)
     return loader.build_watcher(name, section, (), sockets)
 
 

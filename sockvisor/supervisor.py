@@ -7,9 +7,12 @@ one fails, nothing is spawned; then the reaper, the workers' notify socket and
 the watchers, and only then is the control channel read; READY=1 to systemd
 once every autostart watcher's first generation is ready (having asked, with EXTEND_TIMEOUT_USEC, for
 as long as the config lets start-up take; likewise for a reload and a stop: see
-phase_bounds.py).  Shut-down is the reverse: STOPPING=1, every
-watcher stops its workers (stop_signal, graceful_timeout, SIGKILL), the control
-channel closes, and the listening sockets close last.
+phase_bounds.py).  A watcher that goes FATAL before that fails the start
+(`start_failure = exit`, the default): no READY=1, everything stopped, the
+sockets closed, exit status 4; see `_start_watcher`.  Shut-down is the
+reverse: STOPPING=1, every watcher stops its workers (stop_signal,
+graceful_timeout, SIGKILL), the control channel closes, and the listening
+sockets close last.
 
 Process containment (cgroup.py: a cgroup per worker where cgroup v2 is usable,
 else process groups and, with `subreaper`, adopted orphans) is set up first —
@@ -34,13 +37,13 @@ from typing import Any, Callable
 from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import phase_bounds, systemd
+from sockvisor.config import Config, ConfigError, ReadyKind
 from sockvisor.http import start_console
-from sockvisor.config import Config, ConfigError, SocketConfig
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reaper import Reaper, become_subreaper
 from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
-from sockvisor.states import WatcherState
+from sockvisor.states import WatcherState, WorkerState
 from sockvisor.watcher import Watcher, WatcherContext
 
 log = logging.getLogger("sockvisor")
@@ -49,6 +52,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_SOCKET = 3
+EXIT_START = 4      # an autostart watcher could not start (start_failure = exit)
 
 
 class StartupError(Exception):
@@ -89,11 +93,15 @@ class Supervisor:
         self._status_pending = False
         self._watchdog_task: asyncio.Task | None = None
         self._ready_reported = False   # READY=1 for the start-up was sent
+        self._start_failure = ""       # why start-up failed: the STATUS= from then on
+        self._published = asyncio.Event()   # replaced after every event
         self._config_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ events
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
+        self._published.set()
+        self._published = asyncio.Event()
         for subscriber in self.subscribers:
             try:
                 subscriber(topic, data)
@@ -105,7 +113,7 @@ class Supervisor:
 
     def _send_status(self) -> None:
         self._status_pending = False
-        self.notifier.status(self.status_line())
+        self.notifier.status(self._start_failure or self.status_line())
 
     def status_line(self) -> str:
         parts = []
@@ -244,6 +252,8 @@ class Supervisor:
         startup = asyncio.ensure_future(self._start_watchers())
         stop_or_started = await asyncio.wait({startup, self._stop_requested},
                                              return_when=asyncio.FIRST_COMPLETED)
+        if startup in stop_or_started[0] and startup.exception() is not None:
+            return await self._fail_start(startup.exception())
         if startup in stop_or_started[0]:
             log.info("sockvisor ready: %s", self.status_line())
             self.notifier.ready(self.status_line())
@@ -270,8 +280,65 @@ class Supervisor:
         return tree
 
     async def _start_watchers(self) -> None:
-        await asyncio.gather(*(w.start() for w in self.watchers.values()
+        await asyncio.gather(*(self._start_watcher(w) for w in self.watchers.values()
                                if w.config.autostart))
+
+    async def _start_watcher(self, watcher: Watcher) -> None:
+        """Start one watcher for sockvisor's start-up.
+
+        With `start_failure = exit` (the default) start-up is over for a watcher
+        only once it has really started, and a watcher that goes FATAL first fails
+        the whole start (StartupError, EXIT_START): holding a port that nobody
+        serves, and telling the service manager we are ready, is worse than
+        failing where systemd's restart policy and the operator can see it.
+        "Really started" is the restart policy's own line between a failed start
+        and a crash: every worker ready, and with `ready = started` (exec
+        succeeded, which says nothing about what the program does next) each one
+        alive for min_uptime -- a worker that exits at once is not "started".
+        """
+        await watcher.start()
+        if self.config.globals.start_failure != "exit":
+            return
+        while watcher.state != WatcherState.FATAL:
+            wait = self._time_to_settle(watcher)
+            if wait is not None and wait <= 0:
+                return
+            published = self._published
+            try:
+                await asyncio.wait_for(published.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        raise StartupError(f"watcher {watcher.name} is FATAL: {watcher.fatal_reason}",
+                           EXIT_START)
+
+    @staticmethod
+    def _time_to_settle(watcher: Watcher) -> float | None:
+        """Seconds until `watcher` counts as started if nothing happens (<= 0: it
+        does); None: not until something happens (a worker is missing or not ready)."""
+        if watcher.state not in (WatcherState.STARTING, WatcherState.ACTIVE):
+            return 0.0   # stopped or reloading by command: the operator decides
+        config = watcher.config
+        if config.ready.kind != ReadyKind.STARTED or config.restart.min_uptime <= 0:
+            return 0.0   # watcher.start() waited for readiness that means something
+        workers = watcher.live_workers()
+        if len(workers) < watcher.numprocesses or any(
+                w.state != WorkerState.RUNNING for w in workers):
+            return None
+        youngest = min((w.uptime for w in workers), default=config.restart.min_uptime)
+        return config.restart.min_uptime - youngest
+
+    async def _fail_start(self, failure: BaseException) -> int:
+        """A watcher could not start: stop everything, close the sockets, no READY=1."""
+        if isinstance(failure, StartupError):
+            status = failure.status
+            log.error("start-up failed: %s; stopping (start_failure = exit)", failure)
+        else:
+            status = EXIT_FAILURE
+            log.error("start-up failed", exc_info=failure)
+        self._start_failure = f"start-up failed: {failure}"
+        self.notifier.status(self._start_failure)
+        await self._teardown(StopMode.GRACEFUL)
+        return status
 
     async def _open_control(self) -> None:
         """Open the control endpoints (not yet reading): before any socket is bound."""

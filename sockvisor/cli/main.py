@@ -2,7 +2,8 @@
 
 Exit status: 0 stopped cleanly, 1 failed while running, 2 bad config or usage
 (nothing was bound or spawned), 3 a socket or the control endpoint could not be
-opened.
+opened, 4 a watcher could not start (it went FATAL during start-up, with
+`[sockvisor] start_failure = exit`, the default; nothing is left running).
 """
 
 from __future__ import annotations

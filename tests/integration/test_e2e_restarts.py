@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import psutil
 
 from conftest import (listening_inodes, parse_http_response, read_until_eof,
@@ -76,7 +78,7 @@ def test_crash_loop_goes_fatal_and_other_watchers_keep_serving(sockvisor, script
         cmd = {scripts.cmd("worker.py")} --role web
         sockets = web
         graceful_timeout = 1
-    """)
+    """, globals="start_failure = continue")
     sv.wait_log(r"watcher crash is FATAL: 4 failed starts within 30s \(max_restarts = 3\)")
     sv.wait_log(r"watcher crash: \w+ -> fatal")
     spawns = sv.log_count(r"watcher crash: spawned ")
@@ -163,13 +165,19 @@ def test_orphans_reparented_to_subreaper_are_reaped(sockvisor, scripts):
     sv.wait_workers(1, "worker.py", exclude=[worker])
 
 
-def test_missing_binary_is_reported_and_goes_fatal(sockvisor, scripts):
+def test_missing_binary_is_reported_and_goes_fatal(sockvisor, scripts, tmp_path):
+    # A missing cmd is a config error; a binary can still vanish after the config
+    # was read (a deploy gone wrong): then exec says so and the watcher goes FATAL.
+    binary = tmp_path / "binary"
+    binary.write_bytes(Path("/bin/true").read_bytes())
+    binary.chmod(0o755)
     sv = sockvisor(f"""
         [socket:web]
         port = 0
 
         [watcher:broken]
-        cmd = /nonexistent/binary --flag
+        cmd = {binary} --flag
+        autostart = false
         backoff_base = 0.01
         backoff_max = 0.05
         max_restarts = 2
@@ -179,7 +187,12 @@ def test_missing_binary_is_reported_and_goes_fatal(sockvisor, scripts):
         sockets = web
         graceful_timeout = 1
     """)
-    sv.wait_log(r"watcher broken: cannot execute '/nonexistent/binary': not found")
+    binary.unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint", f"ipc://{sv.directory}/ctl",
+         "start", "broken"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result
+    sv.wait_log(rf"watcher broken: cannot execute '{binary}': not found")
     sv.wait_log(r"watcher broken is FATAL")
     log = sv.log()
     assert "Traceback" not in log

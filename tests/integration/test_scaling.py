@@ -95,7 +95,7 @@ def test_scaling_a_fatal_watcher_changes_only_the_count_until_start(sockvisor, t
     worker.set_mode("crash")   # crash loop from the start
     sv = sockvisor(socket_section() + watcher_section(
         "web", worker, numprocesses=1, min_uptime=0.5, backoff_base=0.05,
-        max_restarts=1))
+        max_restarts=1), globals="start_failure = continue")
     with control(sv) as client:
         port = client.port("web")
         fatal = wait_for(lambda: (lambda d: d if d["state"] == "fatal" else None)(

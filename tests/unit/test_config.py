@@ -78,6 +78,9 @@ def assert_located(error: ConfigError, path: Path | str, section: str | None,
         assert fragment in text, f"{fragment!r} not in {text!r}"
 
 
+#: For tests about other sections: a config needs a watcher (test_config_checks.py).
+A_WATCHER = "\n[watcher:any]\ncmd = sleep 1\nautostart = false\n"
+
 WEB_SOCKET = """
 [socket:web]
 host = 127.0.0.1
@@ -182,9 +185,7 @@ def test_unparsable_line(tmp_path):
                section=None, key=None, says="cannot parse line(s) 3")
 
 
-def test_empty_file_is_an_empty_config(tmp_path):
-    cfg = load_ok(tmp_path, "")
-    assert cfg.sockets == {} and cfg.watchers == {} and cfg.warnings == ()
+# An empty file is an error ("nothing to run"): see test_config_checks.py.
 
 
 # --------------------------------------------------------------------------- sections
@@ -622,7 +623,7 @@ def test_more_ignored_circus_options_warn(tmp_path, section, key, value):
 
 
 def test_circus_include_switched_off_is_accepted(tmp_path):
-    assert load_ok(tmp_path, "[circus]\ninclude =\n").warnings == ()
+    assert load_ok(tmp_path, "[circus]\ninclude =\n" + A_WATCHER).warnings == ()
 
 
 def test_every_circus_rlimit(tmp_path):
@@ -683,7 +684,7 @@ def test_tcp_endpoint_with_curve(tmp_path):
     (tmp_path / "clients").mkdir()
     cfg = load_ok(tmp_path, "[sockvisor]\nendpoint = tcp://127.0.0.1:5555\n"
                   "curve_secret_key_file = {tmp}/server.key\n"
-                  "curve_authorized_keys_dir = {tmp}/clients\n")
+                  "curve_authorized_keys_dir = {tmp}/clients\n" + A_WATCHER)
     assert cfg.globals.endpoint == "tcp://127.0.0.1:5555"
     assert cfg.globals.curve_secret_key_file == f"{tmp_path}/server.key"
 
@@ -691,7 +692,7 @@ def test_tcp_endpoint_with_curve(tmp_path):
 def test_global_values(tmp_path):
     cfg = load_ok(tmp_path, "[sockvisor]\nendpoint = ipc://{tmp}/ctl\n"
                   "pubsub_endpoint = ipc://{tmp}/pub\nloglevel = DEBUG\nsubreaper = yes\n"
-                  "umask = 027\nendpoint_group = 0\n")
+                  "umask = 027\nendpoint_group = 0\n" + A_WATCHER)
     g = cfg.globals
     assert g.endpoint == f"ipc://{tmp_path}/ctl"
     assert g.pubsub_endpoint == f"ipc://{tmp_path}/pub"
@@ -763,7 +764,7 @@ def test_unix_only_options_on_inet_socket(tmp_path, key, value):
 
 def test_ipv4_socket(tmp_path):
     cfg = load_ok(tmp_path, "[socket:web]\nhost = 0.0.0.0\nport = 8080\nbacklog = 128\n"
-                  "reuseport = yes\nblocking = false\n")
+                  "reuseport = yes\nblocking = false\n" + A_WATCHER)
     web = cfg.sockets["web"]
     assert (web.name, web.family, web.host, web.port) == ("web", socket.AF_INET,
                                                           "0.0.0.0", 8080)
@@ -773,20 +774,22 @@ def test_ipv4_socket(tmp_path):
 
 
 def test_socket_defaults(tmp_path):
-    web = load_ok(tmp_path, "[socket:web]\nport = 0\n").sockets["web"]
+    web = load_ok(tmp_path, "[socket:web]\nport = 0\n" + A_WATCHER).sockets["web"]
     assert (web.family, web.host, web.port) == (socket.AF_INET, "127.0.0.1", 0)
     assert (web.backlog, web.blocking, web.reuseport) == (2048, True, False)
 
 
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_ipv6_socket(tmp_path, host):
-    web = load_ok(tmp_path, f"[socket:web]\nhost = {host}\nport = 8080\n").sockets["web"]
+    web = load_ok(tmp_path, f"[socket:web]\nhost = {host}\nport = 8080\n"
+                  + A_WATCHER).sockets["web"]
     assert (web.family, web.host, web.port) == (socket.AF_INET6, "::1", 8080)
     assert web.describe() == "[::1]:8080"
 
 
 def test_ipv6_family_without_host_defaults_to_ipv6_loopback(tmp_path):
-    web = load_ok(tmp_path, "[socket:web]\nfamily = AF_INET6\nport = 0\n").sockets["web"]
+    web = load_ok(tmp_path, "[socket:web]\nfamily = AF_INET6\nport = 0\n"
+                  + A_WATCHER).sockets["web"]
     assert (web.family, web.host) == (socket.AF_INET6, "::1")
 
 
@@ -796,25 +799,25 @@ def test_ipv6_family_without_host_defaults_to_ipv6_loopback(tmp_path):
 ])
 def test_localhost_is_the_loopback_address(tmp_path, family, expected):
     web = load_ok(tmp_path, f"[socket:web]\nhost = localhost\nport = 0\n{family}\n"
-                  ).sockets["web"]
+                  + A_WATCHER).sockets["web"]
     assert (web.family, web.host) == expected
 
 
 def test_port_zero_and_edges(tmp_path):
     cfg = load_ok(tmp_path, "[socket:a]\nport = 0\n[socket:b]\nport = 65535\n"
-                  "[socket:c]\nport = 0x50\n")
+                  "[socket:c]\nport = 0x50\n" + A_WATCHER)
     assert [s.port for s in cfg.sockets.values()] == [0, 65535, 80]
 
 
 def test_circus_socket_spelling(tmp_path):
     cfg = load_ok(tmp_path, "[socket:web]\nhost = 127.0.0.1\nport = 0\nfamily = AF_INET\n"
-                  "type = SOCK_STREAM\nso_reuseport = true\n")
+                  "type = SOCK_STREAM\nso_reuseport = true\n" + A_WATCHER)
     assert cfg.sockets["web"].reuseport is True
 
 
 def test_unix_socket_with_mode(tmp_path):
     cfg = load_ok(tmp_path, UNIX_SOCKET + "mode = 0660\nowner = root\ngroup = root\n"
-                  "backlog = 16\n")
+                  "backlog = 16\n" + A_WATCHER)
     web = cfg.sockets["web"]
     assert web.family == socket.AF_UNIX and web.is_unix
     assert web.path == f"{tmp_path}/web.sock"
@@ -824,7 +827,7 @@ def test_unix_socket_with_mode(tmp_path):
 
 
 def test_unix_socket_family_given(tmp_path):
-    cfg = load_ok(tmp_path, UNIX_SOCKET + "family = AF_UNIX\nmode = 600\n")
+    cfg = load_ok(tmp_path, UNIX_SOCKET + "family = AF_UNIX\nmode = 600\n" + A_WATCHER)
     assert cfg.sockets["web"].mode == 0o600
 
 
@@ -1002,11 +1005,11 @@ def test_env_substitution_sees_sockvisor_env_without_copy_env(tmp_path):
 def test_worker_substitutions_left_for_spawn_time(tmp_path):
     text = WEB_SOCKET + "\n[socket:api]\nport = 0\n" + textwrap.dedent("""
         [watcher:web]
-        cmd = server --fd $(sockvisor.sockets.web)
+        cmd = true --fd $(sockvisor.sockets.web)
         args = --wid=$(sockvisor.wid) --api $(circus.sockets.api)
         """)
     web = load_ok(tmp_path, text).watchers["web"]
-    assert web.argv() == ["server", "--fd", "$(sockvisor.sockets.web)",
+    assert web.argv() == ["true", "--fd", "$(sockvisor.sockets.web)",
                           "--wid=$(sockvisor.wid)", "--api", "$(circus.sockets.api)"]
     assert web.sockets == ("web", "api")   # added in order of reference
 
@@ -1014,7 +1017,7 @@ def test_worker_substitutions_left_for_spawn_time(tmp_path):
 def test_referenced_socket_added_after_listed_ones(tmp_path):
     text = WEB_SOCKET + "\n[socket:api]\nport = 0\n" + textwrap.dedent("""
         [watcher:web]
-        cmd = server --fd $(sockvisor.sockets.web)
+        cmd = true --fd $(sockvisor.sockets.web)
         sockets = api
         """)
     assert load_ok(tmp_path, text).watchers["web"].sockets == ("api", "web")
@@ -1022,23 +1025,24 @@ def test_referenced_socket_added_after_listed_ones(tmp_path):
 
 def test_use_sockets_gives_all_sockets(tmp_path):
     text = WEB_SOCKET + "\n[socket:api]\nport = 0\n" + UNIX_SOCKET.replace(
-        "socket:web", "socket:admin") + "\n[watcher:web]\ncmd = server\nuse_sockets = true\n"
+        "socket:web", "socket:admin") + "\n[watcher:web]\ncmd = true\nuse_sockets = true\n"
     assert load_ok(tmp_path, text).watchers["web"].sockets == ("web", "api", "admin")
 
 
 def test_use_sockets_false_gives_none(tmp_path):
-    web = load_ok(tmp_path, watcher("cmd = server\nuse_sockets = false")).watchers["web"]
+    web = load_ok(tmp_path, watcher("cmd = true\nuse_sockets = false")).watchers["web"]
     assert web.sockets == ()
 
 
 def test_explicit_sockets_win_over_use_sockets(tmp_path):
     text = WEB_SOCKET + "\n[socket:api]\nport = 0\n" + (
-        "\n[watcher:web]\ncmd = server\nuse_sockets = true\nsockets = api\n")
+        "\n[watcher:web]\ncmd = true\nuse_sockets = true\nsockets = api\n")
     assert load_ok(tmp_path, text).watchers["web"].sockets == ("api",)
 
 
 def test_several_watchers_share_a_socket(tmp_path):
-    text = watcher("cmd = a\nsockets = web") + "\n[watcher:other]\ncmd = b\nsockets = web\n"
+    text = (watcher("cmd = true\nsockets = web")
+            + "\n[watcher:other]\ncmd = sleep 1\nsockets = web\n")
     cfg = load_ok(tmp_path, text)
     assert [w.sockets for w in cfg.watchers.values()] == [("web",), ("web",)]
 
@@ -1175,13 +1179,13 @@ def test_expand_worker_args_leaves_input_alone():
 
 def test_loaded_watcher_expands_per_worker(tmp_path):
     text = WEB_SOCKET + "\n[socket:api]\nport = 0\n" + (
-        "\n[watcher:web]\ncmd = server --fd $(sockvisor.sockets.api)\n"
+        "\n[watcher:web]\ncmd = true --fd $(sockvisor.sockets.api)\n"
         "args = --also $(sockvisor.sockets.web) --wid $(sockvisor.wid)\n")
     web = load_ok(tmp_path, text).watchers["web"]
     fds = {name: 3 + index for index, name in enumerate(web.sockets)}
     assert fds == {"api": 3, "web": 4}
     assert expand_worker_args(web.argv(), 1, fds) == [
-        "server", "--fd", "3", "--also", "4", "--wid", "1"]
+        "true", "--fd", "3", "--also", "4", "--wid", "1"]
 
 
 # --------------------------------------------------------------------------- regressions
