@@ -480,6 +480,7 @@ def keep_listening(sockets: Iterable[ListeningSocket],
     for listening in sockets:
         if listening.sock.fileno() < 0:
             continue
+        fd_before = listening.fd
         try:
             repaired = listening.ensure_listening()
         except SocketError as exc:
@@ -503,7 +504,9 @@ def keep_listening(sockets: Iterable[ListeningSocket],
                     listening.relistened)
         publish(f"socket.{listening.name}.relisten",
                 {"name": listening.name, "address": listening.address, "how": repaired,
-                 "relistened": listening.relistened})
+                 "relistened": listening.relistened,
+                 # A new socket (unix): whoever keeps a copy of the fd must take it.
+                 "replaced": listening.fd != fd_before})
 
 
 def adopt(config: SocketConfig, fd: int) -> ListeningSocket:

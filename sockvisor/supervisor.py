@@ -82,7 +82,8 @@ class Supervisor:
         self.retired_sockets: list[ListeningSocket] = []
         self.watchers: dict[str, Watcher] = {}
         self.workers_by_pid: dict[int, Worker] = {}
-        self.subscribers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.subscribers: list[Callable[[str, dict[str, Any]], None]] = [
+            self._on_socket_replaced]
         self.started_at = time.time()
         self.reaper: Reaper | None = None
         self.cgroups: cgroup.CgroupTree | None = None
@@ -457,6 +458,12 @@ class Supervisor:
         if self.use_fdstore:
             self.notifier.fdstore_remove(name)
             self.notifier.fdstore([self.sockets[name].fd], name)
+
+    def _on_socket_replaced(self, topic: str, data: dict[str, Any]) -> None:
+        """A unix socket a worker shut down was bound anew (sockets.keep_listening):
+        the fd store must hold the new one, or the next start adopts a dead socket."""
+        if topic.endswith(".relisten") and data.get("replaced") and data["name"] in self.sockets:
+            self.store_socket(data["name"])
 
     def unstore_socket(self, name: str) -> None:
         if self.use_fdstore and systemd.valid_fdname(name):

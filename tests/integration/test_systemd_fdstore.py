@@ -223,3 +223,61 @@ def test_reloadconfig_keeps_the_store_in_step_with_renamed_and_swapped_sockets(
 
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
+
+
+# Shut the unix socket down once (a hostile or buggy worker), then idle.
+_SHUTDOWN_ONCE = r'''
+import os, signal, socket, sys
+marker = sys.argv[1]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    socket.socket(fileno=3).shutdown(socket.SHUT_RD)
+    sys.exit(1)
+while True:
+    signal.pause()
+'''
+
+
+def test_a_unix_socket_bound_anew_replaces_the_stored_one(tmp_path, services, manager):
+    """No listen() undoes a unix socket's shutdown(): sockvisor binds a new socket
+    at the path (sockets.keep_listening).  The store must then hold the new one,
+    or a restart from the store would adopt the dead socket and refuse everyone."""
+    directory = tmp_path / "sv"
+    directory.mkdir()
+    script = directory / "shutdown_once.py"
+    script.write_text(_SHUTDOWN_ONCE)
+    path = directory / "app.sock"
+    conf = write_config(directory, f"""
+        [socket:app]
+        path = {path}
+
+        [watcher:app]
+        cmd = {sys.executable} {script} {directory / "shut-down"}
+        sockets = app
+        graceful_timeout = 2
+        min_uptime = 0
+    """, globals_="fdstore = true\nstart_failure = continue")
+    sv = services.start(SOCKVISOR + [str(conf)], clean_env(NOTIFY_SOCKET=manager.address))
+    first = manager.expect_field("FDSTORE", "1", alive=sv.proc)
+    [first_fd] = first.fds
+    first_inode = os.fstat(first_fd).st_ino
+    sv.wait_log(r"socket app .*was shut down by a worker")
+
+    def store_holds_a_new_socket() -> bool:
+        manager.collect(0.05)
+        store = manager.fd_store()
+        return store.get("app") not in (None, [first_inode]) and store
+    store = wait_for(store_holds_a_new_socket, 10,
+                     message=lambda: f"a new socket in the store\n{manager.messages}")
+    [inode] = store["app"]
+    assert os.stat(path).st_ino != first_inode   # not the file: the socket's inode
+    held = [m for m in manager.with_key("FDSTORE") if m.fields.get("FDNAME") == "app"][-1]
+    with socket.socket(fileno=os.dup(held.fds[0])) as stored:
+        assert stored.getsockname() == str(path)
+        stored.settimeout(5)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))          # the stored socket takes connections
+            stored.accept()[0].close()
+    assert os.fstat(held.fds[0]).st_ino == inode
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
