@@ -201,21 +201,28 @@ class LogFile:
         our own file through its fd."""
         self.size = 0
         if self.backup_count <= 0:
-            os.ftruncate(self.fd, 0)
-            self.recheck()
-            self._follow_path()
+            self._truncate()
             return
-        for index in range(self.backup_count - 1, 0, -1):
-            try:
-                os.rename(f"{self.name}.{index}", f"{self.name}.{index + 1}",
-                          src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
-            except FileNotFoundError:
-                pass
         try:
+            for index in range(self.backup_count - 1, 0, -1):
+                try:
+                    os.rename(f"{self.name}.{index}", f"{self.name}.{index + 1}",
+                              src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+                except FileNotFoundError:
+                    pass
             os.rename(self.name, f"{self.name}.1", src_dir_fd=self.dirfd,
                       dst_dir_fd=self.dirfd)
         except FileNotFoundError:
             self.reopen()   # our file (or its folder) is gone
+            return
+        except OSError as exc:
+            # The worker's folder can block a rename for ever (a directory at
+            # NAME.N, say).  Keep the size bound rather than grow without end:
+            # empty our own file, as with no backups, and say why.
+            _warnings.warning((self.path, "rotate-rename", exc.errno),
+                              "cannot rotate %s (%s): emptying it instead, so it "
+                              "stays under stdout_max_bytes", self.path, exc)
+            self._truncate()
             return
         try:
             fd = logdir.open_file(self.dirfd, self.name, self.path, self.trust)
@@ -227,6 +234,13 @@ class LogFile:
             return
         os.close(self.fd)
         self.fd = fd
+
+    def _truncate(self) -> None:
+        """Empty our own file through its fd (never by path), then check that it
+        is still the one at our path."""
+        os.ftruncate(self.fd, 0)
+        self.recheck()
+        self._follow_path()
 
     def close(self) -> None:
         for fd in (self.fd, self.dirfd):

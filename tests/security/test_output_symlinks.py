@@ -178,3 +178,52 @@ def test_start_refuses_a_planted_symlink(world_readable_dir, layout, tmp_path):
         assert "[watcher:web]" in result.stderr and "stdout" in result.stderr, result.stderr
         assert "symbolic link" in result.stderr, result.stderr
     _unchanged(target)
+
+
+BLOCKER = r'''
+"""Attacker worker: put a non-empty directory at every backup name, so no rotation
+rename can succeed, then write LINES lines and wait."""
+import os, signal, sys
+
+logdir, backups, lines = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for index in range(1, backups + 1):
+    blocker = os.path.join(logdir, f"out.log.{index}")
+    os.makedirs(os.path.join(blocker, "full"), exist_ok=True)
+open(os.path.join(logdir, "blocked"), "w").close()
+out = os.fdopen(1, "w", buffering=1)
+for number in range(lines):
+    out.write(f"line {number:06d} " + "y" * 40 + "\n")
+out.flush()
+while True:
+    signal.pause()
+'''
+
+
+def test_a_blocked_rotation_keeps_the_size_bound(world_readable_dir, layout, sockvisor):
+    """The worker makes every rotation rename fail (a directory at out.log.N): root's
+    out.log must still stay under stdout_max_bytes (it is emptied through our fd
+    instead), never grow without end in the worker's folder."""
+    _planter, logdir, _target = layout
+    blocker = world_readable_dir / "workers" / "blocker.py"
+    blocker.write_text(BLOCKER.lstrip())
+    blocker.chmod(0o644)
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {SYSTEM_PYTHON} {blocker} {logdir} 2 400
+        uid = nobody
+        working_dir = {world_readable_dir}
+        stdout = file:{logdir}/out.log
+        stdout_max_bytes = 1000
+        stdout_backup_count = 2
+        graceful_timeout = 1
+        """)
+    wait_for(lambda: (logdir / "blocked").exists(), 10,
+             message=lambda: f"the worker to block the backups\n{sv.describe()}")
+    # 400 lines of ~52 bytes: about 20 rotations at 1,000 bytes, every one blocked.
+    wait_for(lambda: sv.log_count(r"cannot rotate .*out\.log"), 15,
+             message=lambda: f"a blocked rotation\n{sv.describe()}")
+    wait_for(lambda: "line 000399" in (logdir / "out.log").read_text(), 15,
+             message=lambda: f"the last line in out.log\n{sv.describe()}")
+    assert (logdir / "out.log").stat().st_size <= 1000
+    assert sv.log_count(r"cannot rotate .*out\.log") == 1, "one warning, rate-limited"
+    assert sv.proc.poll() is None
