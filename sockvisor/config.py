@@ -87,6 +87,10 @@ class ReadyPolicy:
     kind: ReadyKind = ReadyKind.STARTED
     delay: float = 0.0
     timeout: float = 60.0
+    # How long a ready worker must then stay alive before it counts as settled
+    # (a reload retires old workers only for settled new ones); None: the
+    # watcher's min_uptime (`WatcherConfig.ready_settle`).
+    settle: float | None = None
 
 
 UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
@@ -162,6 +166,11 @@ class WatcherConfig:
 
     def argv(self) -> list[str]:
         return [self.cmd, *self.args]
+
+    @property
+    def ready_settle(self) -> float:
+        """Seconds a worker must stay alive after it is ready to count as settled."""
+        return self.restart.min_uptime if self.ready.settle is None else self.ready.settle
 
 
 @dataclass(frozen=True)
@@ -569,6 +578,7 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "stderr_stream.filename": _Option(_parse_nonempty),
     "ready": _Option(_parse_ready),
     "ready_timeout": _Option(_parse_float(0.0)),
+    "ready_settle": _Option(_parse_float(0.0)),
     "reload_batch": _Option(_parse_int(0)),
     "autostart": _Option(_parse_bool),
     "shell": _Option(_parse_bool),
@@ -1141,7 +1151,8 @@ class _Loader:
                              keys.get("backoff_max", "backoff_max"))
         ready = values.get("ready", ReadyPolicy())
         ready = ReadyPolicy(ready.kind, ready.delay,
-                            values.get("ready_timeout", ReadyPolicy.timeout))
+                            values.get("ready_timeout", ReadyPolicy.timeout),
+                            values.get("ready_settle"))
         if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
             raise self.error("the ready delay must be shorter than ready_timeout",
                              section, keys["ready"])
@@ -1465,6 +1476,8 @@ def _as_options(config: WatcherConfig) -> dict[str, Any]:
         "autostart": config.autostart,
         "copy_env": config.copy_env,
     }
+    if config.ready.settle is not None:
+        options["ready_settle"] = config.ready.settle
     if config.sockets:
         options["sockets"] = ",".join(config.sockets)
     if config.explicit_env:
