@@ -100,3 +100,16 @@ def test_ready_settle_zero_retires_at_ready(sockvisor, tmp_path):
         result = ctl(sv, "reload", "web")
         assert result.returncode == 0, (result.stdout, result.stderr)
         assert not worker_pids(client.status("web")) & worker_pids(before)
+
+
+@pytest.mark.timeout(40)
+def test_start_up_is_not_over_until_workers_settled(sockvisor, tmp_path):
+    """The same rule at start-up: a first generation that says READY=1 and dies is
+    no start.  It goes FATAL before it ever settled, so the start fails (exit 4)
+    instead of holding a port nobody serves."""
+    worker = ServeWorker(tmp_path / "worker")
+    worker.set_mode("ready_then_exit=0.3")
+    sv = sockvisor(socket_section() + watcher_section(
+        "web", worker, numprocesses=1, ready="notify", max_restarts=1), ready=False)
+    assert sv.wait_exit(20) == 4, sv.describe()
+    assert "start-up failed" in sv.log()
