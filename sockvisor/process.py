@@ -388,6 +388,17 @@ def user_groups(user: str | None, gid: int | None) -> list[int] | None:
         return [gid] if gid is not None else []
 
 
+def identity_env(config: WatcherConfig) -> dict[str, str]:
+    """The watcher's environment with HOME, USER and LOGNAME of its user (unless
+    the config sets them): what a worker gets before its sockets' variables."""
+    env = dict(config.env)
+    if config.uid is not None and config.user is not None:
+        env.setdefault("HOME", config.home or "/")
+        env.setdefault("USER", config.user)
+        env.setdefault("LOGNAME", config.user)
+    return env
+
+
 def listen_env(names: list[str]) -> dict[str, str]:
     """LISTEN_FDS / LISTEN_FDNAMES for sockets at 3…; LISTEN_PID is set in the child."""
     if not names:

@@ -530,11 +530,7 @@ class Watcher:
     def _base_env(self) -> dict[str, str]:
         if self._env_cache is None:
             config = self.config
-            env = dict(config.env)
-            if config.uid is not None and config.user is not None:
-                env.setdefault("HOME", config.home or "/")
-                env.setdefault("USER", config.user)
-                env.setdefault("LOGNAME", config.user)
+            env = process.identity_env(config)
             for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
                         "SERVER_STARTER_PORT", "WATCHDOG_PID", "WATCHDOG_USEC"):
                 env.pop(key, None)
