@@ -165,7 +165,7 @@ def test_gunicorn_recipe(sockvisor, tmp_path, preload):
         working_dir = {app_dir}
         sockets = web
         ready = notify
-        ready_settle = 3
+        {"" if preload else "ready_settle = 3"}
         graceful_timeout = 10
         """)
     with control(sv) as client:
@@ -210,6 +210,7 @@ def test_uvicorn_recipe(sockvisor, tmp_path):
         working_dir = {app_dir}
         sockets = web
         numprocesses = 2
+        ready_settle = 2
         graceful_timeout = 10
         """)
     with control(sv) as client:
