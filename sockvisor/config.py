@@ -9,9 +9,9 @@ did-you-mean, never silently kept.
 
 Checked across sections, because each would otherwise surface only after `start`
 had bound the ports: a config needs a watcher; no two sockets may share an
-address; each watcher's program must be there and executable by the worker's
-user (`program_problem`, searched as execvpe will); no value may be longer than
-64 KiB (nothing longer can reach exec, and the loader stays linear in the file).
+address; no value may be longer than 64 KiB (nothing longer can reach exec, and
+the loader stays linear in the file).  Whether each worker's user can enter its
+working_dir and run its program is asked as that user, by preflight.py.
 
 Substitutions:
   * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved here, against the watcher's
@@ -34,7 +34,6 @@ import resource
 import shlex
 import signal
 import socket
-import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -87,6 +86,10 @@ class ReadyPolicy:
     kind: ReadyKind = ReadyKind.STARTED
     delay: float = 0.0
     timeout: float = 60.0
+    # How long a ready worker must then stay alive before it counts as settled
+    # (a reload retires old workers only for settled new ones); None: the
+    # watcher's min_uptime (`WatcherConfig.ready_settle`).
+    settle: float | None = None
 
 
 UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
@@ -162,6 +165,11 @@ class WatcherConfig:
 
     def argv(self) -> list[str]:
         return [self.cmd, *self.args]
+
+    @property
+    def ready_settle(self) -> float:
+        """Seconds a worker must stay alive after it is ready to count as settled."""
+        return self.restart.min_uptime if self.ready.settle is None else self.ready.settle
 
 
 @dataclass(frozen=True)
@@ -569,6 +577,7 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "stderr_stream.filename": _Option(_parse_nonempty),
     "ready": _Option(_parse_ready),
     "ready_timeout": _Option(_parse_float(0.0)),
+    "ready_settle": _Option(_parse_float(0.0)),
     "reload_batch": _Option(_parse_int(0)),
     "autostart": _Option(_parse_bool),
     "shell": _Option(_parse_bool),
@@ -1119,14 +1128,11 @@ class _Loader:
         working_dir = values.get("working_dir")
         if working_dir is not None and not os.path.isdir(working_dir):
             raise self.error(f"no such directory: {working_dir}", section, keys["working_dir"])
-        # The program as execvpe will look for it, as the worker's user.  Not when
-        # its name depends on the worker ($(sockvisor.wid), a socket's fd number):
-        # then exec is the check.  $(sockvisor.env.X) is already expanded here.
-        if not _SUBSTITUTION.search(cmd_parts[0]):
-            problem = program_problem(cmd_parts[0], full_env, working_dir,
-                                      _Identity.of(uid, gid, user))
-            if problem:
-                raise self.error(problem, section, keys["cmd"])
+        # Whether the worker's user can run the program is asked by a child that is
+        # that user (preflight.py), at check, start, reloadconfig, add and set.
+        if "\0" in cmd_parts[0]:
+            raise self.error("the program name contains a NUL character", section,
+                             keys["cmd"])
 
         restart = RestartPolicy(
             respawn=values.get("respawn", True),
@@ -1141,7 +1147,8 @@ class _Loader:
                              keys.get("backoff_max", "backoff_max"))
         ready = values.get("ready", ReadyPolicy())
         ready = ReadyPolicy(ready.kind, ready.delay,
-                            values.get("ready_timeout", ReadyPolicy.timeout))
+                            values.get("ready_timeout", ReadyPolicy.timeout),
+                            values.get("ready_settle"))
         if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
             raise self.error("the ready delay must be shorter than ready_timeout",
                              section, keys["ready"])
@@ -1228,128 +1235,9 @@ class _Loader:
         return _SUBSTITUTION.sub(replace, text)
 
 
-# ------------------------------------------------------------- can the worker exec cmd?
-# A first, deliberately small version of "as that user would see it": the mode
-# bits of the file and of every directory on the way, judged for the worker's uid,
-# gid and supplementary groups (root: any x bit on a regular file), and noexec
-# mounts.  ACLs, capabilities and LSMs are not looked at (issue 10 plans a check
-# done by a child that really is that user); exec stays the final judge.
-
-@dataclass(frozen=True)
-class _Identity:
-    uid: int
-    gids: frozenset[int]
-    name: str
-
-    @classmethod
-    def of(cls, uid: int | None, gid: int | None, user: str | None) -> "_Identity":
-        """Who the worker runs as: `uid`/`gid` from the config, else sockvisor's user."""
-        if uid is None and gid is None:
-            gids = frozenset([os.getegid(), *os.getgroups()])
-        elif user is not None:
-            try:   # what initgroups gives the worker (process.user_groups)
-                gids = frozenset(os.getgrouplist(user, gid if gid is not None else 0))
-            except OSError:
-                gids = frozenset([gid] if gid is not None else [])
-        else:
-            gids = frozenset([gid] if gid is not None else [])
-        uid = os.geteuid() if uid is None else uid
-        if user is None:
-            try:
-                user = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                user = f"uid {uid}"
-        return cls(uid, gids, user)
-
-    def may(self, st: os.stat_result, bits: tuple[int, int, int]) -> bool:
-        """The kernel's rule: the owner class if we own it, else the group class if
-        one of our groups has it, else other; the first class that applies decides."""
-        if self.uid == 0:
-            return True
-        if st.st_uid == self.uid:
-            return bool(st.st_mode & bits[0])
-        if st.st_gid in self.gids:
-            return bool(st.st_mode & bits[1])
-        return bool(st.st_mode & bits[2])
-
-
-_EXECUTE = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
-_ANY_EXECUTE = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH   # even root needs one
-
-
-def _describe_mode(st: os.stat_result) -> str:
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group}"
-
-
-def _exec_problem(path: str, who: _Identity) -> str | None:
-    """Why `who` could not execve(`path`) (an absolute path), or None."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return f"{path}: not found"
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path}: not a regular file"
-    # Every directory on the way must be searchable, on the path as written and
-    # on the one symlinks lead to.
-    for name in (path, os.path.realpath(path)):
-        directory = os.path.dirname(name)
-        while True:
-            try:
-                dir_st = os.stat(directory)
-            except OSError as exc:
-                return f"{path}: cannot look at {directory}: {exc.strerror}"
-            if not who.may(dir_st, _EXECUTE):
-                return (f"{path}: {who.name} may not enter {directory} "
-                        f"({_describe_mode(dir_st)})")
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                break
-            directory = parent
-    if not st.st_mode & _ANY_EXECUTE or not who.may(st, _EXECUTE):
-        return f"{path}: not executable by {who.name} ({_describe_mode(st)})"
-    try:
-        if os.statvfs(path).f_flag & os.ST_NOEXEC:
-            return f"{path}: on a file system mounted noexec"
-    except OSError:
-        pass
-    return None
-
-
-def program_problem(program: str, env: Mapping[str, str], working_dir: str | None,
-                    who: _Identity) -> str | None:
-    """Why the worker could not exec `program`, searched as os.execvpe does (a name
-    without "/" in the worker's PATH, else os.defpath; a relative path from its
-    working directory), or None if it could."""
-    if "\0" in program:
-        return "the program name contains a NUL character"
-    try:
-        cwd = working_dir or os.getcwd()
-    except OSError:   # sockvisor's own directory is gone
-        cwd = "/"
-    if "/" in program:
-        return _exec_problem(os.path.normpath(os.path.join(cwd, program)), who)
-    problems = []
-    for directory in os.get_exec_path(env):
-        candidate = os.path.normpath(os.path.join(cwd, directory, program))
-        problem = _exec_problem(candidate, who)
-        if problem is None:
-            return None
-        if not problem.endswith(": not found"):
-            problems.append(problem)
-    if problems:   # execvpe reports the first error that is not "no such file"
-        return problems[0]
-    return (f"{program}: not found in PATH "
-            f"({env.get('PATH', os.defpath)})")
+def has_worker_substitution(text: str) -> bool:
+    """`text` holds $(sockvisor.wid) or $(sockvisor.sockets.NAME): known per worker only."""
+    return bool(_SUBSTITUTION.search(text))
 
 
 def expand_worker_args(argv: list[str], wid: int, fds: Mapping[str, int]) -> list[str]:
@@ -1465,6 +1353,8 @@ def _as_options(config: WatcherConfig) -> dict[str, Any]:
         "autostart": config.autostart,
         "copy_env": config.copy_env,
     }
+    if config.ready.settle is not None:
+        options["ready_settle"] = config.ready.settle
     if config.sockets:
         options["sockets"] = ",".join(config.sockets)
     if config.explicit_env:

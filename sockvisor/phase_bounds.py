@@ -21,15 +21,16 @@ MARGIN = 10.0
 
 
 def start(config: Config) -> float:
-    """First generation of every autostart watcher ready (in parallel)."""
+    """First generation of every autostart watcher ready and settled (in parallel)."""
     return _readiness(config.watchers.values()) + MARGIN
 
 
 def reload(old: Config, new: Config) -> float:
     """reloadconfig from `old` to `new`, in reconfigure.py's order: removed watchers
     stop (graceful_timeout), then kept ones roll (per batch, the new workers get
-    ready_timeout to be ready and the old ones graceful_timeout to exit), then added
-    ones start (ready_timeout); each step's watchers in parallel."""
+    ready_timeout to be ready, then ready_settle to stay alive, and the old ones
+    graceful_timeout to exit), then added ones start (ready_timeout, ready_settle);
+    each step's watchers in parallel."""
     removed = [w for name, w in old.watchers.items() if name not in new.watchers]
     kept = [w for name, w in new.watchers.items() if name in old.watchers]
     added = [w for name, w in new.watchers.items() if name not in old.watchers]
@@ -43,7 +44,8 @@ def stop(config: Config) -> float:
 
 
 def _readiness(watchers: Iterable[WatcherConfig]) -> float:
-    return max((w.ready.timeout for w in watchers if w.autostart), default=0.0)
+    return max((w.ready.timeout + w.ready_settle for w in watchers if w.autostart),
+               default=0.0)
 
 
 def _stopping(watchers: Iterable[WatcherConfig]) -> float:
@@ -54,4 +56,5 @@ def _rolling(watcher: WatcherConfig) -> float:
     count = max(watcher.numprocesses, 1)
     batch = watcher.reload_batch or count
     batches = -(-count // batch)
-    return batches * (watcher.ready.timeout + watcher.graceful_timeout)
+    return batches * (watcher.ready.timeout + watcher.ready_settle
+                      + watcher.graceful_timeout)

@@ -224,6 +224,7 @@ class Worker:
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.ready_at: float | None = None
+        self.exited_at: float | None = None
         self.exec_ok = False
         self.spawn_error: SpawnError | None = None
         self.exit_status: int | None = None
@@ -253,6 +254,19 @@ class Worker:
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
+
+    def settle_remaining(self, settle: float) -> float | None:
+        """Seconds until this worker is *settled* -- ready, and alive `settle`
+        seconds since (<= 0: it is) -- or None while it is not ready (or no longer).
+
+        Ready alone proves little: gunicorn says READY=1 before its workers import
+        the app, and `ready = started` only says exec worked.  Whatever takes a
+        generation for a good one (a reload retiring the old one, start-up telling
+        the service manager READY=1) asks this.
+        """
+        if self.state != WorkerState.RUNNING or self.ready_at is None:
+            return None
+        return settle - (time.monotonic() - self.ready_at)
 
     def transition(self, new: WorkerState) -> None:
         """The only place a worker's state changes."""
@@ -288,6 +302,7 @@ class Worker:
         if self.cgroup is not None:
             self.cgroup.release()   # killed in before_reap; removed once empty
         self.exit_status = status
+        self.exited_at = time.monotonic()
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
@@ -371,6 +386,17 @@ def user_groups(user: str | None, gid: int | None) -> list[int] | None:
         return os.getgrouplist(user, gid if gid is not None else 0)
     except OSError:
         return [gid] if gid is not None else []
+
+
+def identity_env(config: WatcherConfig) -> dict[str, str]:
+    """The watcher's environment with HOME, USER and LOGNAME of its user (unless
+    the config sets them): what a worker gets before its sockets' variables."""
+    env = dict(config.env)
+    if config.uid is not None and config.user is not None:
+        env.setdefault("HOME", config.home or "/")
+        env.setdefault("USER", config.user)
+        env.setdefault("LOGNAME", config.user)
+    return env
 
 
 def listen_env(names: list[str]) -> dict[str, str]:

@@ -27,6 +27,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from sockvisor import preflight
 from sockvisor.config import Config, SocketConfig
 from sockvisor.sockets import ListeningSocket, SocketError, bind
 from sockvisor.states import WatcherState
@@ -48,6 +49,12 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
     if new.globals != old.globals:
         log.warning("reloadconfig: [sockvisor] settings changed; they take effect at "
                     "the next start of sockvisor")
+
+    # Can the new and changed watchers' workers run at all?  Asked before anything
+    # changes (preflight.py): a program the worker's user cannot reach is a
+    # config error, not a reload that aborts.
+    await preflight.require([w for name, w in new.watchers.items()
+                             if old.watchers.get(name) != w], new.path, supervisor.reaper)
 
     added_sockets = [n for n in new.sockets if n not in old.sockets]
     removed_sockets = [n for n in old.sockets if n not in new.sockets]

@@ -37,13 +37,13 @@ from typing import Any, Callable
 from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import phase_bounds, systemd
-from sockvisor.config import Config, ConfigError, ReadyKind
+from sockvisor.config import Config, ConfigError
 from sockvisor.http import start_console
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reaper import Reaper, become_subreaper
 from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
-from sockvisor.states import WatcherState, WorkerState
+from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
 log = logging.getLogger("sockvisor")
@@ -292,10 +292,11 @@ class Supervisor:
         the whole start (StartupError, EXIT_START): holding a port that nobody
         serves, and telling the service manager we are ready, is worse than
         failing where systemd's restart policy and the operator can see it.
-        "Really started" is the restart policy's own line between a failed start
-        and a crash: every worker ready, and with `ready = started` (exec
-        succeeded, which says nothing about what the program does next) each one
-        alive for min_uptime -- a worker that exits at once is not "started".
+        "Really started" is what a reload waits for before it retires anything:
+        every worker ready and then alive for `ready_settle` (default min_uptime,
+        the restart policy's own line between a failed start and a crash) -- a
+        worker that exits at once after exec, or just after READY=1, is not
+        "started".
         """
         await watcher.start()
         if self.config.globals.start_failure != "exit":
@@ -315,18 +316,18 @@ class Supervisor:
     @staticmethod
     def _time_to_settle(watcher: Watcher) -> float | None:
         """Seconds until `watcher` counts as started if nothing happens (<= 0: it
-        does); None: not until something happens (a worker is missing or not ready)."""
+        does); None: not until something happens (a worker is missing or not ready).
+        Started means every worker settled (Worker.settle_remaining), the rule a
+        reload uses before it retires anything."""
         if watcher.state not in (WatcherState.STARTING, WatcherState.ACTIVE):
             return 0.0   # stopped or reloading by command: the operator decides
-        config = watcher.config
-        if config.ready.kind != ReadyKind.STARTED or config.restart.min_uptime <= 0:
-            return 0.0   # watcher.start() waited for readiness that means something
         workers = watcher.live_workers()
-        if len(workers) < watcher.numprocesses or any(
-                w.state != WorkerState.RUNNING for w in workers):
+        if len(workers) < watcher.numprocesses:
             return None
-        youngest = min((w.uptime for w in workers), default=config.restart.min_uptime)
-        return config.restart.min_uptime - youngest
+        remaining = [w.settle_remaining(w.config.ready_settle) for w in workers]
+        if any(left is None for left in remaining):
+            return None
+        return max(remaining, default=0.0)
 
     async def _fail_start(self, failure: BaseException) -> int:
         """A watcher could not start: stop everything, close the sockets, no READY=1."""

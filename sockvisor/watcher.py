@@ -17,9 +17,12 @@ Shutting sockvisor down cancels whatever command is running and then stops.
 
 Readiness (`ready = started | notify | delay:N`) decides when a new worker counts as
 serving.  A rolling reload spawns a batch of the new generation on the same
-sockets, waits until every one of them is ready and only then retires as many old
-workers; a new worker that dies or is not ready within `ready_timeout` aborts the
-reload: the new ones are stopped, the old configuration stays, the command fails.
+sockets, waits until every one of them is ready *and settled* -- still alive
+`ready_settle` seconds (default `min_uptime`) after it was ready -- and only then
+retires as many old workers; a new worker that dies before it is settled, or is
+not ready within `ready_timeout`, aborts the reload: the new ones are stopped, the
+old configuration stays, the command fails.  (gunicorn says READY=1 before its
+workers import the app; a release that cannot import dies just after.)
 """
 
 from __future__ import annotations
@@ -344,6 +347,8 @@ class Watcher:
         self._reconcile()
 
     async def _await_ready(self, workers: list[process.Worker]) -> None:
+        """Until every one of `workers` is ready and settled (Worker.settle_remaining);
+        WorkerNotReady if one is not ready in time or exits before it settled."""
         if not workers:
             return
         timeout = self.config.ready.timeout + 1.0
@@ -352,6 +357,26 @@ class Watcher:
                                                     for w in workers)), timeout)
         except asyncio.TimeoutError:
             raise process.WorkerNotReady(workers[0], "not ready in time") from None
+        settle = self.config.ready_settle
+        while True:
+            remaining = [w.settle_remaining(settle) for w in workers]
+            gone = [w for w, left in zip(workers, remaining) if left is None]
+            if gone:
+                worker = gone[0]
+                if worker.exited_at is not None and worker.ready_at is not None:
+                    what = (f"exited {worker.exited_at - worker.ready_at:.2f}s after it "
+                            f"was ready ({describe_status(worker.exit_status or 0)})")
+                else:
+                    what = f"was {worker.state.value} before it settled"
+                raise process.WorkerNotReady(
+                    worker, f"{what}, within ready_settle ({settle:g}s): a new worker "
+                            f"must stay alive that long once ready")
+            wait = max(remaining)
+            if wait <= 0:
+                return
+            # Woken by any exit (or stop) of one of them, else when the last settles.
+            await asyncio.wait([asyncio.shield(w.exited) for w in workers],
+                               timeout=wait, return_when=asyncio.FIRST_COMPLETED)
 
     def _apply_config(self, config: WatcherConfig,
                       sinks: tuple[OutputSink, OutputSink] | None = None) -> None:
@@ -505,11 +530,7 @@ class Watcher:
     def _base_env(self) -> dict[str, str]:
         if self._env_cache is None:
             config = self.config
-            env = dict(config.env)
-            if config.uid is not None and config.user is not None:
-                env.setdefault("HOME", config.home or "/")
-                env.setdefault("USER", config.user)
-                env.setdefault("LOGNAME", config.user)
+            env = process.identity_env(config)
             for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
                         "SERVER_STARTER_PORT", "WATCHDOG_PID", "WATCHDOG_USEC"):
                 env.pop(key, None)

@@ -1,5 +1,9 @@
 """The `sockvisor` command: `start` runs the supervisor, `check` validates a config.
 
+Both load the config and then ask, as each watcher's user, whether its worker
+could start at all (preflight.py: working_dir, the program, a `-m` module);
+`start` does so before it binds anything.
+
 Exit status: 0 stopped cleanly, 1 failed while running, 2 bad config or usage
 (nothing was bound or spawned), 3 a socket or the control endpoint could not be
 opened, 4 a watcher could not start (it went FATAL during start-up, with
@@ -39,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         config = config_module.load(args.config)
     except config_module.ConfigError as exc:
         print(f"sockvisor: {exc}", file=sys.stderr)
+        return 2
+    # As each worker's user (preflight.py): before anything is bound or spawned.
+    from sockvisor import preflight
+    try:
+        problems = asyncio.run(preflight.check(config))
+    except config_module.ConfigError as exc:   # the probe itself could not run
+        problems = [exc]
+    if problems:
+        for problem in problems:
+            print(f"sockvisor: {problem}", file=sys.stderr)
         return 2
     if args.command == "check":
         for warning in config.warnings:

@@ -12,6 +12,9 @@ change what the next generation does without touching the config:
 * ``delay=SECONDS`` — sleep that long before sending ``READY=1`` (slow start);
 * ``crash`` — exit with status 3 at once (a generation that cannot start);
 * ``noready`` — never send ``READY=1`` and never serve;
+* ``ready_then_exit=SECONDS`` — send ``READY=1`` at once, never serve, and exit
+  with status 3 that much later: gunicorn's master says READY=1 before its
+  workers import the app, and halts when they cannot;
 * anything else (or no file) — start at once.
 
 It also exits with status 4 when ``$CRASH`` is set, for `set web env CRASH=1`.
@@ -63,6 +66,14 @@ if "noready" in words:
 for word in words:
     if word.startswith("delay="):
         time.sleep(float(word[len("delay="):]))
+    if word.startswith("ready_then_exit="):
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if address:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+                notify.sendto(b"READY=1", "\0" + address[1:] if address[0] == "@"
+                              else address)
+        time.sleep(float(word[len("ready_then_exit="):]))
+        sys.exit(3)
 
 # From now on SIGTERM only wakes the loop up (through the wake-up pipe): the
 # request in hand is finished first, then the worker exits.

@@ -83,11 +83,11 @@ def test_mainpid_status_ready_after_workers_then_stopping(tmp_path, services, ma
     # Progress was reported while starting.
     statuses = [m.fields["STATUS"] for m in before_ready if "STATUS" in m.fields]
     assert any(re.fullmatch(r"web: [01]/2 ready", s) for s in statuses), statuses
-    # Start-up may take ready_timeout (10 s) + 10 s: asked for in case the unit's
-    # TimeoutStartSec= is shorter.
+    # Start-up may take ready_timeout (10 s) + ready_settle (min_uptime, 1 s) + 10 s:
+    # asked for in case the unit's TimeoutStartSec= is shorter.
     extensions = [m.fields["EXTEND_TIMEOUT_USEC"] for m in before_ready
                   if "EXTEND_TIMEOUT_USEC" in m.fields]
-    assert extensions == ["20000000"], extensions
+    assert extensions == ["21000000"], extensions
 
     # It serves, and nothing else goes to the manager without a reason.
     assert http_get(bound_port(sv))["ppid"] == sv.pid
@@ -146,8 +146,9 @@ def test_sighup_reloading_with_monotonic_usec_then_ready(tmp_path, services, man
     received_by = monotonic_usec()
     stamp = int(reloading.fields["MONOTONIC_USEC"])
     assert sent_after <= stamp <= received_by, (sent_after, stamp, received_by)
-    # One batch of one worker: ready_timeout 10 s + graceful_timeout 2 s + 10 s.
-    extend = manager.expect_field("EXTEND_TIMEOUT_USEC", "22000000", alive=sv.proc)
+    # One batch of one worker: ready_timeout 10 s + ready_settle 1 s +
+    # graceful_timeout 2 s + 10 s.
+    extend = manager.expect_field("EXTEND_TIMEOUT_USEC", "23000000", alive=sv.proc)
     assert extend.monotonic >= reloading.monotonic
 
     ready = manager.expect_field("READY", "1", alive=sv.proc)

@@ -12,6 +12,7 @@ nothing is bound or spawned.  The `uid` cases need root (chown, a real user).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shlex
@@ -22,14 +23,42 @@ from pathlib import Path
 import pytest
 
 from sockvisor import config as config_module
+from sockvisor import preflight
 from sockvisor.config import ConfigError, load, watcher_from_options
 
-from test_config import ENVIRON, WEB_SOCKET, assert_located, load_error, load_ok, watcher, write
+from test_config import ENVIRON, WEB_SOCKET, assert_located, watcher, write
 
 pytestmark = pytest.mark.timeout(20)
 
 IS_ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root (chown, uid = nobody)")
+
+
+def checked(path: Path, environ: dict[str, str] | None = None):
+    """What `sockvisor check` does: load, then ask as each worker's user
+    (preflight.py); the config, or the first ConfigError of either step."""
+    try:
+        cfg = load(str(path), environ=ENVIRON if environ is None else environ)
+    except ConfigError as exc:
+        return exc
+    problems = asyncio.run(preflight.check(cfg))
+    return problems[0] if problems else cfg
+
+
+def load_ok(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
+    result = checked(write(tmp_path, text), environ)
+    assert not isinstance(result, ConfigError), str(result)
+    return result
+
+
+def load_error(tmp_path: Path, text: str, *, section: str | None, key: str | None,
+               says: tuple[str, ...] | str, environ: dict[str, str] | None = None
+               ) -> ConfigError:
+    path = write(tmp_path, text)
+    result = checked(path, environ)
+    assert isinstance(result, ConfigError), result
+    assert_located(result, path, section, key, says)
+    return result
 
 
 def program(directory: Path, name: str = "prog", mode: int = 0o755) -> Path:
@@ -118,9 +147,10 @@ def test_cmd_with_a_nul_byte(tmp_path):
 
 
 def test_add_over_the_control_channel_checks_cmd_too(tmp_path):
+    config = watcher_from_options("<control>", "web", {"cmd": "/nonexistent/server"}, {},
+                                  environ=ENVIRON)
     with pytest.raises(ConfigError) as info:
-        watcher_from_options("<control>", "web", {"cmd": "/nonexistent/server"}, {},
-                             environ=ENVIRON)
+        asyncio.run(preflight.require([config], "<control>"))
     assert info.value.key == "cmd" and "not found" in str(info.value)
 
 

@@ -30,6 +30,7 @@ cmd = sleep 1
 numprocesses = 5
 reload_batch = 2
 ready_timeout = 30
+ready_settle = 2
 graceful_timeout = 20
 
 [watcher:manual]
@@ -39,10 +40,11 @@ ready_timeout = 500
 graceful_timeout = 3
 """)
     margin = phase_bounds.MARGIN
-    # Start-up: only autostart watchers start.
-    assert phase_bounds.start(cfg) == 30 + margin
-    # slow: 3 batches (2, 2, 1) of ready_timeout + graceful_timeout; manual: 1 batch.
-    assert phase_bounds.reload(cfg, cfg) == max(3 * (30 + 20), 500 + 3) + margin
+    # Start-up: only autostart watchers start (ready, then settled).
+    assert phase_bounds.start(cfg) == 30 + 2 + margin
+    # slow: 3 batches (2, 2, 1) of ready_timeout + ready_settle + graceful_timeout;
+    # manual: 1 batch (ready_settle: min_uptime, 1 s by default).
+    assert phase_bounds.reload(cfg, cfg) == max(3 * (30 + 2 + 20), 500 + 1 + 3) + margin
     assert phase_bounds.stop(cfg) == 20 + margin
 
 
@@ -69,7 +71,8 @@ graceful_timeout = 60
 cmd = sleep 1
 ready_timeout = 45
 """)
-    assert phase_bounds.reload(old, new) == 120 + (30 + 60) + 45 + phase_bounds.MARGIN
+    assert phase_bounds.reload(old, new) == (120 + (30 + 1 + 60) + (45 + 1)
+                                             + phase_bounds.MARGIN)
 
 
 def test_reload_batch_zero_is_one_batch_and_no_watcher_is_the_margin(tmp_path):
@@ -80,7 +83,7 @@ numprocesses = 8
 ready_timeout = 7
 graceful_timeout = 4
 """)
-    assert phase_bounds.reload(cfg, cfg) == 7 + 4 + phase_bounds.MARGIN
+    assert phase_bounds.reload(cfg, cfg) == 7 + 1 + 4 + phase_bounds.MARGIN
     # A file without watchers does not load; a running sockvisor can get there by `rm`.
     empty = dataclasses.replace(cfg, watchers={})
     assert (phase_bounds.start(empty), phase_bounds.reload(empty, empty),

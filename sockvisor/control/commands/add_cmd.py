@@ -39,6 +39,7 @@ class Add(Command):
         return {"name": args.name, "cmd": shlex.join(args.cmd), "start": args.start}
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor import preflight
         from sockvisor.config import ConfigError, watcher_from_options
         name = props.get("name")
         cmd = props.get("cmd")
@@ -58,6 +59,8 @@ class Add(Command):
         try:
             watcher_config = watcher_from_options(supervisor.config.path, name, options,
                                                   sockets)
+            # As the worker's user: can it run at all?
+            await preflight.require([watcher_config], "<control>", supervisor.reaper)
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
         watcher = supervisor.add_watcher(watcher_config)

@@ -28,6 +28,7 @@ def watcher_options(watcher) -> dict[str, Any]:
         "graceful_timeout": config.graceful_timeout,
         "ready": ready,
         "ready_timeout": config.ready.timeout,
+        "ready_settle": config.ready_settle,
         "reload_batch": config.reload_batch,
         "respawn": config.restart.respawn,
         "min_uptime": config.restart.min_uptime,

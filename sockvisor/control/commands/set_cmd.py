@@ -68,6 +68,7 @@ class Set(Command):
         return f"setting {', '.join(denied)[:200]}" if denied else repr(self.name)
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor import preflight
         from sockvisor.config import ConfigError, with_options
         from sockvisor.control import access
         from sockvisor.watcher import ReloadError
@@ -81,6 +82,8 @@ class Set(Command):
         sockets = {name: s.config for name, s in supervisor.sockets.items()}
         try:
             new_config = with_options(watcher.config, options, sockets)
+            if set(options) & _NEEDS_RELOAD:   # what runs, or as whom: can it?
+                await preflight.require([new_config], "<control>", supervisor.reaper)
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
         if "numprocesses" in options:
