@@ -32,12 +32,13 @@ import asyncio
 import json
 import logging
 import os
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from sockvisor import __version__
+from sockvisor import __version__, wholenumber
 from sockvisor.control import protocol
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import ErrNo
@@ -124,14 +125,36 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.send_json(protocol.error(None, self._reason, ErrNo.MESSAGE_ERROR))
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Instead of tornado's: an HTTPError (a malformed request: bad UTF-8 in
+        the path, a broken body) is the client's and is not logged; anything else
+        is a bug, logged as one short line per kind per interval (ratelimit.py)
+        naming the handler, the exception type and where it was raised -- never
+        the URL, query, headers or the exception's message, which may quote them.
+        Any local user can send requests: the log must not be theirs to fill."""
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        frames = traceback.extract_tb(tb)
+        where = (f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+                 if frames else "?")
+        kind = (type(self).__name__, getattr(typ, "__name__", "?"), where)
+        self.console.errors.warning(kind, "console: %s %s failed: %s at %s (answered 500; "
+                                    "the request is not logged)", self.request.method,
+                                    *kind)
+
     def int_argument(self, name: str, default: int, maximum: int) -> int | None:
+        """The query argument `name` as a whole number within 0..maximum, or None
+        after answering 400.  wholenumber.parse, not isdigit()/int(): "²" passes
+        isdigit() and then makes int() raise, and 5,000 digits make int() raise
+        too -- a 500 and a traceback where a 400 was due."""
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
-        if not raw.isdigit() or int(raw) > maximum:
-            self.send_error_reply(400, f"{name!r} must be a whole number from 0 to {maximum}")
+        try:
+            return wholenumber.parse(raw, repr(name), 0, maximum)
+        except ValueError as exc:
+            self.send_error_reply(400, f"{exc} (from 0 to {maximum})")
             return None
-        return int(raw)
 
 
 class PageHandler(BaseHandler):
@@ -304,10 +327,12 @@ class NotFoundHandler(BaseHandler):
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    # Debug only, the path only: a client must not be able to flood the log,
-    # and nothing of the request that could hold a secret is written.
+    # Debug only, the path only (cut short): a client must not be able to flood
+    # the log, and nothing of the request that could hold a secret is written.
+    path = handler.request.path
     log.debug("http %d %s %s %.1fms", handler.get_status(), handler.request.method,
-              handler.request.path, 1000.0 * handler.request.request_time())
+              path if len(path) <= 100 else path[:97] + "...",
+              1000.0 * handler.request.request_time())
 
 
 def make_application(console: "ConsoleServer") -> tornado.web.Application:

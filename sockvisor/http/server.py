@@ -18,7 +18,11 @@ bounded:
     stream drops a client that does not read (events.py);
   * reading /proc for CPU and memory runs in a thread, at most once a second
     (sampler.py); actions in flight are bounded (api.py);
-  * access is logged at debug level only: a client cannot flood the log.
+  * access is logged at debug level only, and what a client can make fail
+    (a malformed request, an unexpected exception, anything tornado itself
+    would log) at most one short line per kind per interval, never with the
+    URL, query or headers (api.py log_exception, _TornadoFilter): no local
+    user can flood the log or put a secret sent in a request into it.
 bench/console_load.py measures it: kill→replacement latency with 200 clients
 hammering the console against an idle one.
 
@@ -48,6 +52,7 @@ from sockvisor.http import auth
 from sockvisor.http.events import EventHub
 from sockvisor.http.pacing import Pacer
 from sockvisor.http.sampler import ProcessSampler
+from sockvisor.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from sockvisor.supervisor import Supervisor
@@ -95,6 +100,9 @@ class ConsoleServer:
         self.sockets: list[socket.socket] = []
         self.loopback_hosts: set[str] = set()
         self.actions_in_flight = 0   # api.py bounds it
+        # Failures a client can cause, or trigger again and again: one line per
+        # kind per interval (api.py's log_exception, tornado's own loggers).
+        self.errors = RateLimitedLog(log)
         self.caller = access.console(globals_)   # what its requests may do
 
     # ------------------------------------------------------------------ start / close
@@ -122,9 +130,7 @@ class ConsoleServer:
             log.warning("/metrics disabled: %s (pip install prometheus_client)", exc)
         self.supervisor.subscribers.append(self.hub.publish)
         from sockvisor.http.api import make_application
-        # tornado reports every malformed request at INFO: a client could flood
-        # our log (journald) with them.  Our own access log is debug (api.py).
-        logging.getLogger("tornado.general").setLevel(logging.WARNING)
+        _quiet_tornado(self.errors)
         self.server = _BoundedHTTPServer(
             make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
             body_timeout=BODY_TIMEOUT, max_header_size=MAX_HEADER, max_body_size=MAX_BODY)
@@ -180,6 +186,41 @@ class ConsoleServer:
         if self._wrote_token:
             auth.remove_token(self.token_dir)
             self._wrote_token = False
+
+
+TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
+
+class _TornadoFilter(logging.Filter):
+    """tornado's own log records pass through here and go no further.  They can
+    carry what a client sent (tornado.general: "Malformed HTTP message from ...",
+    bad multipart bodies; tornado.application: a traceback with the request
+    line), one per request.  A warning or worse becomes one short line per kind
+    per interval on our logger with tornado's message template -- never its
+    arguments, which hold the client's data."""
+
+    def __init__(self, errors: RateLimitedLog):
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            template = str(record.msg).split("\n", 1)[0][:80]
+            self.errors.warning((record.name, template), "console: %s reported %r (its "
+                                "details come from a client and are not logged)",
+                                record.name, template)
+        return False
+
+
+def _quiet_tornado(errors: RateLimitedLog) -> None:
+    for name in TORNADO_LOGGERS:
+        logger = logging.getLogger(name)
+        # No record below WARNING is even made (tornado logs every malformed
+        # request at INFO); the rest go through the filter.
+        logger.setLevel(logging.WARNING)
+        for old in [f for f in logger.filters if isinstance(f, _TornadoFilter)]:
+            logger.removeFilter(old)
+        logger.addFilter(_TornadoFilter(errors))
 
 
 def _bind_unix(path: str) -> socket.socket:

@@ -91,6 +91,62 @@ def test_reading_gives_the_control_replies(sockvisor, scripts):
     assert get(url, "/no/such/page").status == 404
 
 
+HOSTILE_READS = (
+    "/api/watchers/web/logs?lines=%C2%B2",            # "²": isdigit() says yes, int() no
+    "/api/watchers/web/logs?lines=" + "1" * 15000,    # past int()'s digit limit
+    "/api/watchers/web?offset=%C2%B2",
+    "/api/watchers/web?limit=" + "9" * 15000,
+    "/api/watchers/web?offset=1_0",                   # int() would take it
+    "/api/watchers/web?limit=%D9%A1",                 # Arabic-Indic one
+)
+
+
+def test_odd_numbers_are_a_400_and_clients_cannot_flood_the_log(sockvisor, scripts):
+    """Finding 3: a number in a query is parsed strictly (a 400 naming it, never a
+    500), and what any local user can send -- odd numbers, invalid UTF-8 in a
+    path, a broken multipart body -- adds at most a few lines to the log,
+    none holding the URL."""
+    # At info, the default: debug adds one access line per request by design.
+    sv = sockvisor(web(scripts, numprocesses=1, extra="stdout = prefix"), globals=HTTP,
+                   loglevel="info")
+    url = console_url(sv)
+    token = console_token(sv)
+    for path in HOSTILE_READS:
+        reply = get(url, path, token=token)
+        assert reply.status == 400, (path[:60], reply)
+        reason = reply.json()["reason"]
+        assert ("'lines'" in reason or "'offset'" in reason or "'limit'" in reason), reason
+        assert len(reason) < 200, reason
+    assert get(url, "/api/watchers/web?offset=0&limit=1000", token=token).status == 200
+    assert get(url, "/api/watchers/web?limit=1001", token=token).status == 400
+
+    broken_multipart = {"Content-Type": "multipart/form-data; boundary=zz",
+                        "Authorization": f"Bearer {token}"}
+    before = sv.log()
+    for round_ in range(100):
+        kind = round_ % 4
+        if kind == 0:
+            get(url, HOSTILE_READS[round_ % len(HOSTILE_READS)])
+        elif kind == 1:
+            get(url, HOSTILE_READS[round_ % len(HOSTILE_READS)], token=token)
+        elif kind == 2:
+            get(url, "/api/watchers/%FF%FE" + "x" * 2000)
+        else:
+            post(url, "/api/watchers/web/restart?" + "q" * 2000,
+                 body=b"--zz\r\nnonsense" + b"y" * 2000, headers=broken_multipart)
+    # Anything logged for these requests has been written by now: a status
+    # request is answered after them on the same loop.
+    assert get(url, "/api/watchers").status == 200
+    log = sv.log()
+    grown = log[len(before):]
+    assert log.startswith(before)
+    assert grown.count("\n") <= 5 and len(grown) <= 1000, \
+        f"{grown.count(chr(10))} log lines, {len(grown)} bytes for 100 hostile requests:\n" \
+        f"{grown[-3000:]}"
+    assert "1" * 100 not in log and "x" * 100 not in log and "q" * 100 not in log
+    assert "lines=" not in log and "Traceback" not in log
+
+
 def test_worker_figures_include_its_children(sockvisor, scripts):
     sv = sockvisor(web(scripts, "--fork-child", numprocesses=1), globals=HTTP)
     url = console_url(sv)
