@@ -2,7 +2,12 @@
 
 Reading (GET /api/...) runs the same commands as sockvisorctl (`status`,
 `listsockets`, `logs`) and returns their replies unchanged, errors included (the
-JSON body is the control reply; the HTTP status follows its errno).  Actions
+JSON body is the control reply; the HTTP status follows its errno).  State
+(watchers, workers, sockets, events, /metrics) is open on a loopback or unix
+address; what workers write (`logs`) needs the token everywhere: on the
+control channel only the owner and endpoint_group may read it, and any local
+user can reach a loopback port.  The event stream carries no output, only
+state changes (spawn, exit, ready, state, reload).  Actions
 (POST /api/watchers/NAME/ACTION) need the bearer token and are limited to
 operating what runs: start, stop, restart, reload, incr, decr, signal.  They go
 through the dispatcher as `access.console`: an endpoint_group operator's rights
@@ -18,7 +23,7 @@ Routes
   GET  /api/watchers/NAME?offset=&limit=   `status NAME`, each worker with
                                        cpu_seconds/rss_bytes/processes (its
                                        children included), paginated
-  GET  /api/watchers/NAME/logs?lines=N `logs NAME`
+  GET  /api/watchers/NAME/logs?lines=N `logs NAME`: needs the token everywhere
   GET  /api/sockets                    `listsockets` (accept-queue figures)
   GET  /api/events                     server-sent events (events.py)
   POST /api/watchers/NAME/ACTION       JSON body: {"nb": N} for incr/decr,
@@ -74,7 +79,7 @@ SECURITY_HEADERS = {
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    needs_token = False   # actions: always; reading: only off loopback
+    needs_token = False   # actions, worker output: always; state: only off loopback
     public = False        # the page and its static files: no data in them
 
     def initialize(self, console: "ConsoleServer") -> None:
@@ -225,6 +230,11 @@ class WatcherHandler(BaseHandler):
 
 
 class LogsHandler(BaseHandler):
+    # What workers write is as private as the control channel's `logs`, which
+    # only the owner and endpoint_group reach: any local user can reach a
+    # loopback console, so output needs the token even where state does not.
+    needs_token = True
+
     async def get(self, name: str) -> None:
         lines = self.int_argument("lines", 20, 100)
         if lines is not None:

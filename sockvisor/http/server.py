@@ -27,8 +27,10 @@ bench/console_load.py measures it: kill→replacement latency with 200 clients
 hammering the console against an idle one.
 
 Binding: `http = HOST:PORT` (every address HOST resolves to) or `unix:/PATH`
-(created 0600 by the umask at bind, never chmod'ed by path afterwards; an old
-socket file there is replaced only if it is a socket nobody answers on).  On a
+through sockets.py's bind (born 0600 by the umask, then 0660 with
+`endpoint_group` as its group when that is set, like the control endpoint --
+mode and group set through an O_PATH fd checked to be the file we bound, never
+by path; an old socket file there is replaced only if nobody answers on it).  On a
 loopback address the Host header must name loopback too: a web page whose name
 is rebound to 127.0.0.1 (DNS rebinding) cannot read the API.
 """
@@ -38,15 +40,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from sockvisor import paths
-from sockvisor.config import _http_is_local, http_host_port
+from sockvisor import paths, sockets
+from sockvisor.config import SocketConfig, _http_is_local, http_host_port
 from sockvisor.control import access
 from sockvisor.http import auth
 from sockvisor.http.events import EventHub
@@ -83,9 +84,10 @@ class ConsoleServer:
         self.address: str = globals_.http
         self.unix_path = self.address[len("unix:"):] if self.address.startswith("unix:") else None
         self.local = _http_is_local(self.address)
-        # On a loopback or unix address only local users reach us: reading is
-        # open, as `sockvisorctl status` is to them.  Anywhere else, everything
-        # needs the token (config.py insists on http_token_file there).
+        # On a loopback or unix address only local users reach us: reading the
+        # state is open, as issue 12 asks (worker output is not: api.py).
+        # Anywhere else, everything needs the token (config.py insists on
+        # http_token_file there).
         self.token_needed_to_read = not self.local
         self.token_file = globals_.http_token_file
         self.token_dir = paths.runtime_dir(supervisor.config.path)
@@ -98,6 +100,7 @@ class ConsoleServer:
         self.metrics: Any = None
         self.server: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
+        self.unix_socket: sockets.ListeningSocket | None = None
         self.loopback_hosts: set[str] = set()
         self.actions_in_flight = 0   # api.py bounds it
         # Failures a client can cause, or trigger again and again: one line per
@@ -117,7 +120,7 @@ class ConsoleServer:
                 auth.write_token(self.token_dir, self.token)
                 self._wrote_token = True
             self._bind()
-        except OSError as exc:
+        except (OSError, sockets.SocketError) as exc:
             self._close_sockets()
             self._remove_token()
             raise StartupError(f"cannot serve the web console on {self.address}: {exc}",
@@ -140,7 +143,20 @@ class ConsoleServer:
 
     def _bind(self) -> None:
         if self.unix_path is not None:
-            self.sockets.append(_bind_unix(self.unix_path))
+            # sockets.py's bind, the one fd-safe path for a unix socket's file: a
+            # stale socket file replaced only if nobody answers on it, anything
+            # else refused; born 0600 (umask), then mode and group set through an
+            # O_PATH fd checked to be the very file we bound, never by name.
+            group = self.supervisor.config.globals.endpoint_group
+            self.unix_socket = sockets.bind(SocketConfig(
+                name="console", family=socket.AF_UNIX, path=self.unix_path, backlog=128,
+                mode=0o600 if group is None else 0o660, group=group, blocking=False))
+            # tornado gets a duplicate: it closes its copy on stop(), and ours
+            # must still be open when close() removes the file (ListeningSocket
+            # checks through it that the name still is our socket).
+            served = self.unix_socket.sock.dup()
+            served.setblocking(False)
+            self.sockets.append(served)
             self.url = f"unix:{self.unix_path}"
             return
         host, port = http_host_port(self.address)
@@ -172,15 +188,12 @@ class ConsoleServer:
         self._remove_token()
 
     def _close_sockets(self) -> None:
+        if self.unix_socket is not None:
+            self.unix_socket.close()   # unlinks the file only if it still is ours
+            self.unix_socket = None
         for sock in self.sockets:
             sock.close()
         self.sockets = []
-        if self.unix_path is not None:
-            try:
-                if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
-                    os.unlink(self.unix_path)
-            except OSError:
-                pass
 
     def _remove_token(self) -> None:
         if self._wrote_token:
@@ -221,33 +234,3 @@ def _quiet_tornado(errors: RateLimitedLog) -> None:
         for old in [f for f in logger.filters if isinstance(f, _TornadoFilter)]:
             logger.removeFilter(old)
         logger.addFilter(_TornadoFilter(errors))
-
-
-def _bind_unix(path: str) -> socket.socket:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            raise OSError(f"{path} is in use")
-        except ConnectionRefusedError:
-            os.unlink(path)   # a socket file left by a previous run
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)   # born 0600: no window in which others may connect
-    try:
-        sock.bind(path)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    sock.setblocking(False)
-    sock.listen(128)
-    return sock

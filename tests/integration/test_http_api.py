@@ -80,7 +80,9 @@ def test_reading_gives_the_control_replies(sockvisor, scripts):
     assert (unknown.json()["errno"], unknown.json()["reason"]) == (
         zmq_unknown["errno"], zmq_unknown["reason"])
 
-    logs = wait_for(lambda: (r := get(url, "/api/watchers/web/logs").json())["lines"] and r)
+    token = console_token(sv)
+    logs = wait_for(lambda: (r := get(url, "/api/watchers/web/logs",
+                                      token=token).json())["lines"] and r)
     assert logs["captured"] == ["stdout"]
     assert "hello-from-worker" in {line["line"] for line in logs["lines"]}
 
@@ -145,6 +147,41 @@ def test_odd_numbers_are_a_400_and_clients_cannot_flood_the_log(sockvisor, scrip
         f"{grown[-3000:]}"
     assert "1" * 100 not in log and "x" * 100 not in log and "q" * 100 not in log
     assert "lines=" not in log and "Traceback" not in log
+
+
+def test_worker_output_needs_the_token_state_does_not(sockvisor, scripts):
+    """Finding 4: what workers write is as private as the control channel's
+    `logs` (endpoint_group only): over HTTP it needs the token, while state,
+    sockets, events and /metrics stay open on loopback (issue 12)."""
+    secret = "worker-output-4f1c"
+    sv = sockvisor(web(scripts, "--say", secret, numprocesses=1, extra="stdout = prefix"),
+                   globals=HTTP)
+    url = console_url(sv)
+    token = console_token(sv)
+    with_token = wait_for(lambda: (r := get(url, "/api/watchers/web/logs?lines=50",
+                                            token=token)).status == 200
+                          and r.json()["lines"] and r)
+    assert secret in {line["line"] for line in with_token.json()["lines"]}
+
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        refused = get(url, "/api/watchers/web/logs?lines=50", headers=headers)
+        assert refused.status == 401, refused
+        assert secret.encode() not in refused.body
+        assert refused.json()["errno"] == 7
+    # Refused before the number is even looked at.
+    assert get(url, "/api/watchers/web/logs?lines=%C2%B2").status == 401
+
+    # State stays open, and carries none of the output.
+    for path in ("/api/watchers", "/api/watchers/web", "/api/sockets", "/metrics"):
+        reply = get(url, path)
+        assert reply.status == 200, (path, reply)
+        assert secret.encode() not in reply.body, path
+    assert get(url, "/api/").json()["read_needs_token"] is False
+    stream = EventStream(url)
+    try:
+        assert stream.status == 200
+    finally:
+        stream.close()
 
 
 def test_worker_figures_include_its_children(sockvisor, scripts):
@@ -331,7 +368,8 @@ def test_accept_queue_is_seen_in_metrics_and_listsockets(sockvisor, scripts):
 def test_unix_socket_console(sockvisor, scripts, tmp_path):
     path = tmp_path / "console.sock"
     sv = sockvisor(web(scripts, numprocesses=1), globals=f"http = unix:{path}")
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    st = os.lstat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_gid == os.getegid()
     url = f"unix:{path}"
     assert console_url(sv) == url
     assert get(url, "/api/watchers").json()["statuses"] == {"web": "active"}
@@ -415,3 +453,65 @@ def test_hostile_clients_do_not_stop_control_or_respawn(sockvisor, scripts):
         except OSError:
             return False
     wait_for(answers, 10)
+
+
+MEMBER_CLIENT = r"""
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    sock.connect(sys.argv[1])
+except OSError as exc:
+    print("refused", exc.errno)
+    sys.exit(0)
+sock.sendall(f"GET {sys.argv[2]} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+data = b""
+while chunk := sock.recv(65536):
+    data += chunk
+print(data.split(b" ", 2)[1].decode())
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: connects as nobody")
+def test_unix_socket_console_is_the_endpoint_groups(sockvisor, scripts, world_readable_dir):
+    """Finding 4: `http = unix:PATH` with endpoint_group is 0660 with that group
+    (set through the O_PATH fd of the file we bound, as sockets.py does): a
+    member reads state, another local user cannot even connect."""
+    import grp
+    import pwd
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs /usr/bin/python3 to run a client as nobody")
+    group = next((g for g in ("www-data", "daemon", "bin", "adm") if _has_group(g)), None)
+    if group is None:
+        pytest.skip("no system group to act as the operator group")
+    gid = grp.getgrnam(group).gr_gid
+    path = world_readable_dir / "console.sock"
+    sv = sockvisor(web(scripts, numprocesses=1),
+                   globals=f"http = unix:{path}\nendpoint_group = {group}")
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_uid == 0 and st.st_gid == gid
+
+    nobody = pwd.getpwnam("nobody")
+
+    def as_nobody(extra_groups: list[int], request_path: str) -> str:
+        result = subprocess.run(["/usr/bin/python3", "-c", MEMBER_CLIENT, str(path),
+                                 request_path], user=nobody.pw_uid, group=nobody.pw_gid,
+                                extra_groups=extra_groups, cwd="/", capture_output=True,
+                                text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+    assert as_nobody([gid], "/api/watchers") == "200"
+    assert as_nobody([gid], "/api/watchers/web/logs") == "401"   # output: the token's
+    assert as_nobody([], "/api/watchers") == "refused 13"        # EACCES
+    sv.stop()
+    assert not path.exists()
+
+
+def _has_group(name: str) -> bool:
+    import grp
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
