@@ -10,8 +10,10 @@ user can reach a loopback port.  The event stream carries no output, only
 state changes (spawn, exit, ready, state, reload).  Actions
 (POST /api/watchers/NAME/ACTION) need the bearer token and are limited to
 operating what runs: start, stop, restart, reload, incr, decr, signal.  They go
-through the dispatcher as `access.console`: an endpoint_group operator's rights
-plus stop and signal, never the owner's, so a command that decides what runs
+through the dispatcher as `access.console`: a fixed set -- what an operator may
+do plus stop and signal, with the operator's scaling maximum, never the
+endpoint_group's extra grants (secrets, quit, rm, scale) nor the owner's rights
+-- so a command that decides what runs
 (add, set cmd/uid/env, ...) would be refused even if a route led there, and none
 does.  Nothing over HTTP changes what runs or as whom.
 
