@@ -12,10 +12,10 @@ state changes (spawn, exit, ready, state, reload).  Actions
 operating what runs: start, stop, restart, reload, incr, decr, signal.  They go
 through the dispatcher as `access.console`: a fixed set -- what an operator may
 do plus stop and signal, with the operator's scaling maximum, never the
-endpoint_group's extra grants (secrets, quit, rm, scale) nor the owner's rights
--- so a command that decides what runs
-(add, set cmd/uid/env, ...) would be refused even if a route led there, and none
-does.  Nothing over HTTP changes what runs or as whom.
+endpoint_group's extra grants (secrets, quit, rm, scale) nor the owner's
+rights -- so a command that decides what runs (add, set cmd/uid/env, ...) would
+be refused even if a route led there, and none does.  Nothing over HTTP
+changes what runs or as whom.
 
 Routes
   GET  /                               the console page

@@ -26,6 +26,17 @@ bounded:
 bench/console_load.py measures it: kill→replacement latency with 200 clients
 hammering the console against an idle one.
 
+Known limit -- lockout: the bounds are global, not per client.  Any local user
+who can connect (every user, on a loopback address) can hold all
+MAX_CONNECTIONS connections or all of events.py's MAX_CLIENTS event-stream
+slots, and the console then refuses everyone else until they let go.  That
+costs sockvisor nothing and the ZeroMQ control channel (sockvisorctl) is
+unaffected, but the page and /metrics are unavailable meanwhile.  A per-peer
+bound is not cheap here: on loopback every local user's address is 127.0.0.1,
+and finding the uid behind a TCP connection takes a sock_diag query per
+accept.  Where that matters, use `http = unix:PATH` (reachable by root and
+endpoint_group only) or a firewall rule by owner (iptables -m owner).
+
 Binding: `http = HOST:PORT` (every address HOST resolves to) or `unix:/PATH`
 through sockets.py's bind (born 0600 by the umask, then 0660 with
 `endpoint_group` as its group when that is set, like the control endpoint --
