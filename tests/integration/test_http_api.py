@@ -121,6 +121,14 @@ def test_odd_numbers_are_a_400_and_clients_cannot_flood_the_log(sockvisor, scrip
         assert len(reason) < 200, reason
     assert get(url, "/api/watchers/web?offset=0&limit=1000", token=token).status == 200
     assert get(url, "/api/watchers/web?limit=1001", token=token).status == 400
+    # Numbers in a body: the command's own strict check, a 400 as well.
+    for action, body in (("incr", b'{"nb": ' + b"1" * 15000 + b"}"),
+                         ("incr", {"nb": "1" * 15000}), ("incr", {"nb": "\u00b2"}),
+                         ("decr", {"nb": 1e308}), ("signal", {"signum": "HUP", "pid": "\u00b2"}),
+                         ("signal", {"signum": "1" * 5000})):
+        reply = post(url, f"/api/watchers/web/{action}", token=token, body=body)
+        assert reply.status == 400, (action, reply)
+    assert len(sv.worker_pids()) == 1
 
     broken_multipart = {"Content-Type": "multipart/form-data; boundary=zz",
                         "Authorization": f"Bearer {token}"}
