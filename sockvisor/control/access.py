@@ -86,18 +86,21 @@ def operator(globals_: "GlobalConfig") -> Caller:
                   max_numprocesses=maximum)
 
 
-# What a holder of the web console's token may do beyond an operator: the
-# console's own actions (issue: stop/start and signal from the page).  Never
-# `quit`, `rm` or secrets, and never the owner's rights: nothing reachable over
-# HTTP decides what runs or as whom.
+# What a holder of the web console's token may do beyond `operate` (which every
+# non-owner caller has): the console's own actions (issue 12: stop and signal
+# from the page).  The whole set, fixed: never `quit`, `rm`, `secrets` or
+# `scale`, whatever `endpoint_group_grants` gives the group -- those grants are
+# for the group's members on the ZeroMQ endpoint, not for an HTTP client -- and
+# never the owner's rights: nothing reachable over HTTP decides what runs or as
+# whom.
 CONSOLE_GRANTS = frozenset({"stop", "signal"})
 
 
 def console(globals_: "GlobalConfig") -> Caller:
-    """The rights of a web-console request (actions need its token: http/api.py)."""
-    base = operator(globals_)
-    return Caller(owner=False, grants=base.grants | CONSOLE_GRANTS,
-                  max_numprocesses=base.max_numprocesses)
+    """The rights of a web-console request (actions need its token: http/api.py):
+    CONSOLE_GRANTS, and an operator's scaling maximum."""
+    return Caller(owner=False, grants=CONSOLE_GRANTS,
+                  max_numprocesses=operator(globals_).max_numprocesses)
 
 
 def current() -> Caller:

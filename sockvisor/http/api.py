@@ -2,13 +2,20 @@
 
 Reading (GET /api/...) runs the same commands as sockvisorctl (`status`,
 `listsockets`, `logs`) and returns their replies unchanged, errors included (the
-JSON body is the control reply; the HTTP status follows its errno).  Actions
+JSON body is the control reply; the HTTP status follows its errno).  State
+(watchers, workers, sockets, events, /metrics) is open on a loopback or unix
+address; what workers write (`logs`) needs the token everywhere: on the
+control channel only the owner and endpoint_group may read it, and any local
+user can reach a loopback port.  The event stream carries no output, only
+state changes (spawn, exit, ready, state, reload).  Actions
 (POST /api/watchers/NAME/ACTION) need the bearer token and are limited to
 operating what runs: start, stop, restart, reload, incr, decr, signal.  They go
-through the dispatcher as `access.console`: an endpoint_group operator's rights
-plus stop and signal, never the owner's, so a command that decides what runs
-(add, set cmd/uid/env, ...) would be refused even if a route led there, and none
-does.  Nothing over HTTP changes what runs or as whom.
+through the dispatcher as `access.console`: a fixed set -- what an operator may
+do plus stop and signal, with the operator's scaling maximum, never the
+endpoint_group's extra grants (secrets, quit, rm, scale) nor the owner's
+rights -- so a command that decides what runs (add, set cmd/uid/env, ...) would
+be refused even if a route led there, and none does.  Nothing over HTTP
+changes what runs or as whom.
 
 Routes
   GET  /                               the console page
@@ -18,7 +25,7 @@ Routes
   GET  /api/watchers/NAME?offset=&limit=   `status NAME`, each worker with
                                        cpu_seconds/rss_bytes/processes (its
                                        children included), paginated
-  GET  /api/watchers/NAME/logs?lines=N `logs NAME`
+  GET  /api/watchers/NAME/logs?lines=N `logs NAME`: needs the token everywhere
   GET  /api/sockets                    `listsockets` (accept-queue figures)
   GET  /api/events                     server-sent events (events.py)
   POST /api/watchers/NAME/ACTION       JSON body: {"nb": N} for incr/decr,
@@ -32,12 +39,13 @@ import asyncio
 import json
 import logging
 import os
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from sockvisor import __version__
+from sockvisor import __version__, wholenumber
 from sockvisor.control import protocol
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import ErrNo
@@ -73,7 +81,7 @@ SECURITY_HEADERS = {
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    needs_token = False   # actions: always; reading: only off loopback
+    needs_token = False   # actions, worker output: always; state: only off loopback
     public = False        # the page and its static files: no data in them
 
     def initialize(self, console: "ConsoleServer") -> None:
@@ -124,14 +132,36 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.send_json(protocol.error(None, self._reason, ErrNo.MESSAGE_ERROR))
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Instead of tornado's: an HTTPError (a malformed request: bad UTF-8 in
+        the path, a broken body) is the client's and is not logged; anything else
+        is a bug, logged as one short line per kind per interval (ratelimit.py)
+        naming the handler, the exception type and where it was raised -- never
+        the URL, query, headers or the exception's message, which may quote them.
+        Any local user can send requests: the log must not be theirs to fill."""
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        frames = traceback.extract_tb(tb)
+        where = (f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+                 if frames else "?")
+        kind = (type(self).__name__, getattr(typ, "__name__", "?"), where)
+        self.console.errors.warning(kind, "console: %s %s failed: %s at %s (answered 500; "
+                                    "the request is not logged)", self.request.method,
+                                    *kind)
+
     def int_argument(self, name: str, default: int, maximum: int) -> int | None:
+        """The query argument `name` as a whole number within 0..maximum, or None
+        after answering 400.  wholenumber.parse, not isdigit()/int(): "²" passes
+        isdigit() and then makes int() raise, and 5,000 digits make int() raise
+        too -- a 500 and a traceback where a 400 was due."""
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
-        if not raw.isdigit() or int(raw) > maximum:
-            self.send_error_reply(400, f"{name!r} must be a whole number from 0 to {maximum}")
+        try:
+            return wholenumber.parse(raw, repr(name), 0, maximum)
+        except ValueError as exc:
+            self.send_error_reply(400, f"{exc} (from 0 to {maximum})")
             return None
-        return int(raw)
 
 
 class PageHandler(BaseHandler):
@@ -202,6 +232,11 @@ class WatcherHandler(BaseHandler):
 
 
 class LogsHandler(BaseHandler):
+    # What workers write is as private as the control channel's `logs`, which
+    # only the owner and endpoint_group reach: any local user can reach a
+    # loopback console, so output needs the token even where state does not.
+    needs_token = True
+
     async def get(self, name: str) -> None:
         lines = self.int_argument("lines", 20, 100)
         if lines is not None:
@@ -304,10 +339,12 @@ class NotFoundHandler(BaseHandler):
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    # Debug only, the path only: a client must not be able to flood the log,
-    # and nothing of the request that could hold a secret is written.
+    # Debug only, the path only (cut short): a client must not be able to flood
+    # the log, and nothing of the request that could hold a secret is written.
+    path = handler.request.path
     log.debug("http %d %s %s %.1fms", handler.get_status(), handler.request.method,
-              handler.request.path, 1000.0 * handler.request.request_time())
+              path if len(path) <= 100 else path[:97] + "...",
+              1000.0 * handler.request.request_time())
 
 
 def make_application(console: "ConsoleServer") -> tornado.web.Application:

@@ -6,6 +6,11 @@ not read (slow network, hostile, a tab in the background) is dropped when its
 queue is full, and is told so if it can still hear it ("overflow"): the page
 then reconnects and re-reads the state.  Publishing never waits for a client,
 so a stalled reader costs a bounded amount of memory and no time in the loop.
+The MAX_CLIENTS slots are shared by every client: one local user can take them
+all (a known limit, see server.py); the ZeroMQ PUB endpoint is unaffected.
+
+Events carry state changes only (spawn, exit, ready, state, reload), never what
+workers write: the stream is as open as the state (api.py).
 """
 
 from __future__ import annotations

@@ -18,13 +18,30 @@ bounded:
     stream drops a client that does not read (events.py);
   * reading /proc for CPU and memory runs in a thread, at most once a second
     (sampler.py); actions in flight are bounded (api.py);
-  * access is logged at debug level only: a client cannot flood the log.
+  * access is logged at debug level only, and what a client can make fail
+    (a malformed request, an unexpected exception, anything tornado itself
+    would log) at most one short line per kind per interval, never with the
+    URL, query or headers (api.py log_exception, _TornadoFilter): no local
+    user can flood the log or put a secret sent in a request into it.
 bench/console_load.py measures it: kill→replacement latency with 200 clients
 hammering the console against an idle one.
 
+Known limit -- lockout: the bounds are global, not per client.  Any local user
+who can connect (every user, on a loopback address) can hold all
+MAX_CONNECTIONS connections or all of events.py's MAX_CLIENTS event-stream
+slots, and the console then refuses everyone else until they let go.  That
+costs sockvisor nothing and the ZeroMQ control channel (sockvisorctl) is
+unaffected, but the page and /metrics are unavailable meanwhile.  A per-peer
+bound is not cheap here: on loopback every local user's address is 127.0.0.1,
+and finding the uid behind a TCP connection takes a sock_diag query per
+accept.  Where that matters, use `http = unix:PATH` (reachable by root and
+endpoint_group only) or a firewall rule by owner (iptables -m owner).
+
 Binding: `http = HOST:PORT` (every address HOST resolves to) or `unix:/PATH`
-(created 0600 by the umask at bind, never chmod'ed by path afterwards; an old
-socket file there is replaced only if it is a socket nobody answers on).  On a
+through sockets.py's bind (born 0600 by the umask, then 0660 with
+`endpoint_group` as its group when that is set, like the control endpoint --
+mode and group set through an O_PATH fd checked to be the file we bound, never
+by path; an old socket file there is replaced only if nobody answers on it).  On a
 loopback address the Host header must name loopback too: a web page whose name
 is rebound to 127.0.0.1 (DNS rebinding) cannot read the API.
 """
@@ -34,20 +51,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from sockvisor import paths
-from sockvisor.config import _http_is_local, http_host_port
+from sockvisor import paths, sockets
+from sockvisor.config import SocketConfig, _http_is_local, http_host_port
 from sockvisor.control import access
 from sockvisor.http import auth
 from sockvisor.http.events import EventHub
 from sockvisor.http.pacing import Pacer
 from sockvisor.http.sampler import ProcessSampler
+from sockvisor.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from sockvisor.supervisor import Supervisor
@@ -78,9 +95,10 @@ class ConsoleServer:
         self.address: str = globals_.http
         self.unix_path = self.address[len("unix:"):] if self.address.startswith("unix:") else None
         self.local = _http_is_local(self.address)
-        # On a loopback or unix address only local users reach us: reading is
-        # open, as `sockvisorctl status` is to them.  Anywhere else, everything
-        # needs the token (config.py insists on http_token_file there).
+        # On a loopback or unix address only local users reach us: reading the
+        # state is open, as issue 12 asks (worker output is not: api.py).
+        # Anywhere else, everything needs the token (config.py insists on
+        # http_token_file there).
         self.token_needed_to_read = not self.local
         self.token_file = globals_.http_token_file
         self.token_dir = paths.runtime_dir(supervisor.config.path)
@@ -93,8 +111,12 @@ class ConsoleServer:
         self.metrics: Any = None
         self.server: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
+        self.unix_socket: sockets.ListeningSocket | None = None
         self.loopback_hosts: set[str] = set()
         self.actions_in_flight = 0   # api.py bounds it
+        # Failures a client can cause, or trigger again and again: one line per
+        # kind per interval (api.py's log_exception, tornado's own loggers).
+        self.errors = RateLimitedLog(log)
         self.caller = access.console(globals_)   # what its requests may do
 
     # ------------------------------------------------------------------ start / close
@@ -109,7 +131,7 @@ class ConsoleServer:
                 auth.write_token(self.token_dir, self.token)
                 self._wrote_token = True
             self._bind()
-        except OSError as exc:
+        except (OSError, sockets.SocketError) as exc:
             self._close_sockets()
             self._remove_token()
             raise StartupError(f"cannot serve the web console on {self.address}: {exc}",
@@ -122,9 +144,7 @@ class ConsoleServer:
             log.warning("/metrics disabled: %s (pip install prometheus_client)", exc)
         self.supervisor.subscribers.append(self.hub.publish)
         from sockvisor.http.api import make_application
-        # tornado reports every malformed request at INFO: a client could flood
-        # our log (journald) with them.  Our own access log is debug (api.py).
-        logging.getLogger("tornado.general").setLevel(logging.WARNING)
+        _quiet_tornado(self.errors)
         self.server = _BoundedHTTPServer(
             make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
             body_timeout=BODY_TIMEOUT, max_header_size=MAX_HEADER, max_body_size=MAX_BODY)
@@ -134,7 +154,20 @@ class ConsoleServer:
 
     def _bind(self) -> None:
         if self.unix_path is not None:
-            self.sockets.append(_bind_unix(self.unix_path))
+            # sockets.py's bind, the one fd-safe path for a unix socket's file: a
+            # stale socket file replaced only if nobody answers on it, anything
+            # else refused; born 0600 (umask), then mode and group set through an
+            # O_PATH fd checked to be the very file we bound, never by name.
+            group = self.supervisor.config.globals.endpoint_group
+            self.unix_socket = sockets.bind(SocketConfig(
+                name="console", family=socket.AF_UNIX, path=self.unix_path, backlog=128,
+                mode=0o600 if group is None else 0o660, group=group, blocking=False))
+            # tornado gets a duplicate: it closes its copy on stop(), and ours
+            # must still be open when close() removes the file (ListeningSocket
+            # checks through it that the name still is our socket).
+            served = self.unix_socket.sock.dup()
+            served.setblocking(False)
+            self.sockets.append(served)
             self.url = f"unix:{self.unix_path}"
             return
         host, port = http_host_port(self.address)
@@ -166,15 +199,12 @@ class ConsoleServer:
         self._remove_token()
 
     def _close_sockets(self) -> None:
+        if self.unix_socket is not None:
+            self.unix_socket.close()   # unlinks the file only if it still is ours
+            self.unix_socket = None
         for sock in self.sockets:
             sock.close()
         self.sockets = []
-        if self.unix_path is not None:
-            try:
-                if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
-                    os.unlink(self.unix_path)
-            except OSError:
-                pass
 
     def _remove_token(self) -> None:
         if self._wrote_token:
@@ -182,31 +212,36 @@ class ConsoleServer:
             self._wrote_token = False
 
 
-def _bind_unix(path: str) -> socket.socket:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            raise OSError(f"{path} is in use")
-        except ConnectionRefusedError:
-            os.unlink(path)   # a socket file left by a previous run
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)   # born 0600: no window in which others may connect
-    try:
-        sock.bind(path)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    sock.setblocking(False)
-    sock.listen(128)
-    return sock
+TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
+
+class _TornadoFilter(logging.Filter):
+    """tornado's own log records pass through here and go no further.  They can
+    carry what a client sent (tornado.general: "Malformed HTTP message from ...",
+    bad multipart bodies; tornado.application: a traceback with the request
+    line), one per request.  A warning or worse becomes one short line per kind
+    per interval on our logger with tornado's message template -- never its
+    arguments, which hold the client's data."""
+
+    def __init__(self, errors: RateLimitedLog):
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            template = str(record.msg).split("\n", 1)[0][:80]
+            self.errors.warning((record.name, template), "console: %s reported %r (its "
+                                "details come from a client and are not logged)",
+                                record.name, template)
+        return False
+
+
+def _quiet_tornado(errors: RateLimitedLog) -> None:
+    for name in TORNADO_LOGGERS:
+        logger = logging.getLogger(name)
+        # No record below WARNING is even made (tornado logs every malformed
+        # request at INFO); the rest go through the filter.
+        logger.setLevel(logging.WARNING)
+        for old in [f for f in logger.filters if isinstance(f, _TornadoFilter)]:
+            logger.removeFilter(old)
+        logger.addFilter(_TornadoFilter(errors))

@@ -80,7 +80,9 @@ def test_reading_gives_the_control_replies(sockvisor, scripts):
     assert (unknown.json()["errno"], unknown.json()["reason"]) == (
         zmq_unknown["errno"], zmq_unknown["reason"])
 
-    logs = wait_for(lambda: (r := get(url, "/api/watchers/web/logs").json())["lines"] and r)
+    token = console_token(sv)
+    logs = wait_for(lambda: (r := get(url, "/api/watchers/web/logs",
+                                      token=token).json())["lines"] and r)
     assert logs["captured"] == ["stdout"]
     assert "hello-from-worker" in {line["line"] for line in logs["lines"]}
 
@@ -89,6 +91,105 @@ def test_reading_gives_the_control_replies(sockvisor, scripts):
     assert len(page["workers"]) == 1 and page["workers_total"] == 2
     assert get(url, "/api/watchers/web?limit=abc").status == 400
     assert get(url, "/no/such/page").status == 404
+
+
+HOSTILE_READS = (
+    "/api/watchers/web/logs?lines=%C2%B2",            # "²": isdigit() says yes, int() no
+    "/api/watchers/web/logs?lines=" + "1" * 15000,    # past int()'s digit limit
+    "/api/watchers/web?offset=%C2%B2",
+    "/api/watchers/web?limit=" + "9" * 15000,
+    "/api/watchers/web?offset=1_0",                   # int() would take it
+    "/api/watchers/web?limit=%D9%A1",                 # Arabic-Indic one
+)
+
+
+def test_odd_numbers_are_a_400_and_clients_cannot_flood_the_log(sockvisor, scripts):
+    """Finding 3: a number in a query is parsed strictly (a 400 naming it, never a
+    500), and what any local user can send -- odd numbers, invalid UTF-8 in a
+    path, a broken multipart body -- adds at most a few lines to the log,
+    none holding the URL."""
+    # At info, the default: debug adds one access line per request by design.
+    sv = sockvisor(web(scripts, numprocesses=1, extra="stdout = prefix"), globals=HTTP,
+                   loglevel="info")
+    url = console_url(sv)
+    token = console_token(sv)
+    for path in HOSTILE_READS:
+        reply = get(url, path, token=token)
+        assert reply.status == 400, (path[:60], reply)
+        reason = reply.json()["reason"]
+        assert ("'lines'" in reason or "'offset'" in reason or "'limit'" in reason), reason
+        assert len(reason) < 200, reason
+    assert get(url, "/api/watchers/web?offset=0&limit=1000", token=token).status == 200
+    assert get(url, "/api/watchers/web?limit=1001", token=token).status == 400
+    # Numbers in a body: the command's own strict check, a 400 as well.
+    for action, body in (("incr", b'{"nb": ' + b"1" * 15000 + b"}"),
+                         ("incr", {"nb": "1" * 15000}), ("incr", {"nb": "\u00b2"}),
+                         ("decr", {"nb": 1e308}), ("signal", {"signum": "HUP", "pid": "\u00b2"}),
+                         ("signal", {"signum": "1" * 5000})):
+        reply = post(url, f"/api/watchers/web/{action}", token=token, body=body)
+        assert reply.status == 400, (action, reply)
+    assert len(sv.worker_pids()) == 1
+
+    broken_multipart = {"Content-Type": "multipart/form-data; boundary=zz",
+                        "Authorization": f"Bearer {token}"}
+    before = sv.log()
+    for round_ in range(100):
+        kind = round_ % 4
+        if kind == 0:
+            get(url, HOSTILE_READS[round_ % len(HOSTILE_READS)])
+        elif kind == 1:
+            get(url, HOSTILE_READS[round_ % len(HOSTILE_READS)], token=token)
+        elif kind == 2:
+            get(url, "/api/watchers/%FF%FE" + "x" * 2000)
+        else:
+            post(url, "/api/watchers/web/restart?" + "q" * 2000,
+                 body=b"--zz\r\nnonsense" + b"y" * 2000, headers=broken_multipart)
+    # Anything logged for these requests has been written by now: a status
+    # request is answered after them on the same loop.
+    assert get(url, "/api/watchers").status == 200
+    log = sv.log()
+    grown = log[len(before):]
+    assert log.startswith(before)
+    assert grown.count("\n") <= 5 and len(grown) <= 1000, \
+        f"{grown.count(chr(10))} log lines, {len(grown)} bytes for 100 hostile requests:\n" \
+        f"{grown[-3000:]}"
+    assert "1" * 100 not in log and "x" * 100 not in log and "q" * 100 not in log
+    assert "lines=" not in log and "Traceback" not in log
+
+
+def test_worker_output_needs_the_token_state_does_not(sockvisor, scripts):
+    """Finding 4: what workers write is as private as the control channel's
+    `logs` (endpoint_group only): over HTTP it needs the token, while state,
+    sockets, events and /metrics stay open on loopback (issue 12)."""
+    secret = "worker-output-4f1c"
+    sv = sockvisor(web(scripts, "--say", secret, numprocesses=1, extra="stdout = prefix"),
+                   globals=HTTP)
+    url = console_url(sv)
+    token = console_token(sv)
+    with_token = wait_for(lambda: (r := get(url, "/api/watchers/web/logs?lines=50",
+                                            token=token)).status == 200
+                          and r.json()["lines"] and r)
+    assert secret in {line["line"] for line in with_token.json()["lines"]}
+
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        refused = get(url, "/api/watchers/web/logs?lines=50", headers=headers)
+        assert refused.status == 401, refused
+        assert secret.encode() not in refused.body
+        assert refused.json()["errno"] == 7
+    # Refused before the number is even looked at.
+    assert get(url, "/api/watchers/web/logs?lines=%C2%B2").status == 401
+
+    # State stays open, and carries none of the output.
+    for path in ("/api/watchers", "/api/watchers/web", "/api/sockets", "/metrics"):
+        reply = get(url, path)
+        assert reply.status == 200, (path, reply)
+        assert secret.encode() not in reply.body, path
+    assert get(url, "/api/").json()["read_needs_token"] is False
+    stream = EventStream(url)
+    try:
+        assert stream.status == 200
+    finally:
+        stream.close()
 
 
 def test_worker_figures_include_its_children(sockvisor, scripts):
@@ -275,7 +376,8 @@ def test_accept_queue_is_seen_in_metrics_and_listsockets(sockvisor, scripts):
 def test_unix_socket_console(sockvisor, scripts, tmp_path):
     path = tmp_path / "console.sock"
     sv = sockvisor(web(scripts, numprocesses=1), globals=f"http = unix:{path}")
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    st = os.lstat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_gid == os.getegid()
     url = f"unix:{path}"
     assert console_url(sv) == url
     assert get(url, "/api/watchers").json()["statuses"] == {"web": "active"}
@@ -359,3 +461,65 @@ def test_hostile_clients_do_not_stop_control_or_respawn(sockvisor, scripts):
         except OSError:
             return False
     wait_for(answers, 10)
+
+
+MEMBER_CLIENT = r"""
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    sock.connect(sys.argv[1])
+except OSError as exc:
+    print("refused", exc.errno)
+    sys.exit(0)
+sock.sendall(f"GET {sys.argv[2]} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+data = b""
+while chunk := sock.recv(65536):
+    data += chunk
+print(data.split(b" ", 2)[1].decode())
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: connects as nobody")
+def test_unix_socket_console_is_the_endpoint_groups(sockvisor, scripts, world_readable_dir):
+    """Finding 4: `http = unix:PATH` with endpoint_group is 0660 with that group
+    (set through the O_PATH fd of the file we bound, as sockets.py does): a
+    member reads state, another local user cannot even connect."""
+    import grp
+    import pwd
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs /usr/bin/python3 to run a client as nobody")
+    group = next((g for g in ("www-data", "daemon", "bin", "adm") if _has_group(g)), None)
+    if group is None:
+        pytest.skip("no system group to act as the operator group")
+    gid = grp.getgrnam(group).gr_gid
+    path = world_readable_dir / "console.sock"
+    sv = sockvisor(web(scripts, numprocesses=1),
+                   globals=f"http = unix:{path}\nendpoint_group = {group}")
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_uid == 0 and st.st_gid == gid
+
+    nobody = pwd.getpwnam("nobody")
+
+    def as_nobody(extra_groups: list[int], request_path: str) -> str:
+        result = subprocess.run(["/usr/bin/python3", "-c", MEMBER_CLIENT, str(path),
+                                 request_path], user=nobody.pw_uid, group=nobody.pw_gid,
+                                extra_groups=extra_groups, cwd="/", capture_output=True,
+                                text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+    assert as_nobody([gid], "/api/watchers") == "200"
+    assert as_nobody([gid], "/api/watchers/web/logs") == "401"   # output: the token's
+    assert as_nobody([], "/api/watchers") == "refused 13"        # EACCES
+    sv.stop()
+    assert not path.exists()
+
+
+def _has_group(name: str) -> bool:
+    import grp
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False

@@ -4,8 +4,8 @@ Needs Debian's `chromium` and `chromium-driver` (/usr/bin/chromium,
 /usr/bin/chromedriver) and the `selenium` package; skips, saying which is
 missing, without them.  The page is checked as a user sees it: worker pids in
 the table, a replacement appearing without reloading the page, the reload
-button (with a token) moving the generation on, and no buttons (and a refused
-POST) without one.  The run saves a screenshot at 4 watchers into
+button (with a token) moving the generation on and the workers' output shown,
+and no buttons, no output (and a refused POST) without one.  The run saves a screenshot at 4 watchers into
 $SOCKVISOR_ARTIFACTS (default tests/artifacts/) for the README.
 """
 
@@ -152,8 +152,12 @@ def test_page_follows_workers_live_and_is_read_only_without_token(sockvisor, scr
     assert {"web", "api", "jobs", "reports"} <= {
         card.get_attribute("data-watcher")
         for card in browser.find_elements("css selector", "[data-watcher]")}
-    wait_for(lambda: "web-worker-up" in browser.find_element(
-        "css selector", '[data-watcher="web"] pre.output').text, 15)
+    # Without the token the card says output needs it, and shows none of it.
+    wait_for(lambda: browser.find_elements(
+        "css selector", '[data-watcher="web"] .output-locked'), 15)
+    assert "needs the token" in browser.find_element(
+        "css selector", '[data-watcher="web"] .output-locked').text
+    assert browser.find_elements("css selector", "pre.output") == []
 
     # Killed from outside: the new pid shows up without reloading the page.
     victim = min(web_pids)
@@ -173,13 +177,20 @@ def test_page_follows_workers_live_and_is_read_only_without_token(sockvisor, scr
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "console.png"))
 
-    # No token: no action buttons, and the POST the button would send is refused.
+    # No token: no action buttons, and the POST the button would send is refused;
+    # nor does the page's own origin get the output by asking.
     assert browser.find_elements("css selector", "button[data-action]") == []
     status = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];
         fetch('/api/watchers/web/reload', {method: 'POST', body: '{}'})
           .then((r) => done(r.status), (e) => done(String(e)));""")
     assert status in (401, 403)
+    body = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch('/api/watchers/web/logs').then((r) => r.text().then((t) => done([r.status, t])),
+                                             (e) => done([0, String(e)]));""")
+    assert body[0] in (401, 403) and "web-worker-up" not in body[1], body
+    assert "web-worker-up" not in browser.page_source
     with control(sv) as ctl:
         assert ctl.status("web")["generation"] == 1
 
@@ -201,6 +212,14 @@ def test_reload_button_with_token_moves_the_generation(sockvisor, scripts, brows
     browser.find_element("id", "use-token").click()
     reload_button = '[data-watcher="web"] button[data-action="reload"]'
     wait_for(lambda: browser.find_elements("css selector", reload_button), 10)
+    # With the token, the last lines each watcher wrote appear.
+    def output(watcher: str) -> str:
+        return browser.execute_script(
+            "const o = document.querySelector(arguments[0]); return o ? o.textContent : ''",
+            f'[data-watcher="{watcher}"] pre.output')
+    wait_for(lambda: "web-worker-up" in output("web"), 15,
+             message=lambda: f"web's output on the page (have {output('web')!r})")
+    wait_for(lambda: "report-queue-empty" in output("reports"), 15)
     old_pids = set(sv.wait_workers(2, "web-worker-up"))
     click(browser, reload_button)
     wait_for(lambda: page_generation(browser, "web") == 2, 20,

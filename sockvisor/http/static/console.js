@@ -84,7 +84,10 @@ async function checkToken() {
     tokenState.textContent = state.authorized ? "actions enabled" : "read-only";
   }
   document.getElementById("forget-token").hidden = !state.token;
-  for (const entry of state.watchers.values()) entry.dirty = true;
+  for (const entry of state.watchers.values()) {
+    entry.dirty = true;
+    if (!state.authorized) entry.logs = null;   // a forgotten token takes the output along
+  }
   renderAll();
 }
 
@@ -144,7 +147,9 @@ async function refreshWatcher(name) {
       state: entry.detail.state, ready: entry.detail.ready,
       numprocesses: entry.detail.numprocesses, generation: entry.detail.generation });
   }
-  if (entry.expanded) {
+  // What workers write needs the token (it is as private as `sockvisorctl
+  // logs`); without one the card says so instead of asking and failing.
+  if (entry.expanded && state.authorized) {
     const logs = await api(`/api/watchers/${encodeURIComponent(name)}/logs?lines=30`);
     if (logs.ok) entry.logs = logs.body;
   }
@@ -391,6 +396,10 @@ function pager(name, entry, detail) {
 }
 
 function outputBox(entry) {
+  if (!state.authorized) {
+    return el("div", { class: "muted output-locked" },
+              "output: needs the token (what workers write is shown to token holders only)");
+  }
   const logs = entry.logs;
   if (!logs) return null;
   if (!logs.captured.length) {
