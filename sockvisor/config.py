@@ -10,7 +10,7 @@ did-you-mean, never silently kept.
 Checked across sections, because each would otherwise surface only after `start`
 had bound the ports: a config needs a watcher; no two sockets may share an
 address; no value may be longer than 64 KiB (nothing longer can reach exec, and
-the loader stays linear in the file).  Whether each worker's user can enter its
+the loader stays linear in the file) or hold a NUL.  Whether each worker's user can enter its
 working_dir and run its program is asked as that user, by preflight.py.
 
 Substitutions:
@@ -788,6 +788,9 @@ class _Loader:
                                  f"{MAX_VALUE_LENGTH // 1024} KiB (exec refuses an "
                                  "argument or environment string over 128 KiB)",
                                  section, key)
+            if "\0" in value:
+                # No path, address, argument or environment string can hold one.
+                raise self.error("the value contains a NUL character", section, key)
 
     def check_addresses(self, sockets: Mapping[str, SocketConfig],
                         sections: Mapping[str, str]) -> None:

@@ -146,6 +146,13 @@ def test_cmd_with_a_nul_byte(tmp_path):
                says="NUL")
 
 
+@pytest.mark.parametrize("key, value", [("host", "127.0.0.1\0x"), ("path", "/tmp/a\0b")])
+def test_a_nul_byte_in_any_value_is_a_located_error(tmp_path, key, value):
+    # Found by the loader's property test: `host = a\0b` escaped as a bare ValueError.
+    load_error(tmp_path, f"[socket:s]\n{key} = {value}\n\n" + watcher("cmd = /bin/true"),
+               section="socket:s", key=key, says="NUL")
+
+
 def test_add_over_the_control_channel_checks_cmd_too(tmp_path):
     config = watcher_from_options("<control>", "web", {"cmd": "/nonexistent/server"}, {},
                                   environ=ENVIRON)
