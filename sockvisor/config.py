@@ -154,6 +154,8 @@ class WatcherConfig:
     explicit_env: Mapping[str, str] = field(default_factory=dict)
     umask: int | None = None
     stop_signal: int = signal.SIGTERM
+    # What endpoint_group members may signal without the `signal` grant.
+    operator_signals: frozenset[int] = frozenset()
     graceful_timeout: float = 30.0
     restart: RestartPolicy = RestartPolicy()
     ready: ReadyPolicy = ReadyPolicy()
@@ -255,14 +257,25 @@ def _parse_max_restarts(raw: str) -> int:
         raise ValueError(f"{exc} (or -1: no limit)") from None
 
 
-def _parse_float(low: float = 0.0) -> Callable[[str], float]:
+# The longest any duration option may be (graceful_timeout, ready_timeout,
+# min_uptime, the backoff, restart_window, a ready delay).  float() takes "inf",
+# "nan" and "1e308": a graceful_timeout of inf made a stop that never ends, with
+# every later command queued behind it and SIGTERM to sockvisor hanging.  A day
+# is far beyond any real timeout and still ends.
+MAX_SECONDS = 86400.0
+
+
+def _parse_float(low: float = 0.0, high: float = MAX_SECONDS) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ValueError(f"expected a number of seconds, got {raw!r}") from None
-        if value != value or value < low:
-            raise ValueError(f"must be a number of at least {low}, got {raw!r}")
+        # `not low <= value <= high` is also true of nan.
+        if not low <= value <= high:
+            day = " (1 day)" if high == MAX_SECONDS else ""
+            raise ValueError(f"must be a number of seconds from {low:g} to {high:g}{day}, "
+                             f"got {raw.strip()!r}")
         return value
     return parse
 
@@ -290,6 +303,29 @@ def _parse_signal(raw: str) -> int:
         return signal.Signals[name].value
     except KeyError:
         raise ValueError(f"unknown signal {raw.strip()!r}") from None
+
+
+def _parse_operator_signals(raw: str) -> frozenset[int]:
+    """`operator_signals = HUP USR1`: signal names, no numbers (a list an
+    operator's rights depend on should say what it means), no duplicates."""
+    signals: set[int] = set()
+    for word in _parse_list(raw):
+        name = word.upper()
+        if not (name.isascii() and name[:1].isalpha()):
+            raise ValueError(f"expected signal names such as HUP or USR1, got {word!r}")
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name not in signal.Signals.__members__:
+            raise ValueError(f"unknown signal {word!r}")
+        number = signal.Signals[name].value
+        if number in signals:
+            raise ValueError(f"{word!r} is listed twice")
+        signals.add(number)
+    return frozenset(signals)
+
+
+def signal_names(signals: "frozenset[int] | set[int]") -> list[str]:
+    """`operator_signals` as shown and written back: HUP, USR1 (by number)."""
+    return [signal.Signals(number).name[len("SIG"):] for number in sorted(signals)]
 
 
 def _parse_cgroup(raw: str) -> str:
@@ -558,6 +594,10 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "copy_path": _Option(_parse_bool),
     "umask": _Option(_parse_octal),
     "stop_signal": _Option(_parse_signal),
+    # Signals `endpoint_group` members may send without the `signal` grant
+    # (control/access.py); none by default: HUP, USR1, USR2 kill a program that
+    # does not handle them, USR1 opens Node's debugger.
+    "operator_signals": _Option(_parse_operator_signals),
     "graceful_timeout": _Option(_parse_float()),
     "respawn": _Option(_parse_bool),
     "min_uptime": _Option(_parse_float()),
@@ -1026,7 +1066,7 @@ class _Loader:
         for family, address in ((socket.AF_INET, host), (socket.AF_INET6, host.strip("[]"))):
             try:
                 socket.inet_pton(family, address)
-            except OSError:
+            except (OSError, ValueError):   # ValueError: a NUL in the address
                 continue
             if family_name and family_name != family.name:
                 raise self.error(f"{host!r} is not an {family_name} address", section, key)
@@ -1163,6 +1203,7 @@ class _Loader:
             uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
             env=full_env, copy_env=copy_env, explicit_env=env, umask=values.get("umask"),
             stop_signal=values.get("stop_signal", signal.SIGTERM),
+            operator_signals=values.get("operator_signals", frozenset()),
             graceful_timeout=values.get("graceful_timeout", 30.0),
             restart=restart, ready=ready, reload_batch=values.get("reload_batch", 0),
             stdout=self.build_output("stdout", values, section, uid, gid),
@@ -1342,6 +1383,7 @@ def _as_options(config: WatcherConfig) -> dict[str, Any]:
         "cmd": shlex.join([config.cmd, *config.args]),
         "numprocesses": config.numprocesses,
         "stop_signal": str(int(config.stop_signal)),
+        "operator_signals": " ".join(signal_names(config.operator_signals)),
         "graceful_timeout": config.graceful_timeout,
         "respawn": config.restart.respawn,
         "min_uptime": config.restart.min_uptime,

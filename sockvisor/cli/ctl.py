@@ -19,6 +19,7 @@ from typing import Any
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 QUICK_TIMEOUT = 10.0
 LONG_TIMEOUT = 600.0
+MAX_TIMEOUT = 86400.0   # as config.MAX_SECONDS, without importing the config module
 
 
 def _add_global_options(parser: argparse.ArgumentParser, after_command: bool) -> None:
@@ -31,7 +32,7 @@ def _add_global_options(parser: argparse.ArgumentParser, after_command: bool) ->
                         help="the sockvisor INI file (to find the endpoint)")
     parser.add_argument("--endpoint", default=default(None),
                         help="control endpoint (ipc://PATH or tcp://HOST:PORT)")
-    parser.add_argument("--timeout", type=float, default=default(None),
+    parser.add_argument("--timeout", type=_seconds, default=default(None),
                         help=f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}, "
                              f"{LONG_TIMEOUT:g} for commands that wait for processes)")
     parser.add_argument("--json", action="store_true", default=default(False),
@@ -40,6 +41,20 @@ def _add_global_options(parser: argparse.ArgumentParser, after_command: bool) ->
                         help="tcp:// with CURVE: the server's public certificate file")
     parser.add_argument("--curve-client-key", default=default(None),
                         help="tcp:// with CURVE: our secret certificate file")
+
+
+def _seconds(raw: str) -> float:
+    """--timeout: a finite number of seconds (float() takes "inf" and "nan",
+    which the client's poll cannot wait for)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") \
+            from None
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most "
+                                         f"{MAX_TIMEOUT:g} seconds, got {raw!r}")
+    return value
 
 
 def build_parser(commands: dict) -> argparse.ArgumentParser:
@@ -107,9 +122,16 @@ def endpoint_from_config(path: str) -> str:
 
 def _default_endpoint(path: str, unreadable: OSError | None) -> str:
     """The owner endpoint if we may use it, else the shared one, in the first
-    place (ours, then root's) where a sockvisor for `path` has put them."""
+    place (ours, then root's) where a sockvisor for `path` has put them.  A place
+    someone else could have made or changed (paths.unsafe_place) is skipped:
+    what listens there need not be sockvisor."""
     from sockvisor import paths
+    skipped: list[str] = []
     for directory in paths.candidate_runtime_dirs(path):
+        problem = paths.unsafe_place(directory)
+        if problem is not None:
+            skipped.append(problem)
+            continue
         admin, control = f"{directory}/admin", f"{directory}/control"
         if os.access(admin, os.W_OK):
             return f"ipc://{admin}"
@@ -118,6 +140,11 @@ def _default_endpoint(path: str, unreadable: OSError | None) -> str:
         if os.path.isdir(directory) and not os.access(directory, os.X_OK):
             # There, but not for us: ControlClient says "permission denied".
             return f"ipc://{control}"
+    if skipped:
+        places = ", ".join(paths.candidate_runtime_dirs(path))
+        raise NotFound(f"no sockvisor endpoint for {path} at its default places "
+                       f"({places}); skipped, as not safe to use: {'; '.join(skipped)} "
+                       "(give --endpoint, or set $XDG_RUNTIME_DIR)")
     if unreadable is not None:
         raise UsageError(f"cannot read {path}: {unreadable.strerror}; and no sockvisor "
                          f"endpoint at its default places "
@@ -129,6 +156,10 @@ class UsageError(Exception):
     pass
 
 
+class NotFound(Exception):
+    """No sockvisor endpoint we may trust: exit 3, as for one that does not answer."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from sockvisor.control.commands import load_commands
     commands = load_commands()
@@ -138,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         endpoint = resolve_endpoint(args)
         properties = command.properties(args)
+    except NotFound as exc:
+        print(f"sockvisorctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (UsageError, ValueError) as exc:   # ValueError: e.g. `signal web x HUP`
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,7 +7,8 @@ in on: ZeroMQ's ipc transport does not say who the peer is):
 * an **operator** -- a member of `endpoint_group`, on the 0660 endpoint.
 
 Operators operate: they look (status, list, stats, options with env values
-redacted, ...), reload, restart, start, scale within a maximum the config sets.
+redacted, ...), reload, restart, start, scale within a maximum the config sets,
+and send the signals the watcher's own `operator_signals` lists (none by default).
 They never decide what runs, as whom, with which secrets, and never stop the
 service for everyone -- unless `endpoint_group_grants` grants that one thing.
 The README's "Control" section has the whole table.
@@ -15,9 +16,12 @@ The README's "Control" section has the whole table.
 Each command declares what it needs (`Command.access`, or `Command.requires(props)`
 where it depends on the request: which options `set` changes, which signal
 `signal` sends); the server calls `authorize` before running it, and `redact` on
-what it answers.  Scaling is the one right whose bound depends on the watcher's
-current count: `incr`, `decr` and `set numprocesses` apply it through `scaling`,
-under a lock per watcher, so concurrent requests cannot add up past the maximum.
+what it answers.  Two rights depend on the watcher, which `authorize` does not
+know, so the command checks them here once it has it: scaling, whose bound
+depends on the watcher's current count (`incr`, `decr` and `set numprocesses`
+apply it through `scaling`, under a lock per watcher, so concurrent requests
+cannot add up past the maximum), and signals (`check_signal`: the watcher's
+`operator_signals`).
 A command that declares nothing is the owner's: a new command is safe by default.
 """
 
@@ -43,16 +47,17 @@ if TYPE_CHECKING:
 OPERATE = "operate"   # any operator may
 OWNER = "owner"       # the owner only; no grant gives it (what runs, as whom, where)
 
-# Signals that ask a program to do something and leave it running (reopen logs,
-# reload, gunicorn's TTIN/TTOU): operating.  Any other one (TERM, KILL, STOP, ...)
-# can take the service down and needs the `signal` grant.
-OPERATING_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                               signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU,
-                               signal.SIGCONT})
+# No signal is "operating" by itself: HUP, USR1 and USR2 kill a program that
+# does not handle them (a member HUP-ing each respawned worker took the watcher
+# FATAL), and USR1 opens Node's debugger.  Which ones a watcher's program takes
+# as a request is for its config to say (`operator_signals`, checked by
+# `check_signal`); any other needs the `signal` grant.
 
 # `set` options an operator may change: how the watcher is operated, not what it
-# runs or how it restarts (a tiny ready_timeout or a huge backoff can keep it down).
-OPERATOR_OPTIONS = frozenset({"numprocesses", "graceful_timeout", "reload_batch"})
+# runs or how it restarts (a tiny ready_timeout or a huge backoff can keep it
+# down), nor how long a stop may take (graceful_timeout: a huge one made stops,
+# and everything queued behind them, hang).
+OPERATOR_OPTIONS = frozenset({"numprocesses", "reload_batch"})
 
 WORKERS_PER_CPU = 4   # the default maximum an operator may scale a watcher to
 
@@ -142,8 +147,15 @@ def redact(result: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return result
 
 
-def signal_needs(signum: int) -> str:
-    return OPERATE if signum in OPERATING_SIGNALS else "signal"
+def check_signal(watcher: "Watcher", signum: int) -> None:
+    """Raise FORBIDDEN unless the current caller may send `signum` to `watcher`:
+    with the `signal` grant, or if the watcher's config lists it in
+    `operator_signals`."""
+    caller = current()
+    if caller.may("signal") or signum in watcher.config.operator_signals:
+        return
+    raise forbidden(f"signal {signal.Signals(signum).name} (not in {watcher.name}'s "
+                    "operator_signals)", "signal")
 
 
 # --------------------------------------------------------------------------- scaling

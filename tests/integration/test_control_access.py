@@ -130,7 +130,8 @@ def test_endpoint_group_operates_but_cannot_decide_what_runs(bare_sockvisor, scr
                                                             tmp_path):
     group, member = _operator_group()
     sv = bare_sockvisor(f"[sockvisor]\nendpoint_group = {group}\n"
-                        + WATCHER.format(cmd=scripts.cmd("worker.py")))
+                        + WATCHER.format(cmd=scripts.cmd("worker.py"))
+                        + "operator_signals = CONT\n")
     conf = str(sv.conf)
     shared, admin = paths.default_endpoint(conf), paths.default_admin_endpoint(conf)
     gid = grp.getgrnam(group).gr_gid
@@ -179,9 +180,9 @@ def test_endpoint_group_operates_but_cannot_decide_what_runs(bare_sockvisor, scr
     [pid, _] = ok(shared, "list", {"name": "web"})["pids"]
     assert ok(shared, "signal", {"name": "web", "signum": "CONT", "pid": pid})["pids"] \
         == [pid]
-    assert ok(shared, "set", {"name": "web", "options": {"graceful_timeout": 2}})
-    assert ok(shared, "get", {"name": "web", "keys": ["graceful_timeout"]}
-              )["options"]["graceful_timeout"] == 2.0
+    assert ok(shared, "set", {"name": "web", "options": {"reload_batch": 1}})
+    assert ok(shared, "get", {"name": "web", "keys": ["reload_batch"]}
+              )["options"]["reload_batch"] == 1
 
     # The owner endpoint may add (and sockvisorctl -c CONF picks it for root).
     added = ok(admin, "add", {"name": "extra", "cmd": scripts.cmd("worker.py") +

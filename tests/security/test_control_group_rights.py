@@ -40,7 +40,7 @@ def group_setup(world_readable_dir, scripts):
     member = Member(top, group)
     instances: list[Sockvisor] = []
 
-    def start(extra_globals: str = "", name: str = "sv"):
+    def start(extra_globals: str = "", name: str = "sv", watcher_extra: str = ""):
         run = top / f"{name}-run"
         run.mkdir(mode=0o710)
         os.chown(run, 0, grp.getgrnam(group).gr_gid)
@@ -64,7 +64,8 @@ def group_setup(world_readable_dir, scripts):
             numprocesses = 1
             graceful_timeout = 1
             env = SECRET={SECRET}
-            """).replace("EXTRA", extra_globals)
+            WATCHER_EXTRA
+            """).replace("WATCHER_EXTRA", watcher_extra).replace("EXTRA", extra_globals)
         sv = Sockvisor(directory, text)
         instances.append(sv)
         sv.wait_ready()
@@ -124,6 +125,18 @@ def test_group_member_is_refused_what_stops_the_service_or_reveals_secrets(group
         ("set", {"name": "web", "options": {"respawn": "false"}}),
         ("set", {"name": "web", "options": {"ready_timeout": "0.001"}}),
         ("set", {"name": "web", "options": {"graceful_timeout": 2, "CMD": "/bin/true"}}),
+        # A worker that ignores TERM would never stop: restarts hang, the owner's
+        # commands queue behind them, SIGTERM to sockvisor hangs.
+        ("set", {"name": "web", "options": {"graceful_timeout": "inf"}}),
+        ("set", {"name": "web", "options": {"graceful_timeout": 2}}),
+        # What operators may signal is the owner's to decide.
+        ("set", {"name": "web", "options": {"operator_signals": "HUP"}}),
+        # No signal is "operating" unless the watcher's config says so: HUP,
+        # USR1, USR2 kill a program that does not handle them.
+        ("signal", {"name": "web", "signum": "HUP"}),
+        ("signal", {"name": "web", "signum": "USR1", "pid": pid}),
+        ("signal", {"name": "web", "signum": "usr2"}),
+        ("signal", {"name": "web", "signum": "CONT"}),
         ("signal", {"name": "web", "signum": "KILL"}),
         ("signal", {"name": "web", "signum": "STOP"}),
         ("signal", {"name": "web", "signum": "TERM", "pid": pid}),
@@ -156,13 +169,15 @@ def test_group_member_is_refused_what_stops_the_service_or_reveals_secrets(group
 @pytest.mark.timeout(120)
 def test_group_member_operates(group_setup):
     start, member = group_setup
-    sv, shared, admin = start("endpoint_group_max_numprocesses = 3")
+    sv, shared, admin = start("endpoint_group_max_numprocesses = 3",
+                              watcher_extra="operator_signals = CONT, winch")
     [pid] = _owner(admin, "list", {"name": "web"})["pids"]
     looks = [("status", {}), ("status", {"name": "web"}), ("list", {}),
              ("list", {"name": "web"}), ("stats", {}), ("dstats", {}),
              ("listsockets", {}), ("numprocesses", {}), ("numwatchers", {}),
              ("get", {"name": "web", "keys": ["graceful_timeout"]}),
-             ("signal", {"name": "web", "signum": "CONT", "pid": pid})]
+             ("signal", {"name": "web", "signum": "CONT", "pid": pid}),
+             ("signal", {"name": "web", "signum": "SIGWINCH"})]
     for (command, props), reply in zip(looks, member.calls(shared, looks)):
         assert reply.get("status") != "error", f"{command} {props}: {reply}"
 
@@ -171,10 +186,13 @@ def test_group_member_operates(group_setup):
     _forbidden(member.call(shared, "incr", {"name": "web"}), "incr past the maximum")
     assert member.call(shared, "decr", {"name": "web", "nb": 2})["numprocesses"] == 1
     reply = member.call(shared, "set", {"name": "web", "options": {"numprocesses": 2,
-                                                                   "graceful_timeout": 2}})
+                                                                   "reload_batch": 1}})
     assert reply["watcher"]["numprocesses"] == 2, reply
-    assert _owner(admin, "get", {"name": "web", "keys": ["graceful_timeout"]}
-                  )["options"]["graceful_timeout"] == 2.0
+    assert _owner(admin, "get", {"name": "web", "keys": ["reload_batch"]}
+                  )["options"]["reload_batch"] == 1
+    # A member's `set` rebuilds the watcher's config: the owner's choices stay.
+    assert member.call(shared, "get", {"name": "web", "keys": ["operator_signals"]}
+                       )["options"]["operator_signals"] == ["CONT", "WINCH"]
     sv.wait_workers(2, "worker.py")
     for command in ("reload", "restart", "start"):
         reply = member.call(shared, command, {"name": "web", "waiting": True})
@@ -187,6 +205,91 @@ def test_group_member_operates(group_setup):
     assert all(r.get("status") == "ok" or r.get("errno") == ErrNo.FORBIDDEN
                for r in replies), replies
     assert _owner(admin, "numprocesses", {"name": "web"})["numprocesses"] <= 3
+    assert sv.proc.poll() is None
+
+
+HUP_LOOP = 6
+
+
+@pytest.mark.timeout(120)
+def test_group_member_cannot_take_a_watcher_fatal_with_hup(group_setup):
+    """The reviewer's attack: `signal web HUP` in a loop.  worker.py does not
+    handle HUP, so each one killed the worker, each respawn died before
+    min_uptime, and after max_restarts the watcher was FATAL: port open, nobody
+    serving.  Without `operator_signals` no signal is the group's to send."""
+    start, member = group_setup
+    sv, shared, admin = start(watcher_extra="min_uptime = 1\nmax_restarts = 2\n"
+                                            "restart_window = 60")
+    [pid] = _owner(admin, "list", {"name": "web"})["pids"]
+    for attempt in range(HUP_LOOP):
+        reply = member.call(shared, "signal", {"name": "web", "signum": "HUP"})
+        _forbidden(reply, f"HUP number {attempt + 1}")
+        # Whatever happened, wait for a live worker before the next one (as the
+        # attack does: each HUP hits the freshly respawned worker).
+        sv.wait_workers(1, "worker.py")
+    assert "endpoint_group_grants = signal" in reply["reason"], reply
+    assert _owner(admin, "list", {"name": "web"})["pids"] == [pid]
+    assert _owner(admin, "status", {"name": "web"})["status"] == "active"
+    assert sv.proc.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_operator_signals_are_the_owners_choice(group_setup):
+    start, member = group_setup
+    sv, shared, admin = start(watcher_extra="operator_signals = HUP")
+    [pid] = _owner(admin, "list", {"name": "web"})["pids"]
+    assert member.call(shared, "get", {"name": "web", "keys": ["operator_signals"]}
+                       )["options"]["operator_signals"] == ["HUP"]
+    # Named: allowed (worker.py dies of it and is replaced).
+    reply = member.call(shared, "signal", {"name": "web", "signum": "SIGHUP"})
+    assert reply.get("status") == "ok" and reply["pids"] == [pid], reply
+    [pid] = sv.wait_workers(1, "worker.py", exclude=[pid])
+    # Not named: refused, nothing sent.
+    for signum in ("USR1", "TERM", "1"):   # "1" is HUP by number: allowed
+        reply = member.call(shared, "signal", {"name": "web", "signum": signum})
+        if signum == "1":
+            assert reply.get("status") == "ok", reply
+            [pid] = sv.wait_workers(1, "worker.py", exclude=[pid])
+        else:
+            _forbidden(reply, f"signal {signum}")
+            assert _owner(admin, "list", {"name": "web"})["pids"] == [pid]
+    # Only the owner changes the list; then it applies at once.
+    _forbidden(member.call(shared, "set", {"name": "web", "options": {
+        "operator_signals": "HUP USR1"}}), "set operator_signals")
+    _owner(admin, "set", {"name": "web", "options": {"operator_signals": "USR1"}})
+    assert _owner(admin, "get", {"name": "web", "keys": ["operator_signals"]}
+                  )["options"]["operator_signals"] == ["USR1"]
+    _forbidden(member.call(shared, "signal", {"name": "web", "signum": "HUP"}), "HUP")
+    reply = member.call(shared, "signal", {"name": "web", "signum": "USR1"})
+    assert reply.get("status") == "ok" and reply["pids"] == [pid], reply
+    # A bad list is refused with the key, and changes nothing.
+    with ControlClient(admin, 30) as client:
+        reply = client.call("set", {"name": "web", "options": {
+            "operator_signals": "USR1 BOGUS"}})
+    assert reply.get("status") == "error" and "operator_signals" in reply["reason"] \
+        and "BOGUS" in reply["reason"], reply
+    assert _owner(admin, "get", {"name": "web", "keys": ["operator_signals"]}
+                  )["options"]["operator_signals"] == ["USR1"]
+    assert sv.proc.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_no_endless_graceful_timeout_even_for_the_owner(group_setup):
+    start, member = group_setup
+    sv, shared, admin = start()
+    for value in ("inf", "-inf", "nan", "1e308", "86401", 1e308):
+        with ControlClient(admin, 30) as client:
+            reply = client.call("set", {"name": "web",
+                                        "options": {"graceful_timeout": value}})
+        assert reply.get("status") == "error", (value, reply)
+        assert "graceful_timeout" in reply["reason"] and "86400" in reply["reason"], \
+            (value, reply)
+        _forbidden(member.call(shared, "set", {"name": "web", "options": {
+            "graceful_timeout": value}}), f"graceful_timeout {value}")
+    assert _owner(admin, "get", {"name": "web", "keys": ["graceful_timeout"]}
+                  )["options"]["graceful_timeout"] == 1.0
+    # The owner still sets sane values.
+    _owner(admin, "set", {"name": "web", "options": {"graceful_timeout": "86400"}})
     assert sv.proc.poll() is None
 
 
@@ -223,3 +326,24 @@ def test_unknown_grant_is_a_config_error(tmp_path):
     result = run_cli("check", str(conf))
     assert result.returncode == 2, result
     assert "[sockvisor]: endpoint_group_grants: unknown grant 'add'" in result.stderr
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("graceful_timeout", "inf", "from 0 to 86400"),
+    ("graceful_timeout", "nan", "from 0 to 86400"),
+    ("graceful_timeout", "1e308", "from 0 to 86400"),
+    ("ready_timeout", "infinity", "from 0 to 86400"),
+    ("min_uptime", "86400.5", "from 0 to 86400"),
+    ("operator_signals", "HUP NOPE", "unknown signal 'NOPE'"),
+    ("operator_signals", "HUP 9", "signal names"),
+])
+def test_endless_durations_and_bad_operator_signals_fail_check(tmp_path, key, value,
+                                                                says):
+    from conftest import run_cli
+    conf = tmp_path / "durations.ini"
+    conf.write_text(f"[sockvisor]\nendpoint = ipc://{tmp_path}/ctl\n\n"
+                    f"[watcher:web]\ncmd = /bin/sleep 100\n{key} = {value}\n")
+    result = run_cli("check", str(conf))
+    assert result.returncode == 2, result
+    assert f"[watcher:web]: {key}: " in result.stderr and says in result.stderr, \
+        result.stderr

@@ -297,15 +297,22 @@ path = {tmp}/web.sock
     ("watcher:web", "numprocesses", "-1", "must be at least 0"),
     ("watcher:web", "max_restarts", "lots", "expected a whole number"),
     ("watcher:web", "graceful_timeout", "soon", "expected a number of seconds, got 'soon'"),
-    ("watcher:web", "graceful_timeout", "-1", "must be a number of at least 0"),
-    ("watcher:web", "min_uptime", "nan", "must be a number of at least 0"),
+    ("watcher:web", "graceful_timeout", "-1", "must be a number of seconds from 0 to 86400"),
+    ("watcher:web", "graceful_timeout", "inf", "from 0 to 86400 (1 day), got 'inf'"),
+    ("watcher:web", "restart_window", "1e308", "from 0 to 86400"),
+    ("watcher:web", "backoff_max", "-inf", "from 0 to 86400"),
+    ("watcher:web", "ready", "delay:NaN", "from 0 to 86400"),
+    ("watcher:web", "operator_signals", "HUP, KILLL", "unknown signal 'KILLL'"),
+    ("watcher:web", "operator_signals", "HUP 1", "expected signal names"),
+    ("watcher:web", "operator_signals", "hup SIGHUP", "'SIGHUP' is listed twice"),
+    ("watcher:web", "min_uptime", "nan", "must be a number of seconds from 0"),
     ("watcher:web", "stop_signal", "SIGFOO", "unknown signal 'SIGFOO'"),
     ("watcher:web", "stop_signal", "999", "unknown signal number 999"),
     ("watcher:web", "umask", "0999", "expected an octal mode"),
     ("watcher:web", "umask", "u=rwx", "expected an octal mode"),
     ("watcher:web", "ready", "eventually", "expected started, notify or delay:SECONDS"),
     ("watcher:web", "ready", "delay:soon", "expected a number of seconds"),
-    ("watcher:web", "ready_timeout", "-5", "must be a number of at least 0"),
+    ("watcher:web", "ready_timeout", "-5", "must be a number of seconds from 0"),
     ("watcher:web", "stdout", "relative.log", "file:/absolute/path"),
     ("watcher:web", "rlimit_nofile", "many", "expected a whole number"),
     ("socket:web", "blocking", "sometimes", "expected true or false"),
@@ -824,6 +831,21 @@ def test_unix_socket_with_mode(tmp_path):
     assert (web.mode, web.owner, web.group, web.backlog) == (0o660, 0, 0, 16)
     assert web.host is None and web.port is None
     assert web.describe() == f"unix:{tmp_path}/web.sock"
+
+
+def test_operator_signals(tmp_path):
+    """None by default (no signal is the group's unless the config says so); a
+    list of names otherwise, kept when `set` rebuilds the watcher."""
+    web = load_ok(tmp_path, "[watcher:web]\ncmd = sleep 1\n").watchers["web"]
+    assert web.operator_signals == frozenset()
+    web = load_ok(tmp_path, "[watcher:web]\ncmd = sleep 1\n"
+                  "operator_signals = usr2, SIGHUP ttin\n").watchers["web"]
+    assert web.operator_signals == {signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN}
+    assert config_module.signal_names(web.operator_signals) == ["HUP", "USR2", "TTIN"]
+    assert with_options(web, {"numprocesses": 2}, {}, environ=ENVIRON
+                        ).operator_signals == web.operator_signals
+    assert with_options(web, {"operator_signals": ""}, {}, environ=ENVIRON
+                        ).operator_signals == frozenset()
 
 
 def test_unix_socket_family_given(tmp_path):

@@ -10,6 +10,7 @@ from sockvisor.control.commands.base import Command, get_watcher, watcher_argume
 
 def watcher_options(watcher) -> dict[str, Any]:
     """The options `get`, `set` and `options` talk about, as JSON-friendly values."""
+    from sockvisor.config import signal_names
     config = watcher.config
     ready = config.ready.kind.value
     if ready == "delay":
@@ -25,6 +26,7 @@ def watcher_options(watcher) -> dict[str, Any]:
         "env": dict(config.env),
         "umask": None if config.umask is None else oct(config.umask),
         "stop_signal": signal.Signals(config.stop_signal).name,
+        "operator_signals": signal_names(config.operator_signals),
         "graceful_timeout": config.graceful_timeout,
         "ready": ready,
         "ready_timeout": config.ready.timeout,

@@ -32,9 +32,9 @@ class Set(Command):
 
     `numprocesses` scales at once; options that change what runs (cmd, args, env,
     uid, gid, working_dir, ...) are applied with a zero-downtime rolling reload;
-    the rest (graceful_timeout, ready_timeout, stop_signal, ...) apply from now on.
-    Options that decide what runs or as whom may only be set on sockvisor's
-    owner endpoint.
+    the rest (graceful_timeout, ready_timeout, stop_signal, operator_signals, ...)
+    apply from now on.  On the group endpoint only numprocesses (within its
+    maximum) and reload_batch may be set; everything else is the owner's.
     """
     name = "set"
     access = "operate"

@@ -35,8 +35,12 @@ class Signal(Command):
 
     SIGNUM is a name (HUP, SIGUSR1) or a number.  --group (Circus: children)
     signals each worker's whole process group.  Not queued: it is sent at once.
+    On the group endpoint: only the signals NAME's `operator_signals` lists,
+    unless the config grants `signal`.
     """
     name = "signal"
+    # Which signals an operator may send depends on the watcher (its
+    # `operator_signals`): `execute` checks that with access.check_signal.
     access = "operate"
 
     def add_arguments(self, parser):
@@ -59,19 +63,11 @@ class Signal(Command):
             props["children"] = True
         return props
 
-    def requires(self, props: dict[str, Any]) -> str:
-        from sockvisor.control.access import signal_needs
-        try:
-            return signal_needs(parse_signal(props.get("signum")))
-        except CommandError:
-            return self.access   # not a signal at all: execute says so
-
-    def describe(self, props: dict[str, Any]) -> str:
-        return f"signal {signal.Signals(parse_signal(props.get('signum'))).name}"
-
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        from sockvisor.control import access
         watcher = get_watcher(supervisor, props)
         signum = parse_signal(props.get("signum"))
+        access.check_signal(watcher, signum)
         pid = props.get("pid")
         if pid is not None:
             pid = int_property(props, "pid", minimum=1)
