@@ -361,6 +361,55 @@ def stderr_fallback() -> StreamWriter:
     return _stream(2, "stderr")
 
 
+class OutputRing:
+    """The last lines a watcher's workers wrote (`logs`, the console): a bounded
+    ring per stream, whatever the destination.
+
+    It belongs to the watcher, not to a sink: `set`, `reload` and `reloadconfig`
+    replace the sinks, and the lines written before must not vanish with them.
+    Every line gets the next sequence number, so a follower (`logs -f`) asks for
+    what came after the last number it saw and can tell when the ring moved on
+    past lines it never fetched.
+    """
+
+    STREAMS = ("stdout", "stderr")
+
+    def __init__(self, size: int = RECENT_LINES):
+        self.seq = 0
+        self._lines = {stream: deque(maxlen=size) for stream in self.STREAMS}
+        self._changed: asyncio.Event | None = None
+
+    def append(self, stream: str, lines: list[tuple[float, int, str]]) -> None:
+        ring = self._lines[stream]
+        for when, pid, text in lines:
+            self.seq += 1
+            ring.append((self.seq, when, pid, text))
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def lines(self, after: int = 0, pid: int | None = None
+              ) -> list[tuple[int, float, str, int, str]]:
+        """(seq, time, stream, pid, text) of the kept lines numbered above
+        `after`, oldest first; only `pid`'s if given."""
+        found = [(seq, when, stream, who, text)
+                 for stream, ring in self._lines.items()
+                 for seq, when, who, text in ring
+                 if seq > after and (pid is None or who == pid)]
+        return sorted(found)
+
+    async def wait(self, after: int, timeout: float) -> None:
+        """Return when a line numbered above `after` exists, or after `timeout`."""
+        if self.seq > after or timeout <= 0:
+            return
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
 class OutputSink:
     """One stream (stdout or stderr) of one watcher's configuration: where its
     workers' output goes.  Reference-counted (see the module docstring): it
@@ -369,7 +418,8 @@ class OutputSink:
 
     def __init__(self, config: OutputConfig, watcher_name: str, fallback: StreamWriter,
                  uid: int | None = None, gid: int | None = None,
-                 dropped: Dropped | None = None):
+                 dropped: Dropped | None = None, ring: OutputRing | None = None,
+                 stream: str = "stdout"):
         self.config = config
         self.watcher_name = watcher_name
         self.fallback = fallback
@@ -377,8 +427,9 @@ class OutputSink:
         self.refs = 1
         self.file: LogFile | None = None
         self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
-        # (time, pid, line): the last lines, whatever the destination (`logs`).
-        self.recent: deque[tuple[float, int, str]] = deque(maxlen=RECENT_LINES)
+        # The last lines, whatever the destination (`logs`): the watcher's ring.
+        self.ring = ring if ring is not None else OutputRing()
+        self.stream = stream
         if config.kind == OutputKind.FILE:
             self.file = LogFile.acquire(config, uid, gid)
 
@@ -417,8 +468,9 @@ class OutputSink:
         def remember_and_emit(prefix: bytes, lines: bytes) -> None:
             # Only the chunk's last lines can stay in the ring: split no more.
             now = time.time()
-            for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]:
-                self.recent.append((now, pid, line[:_RECENT_WIDTH].decode(errors="replace")))
+            self.ring.append(self.stream, [
+                (now, pid, line[:_RECENT_WIDTH].decode(errors="replace"))
+                for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]])
             emit(prefix, lines)
         partial = bytearray()
         self.acquire()

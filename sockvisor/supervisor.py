@@ -375,6 +375,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stop
 
+    @property
+    def stopping(self) -> "asyncio.Future[StopMode] | None":
+        """Done once a stop was requested (None before `run`): what a command
+        that waits (`logs -f`) waits on too, so that it ends with sockvisor."""
+        return self._stop_requested
+
     def request_stop(self, mode: StopMode = StopMode.GRACEFUL) -> None:
         future = self._stop_requested
         if future is None:

@@ -47,9 +47,20 @@ class Command:
     def format(self, reply: dict[str, Any]) -> str:
         return "ok"
 
+    def exit_status(self, reply: dict[str, Any]) -> int:
+        """sockvisorctl's exit status for a successful reply (see `status`)."""
+        return 0
+
     @classmethod
     def summary(cls) -> str:
+        """The docstring's first line: one whole sentence (`sockvisorctl -h`)."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def description(cls) -> str:
+        """The whole docstring, dedented (`sockvisorctl help NAME`, the man page)."""
+        import inspect
+        return inspect.cleandoc(cls.__doc__ or "")
 
 
 class WatcherLifecycleCommand(Command):
@@ -83,9 +94,10 @@ class WatcherLifecycleCommand(Command):
 
 def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     if optional:
-        parser.add_argument("name", nargs="?", help="watcher (all when omitted)")
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="a watcher (all when omitted)")
     else:
-        parser.add_argument("name", help="watcher")
+        parser.add_argument("name", metavar="NAME", help="a watcher")
 
 
 def get_watcher(supervisor: "Supervisor", props: dict[str, Any]) -> "Watcher":
@@ -104,14 +116,18 @@ MAX_NUMPROCESSES = 100_000
 
 
 def int_property(props: dict[str, Any], key: str, default: int | None = None,
-                 minimum: int | None = None, maximum: int | None = None) -> int:
-    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py)."""
+                 minimum: int | None = None, maximum: int | None = None,
+                 what: str | None = None) -> int:
+    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py).
+    `what` names it in errors as the user knows it ("the number of workers to
+    add"), not by its key in the protocol ('nb')."""
     from sockvisor import wholenumber
     value = props.get(key, default)
+    what = what or repr(key)
     if value is None:
-        raise CommandError(f"{key!r} is required")
+        raise CommandError(f"{what} is required")
     try:
-        return wholenumber.parse(value, repr(key), minimum, maximum)
+        return wholenumber.parse(value, what, minimum, maximum)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -130,6 +146,21 @@ def raise_if_fatal(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise CommandError("; ".join(f"{s['name']} is FATAL: {s.get('fatal_reason', '')}"
                                      for s in fatal), ErrNo.COMMAND_ERROR)
     return summaries
+
+
+def duration(seconds: Any) -> str:
+    """Seconds for a table, as operators read them: 0.4s, 8.0s, 3m05s, 2h03m,
+    4d06h.  Anything not a number ("N/A") is shown as it is."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return str(seconds)
+    if seconds < 59.95:   # (59.96 would print as 60.0s)
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

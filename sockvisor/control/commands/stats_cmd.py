@@ -44,7 +44,7 @@ def process_info(pid: int) -> dict[str, Any]:
 
 
 class Stats(Command):
-    """CPU and memory of each worker of NAME (or of every watcher); with PID, one.
+    """Show CPU and memory of each worker of NAME (or of every watcher) and its children.
 
     sockvisorctl stats [NAME [PID]]
 
@@ -75,7 +75,7 @@ class Stats(Command):
                                for name, watcher in supervisor.watchers.items()}}
         watcher = get_watcher(supervisor, props)
         if "process" in props:
-            pid = int_property(props, "process")
+            pid = int_property(props, "process", what="the pid")
             if pid not in watcher.workers:
                 raise CommandError(f"process {pid} not found in {watcher.name!r}")
             return {"process": pid, "info": process_info(pid)}
