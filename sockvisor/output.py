@@ -15,7 +15,8 @@ Nothing here may block the event loop or be steered by a worker:
   checked directory fd, renames relative to it, `ftruncate` of our own fd): a
   link or FIFO a worker plants at the name is refused, never written through.
   A file that disappears (its folder deleted and re-created, a rename by
-  logrotate) is noticed within a second and reopened by its path.
+  logrotate) is noticed within a second of the next write and reopened by its
+  path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
 * sockvisor's own stdout/stderr (`prefix`) are written without blocking: a
   reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
   chunks are dropped and counted (in the log, rate-limited, and in `stats`).
@@ -234,6 +235,16 @@ class LogFile:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def reopen_files() -> None:
+    """SIGUSR1: reopen every log file by its path now (logrotate's postrotate),
+    rather than at the next write a second later -- so that a file moved away
+    is closed, and a new one exists, even for a watcher that writes nothing."""
+    files = list(LogFile._open.values())
+    log.info("SIGUSR1: reopening %d log file%s", len(files), "" if len(files) == 1 else "s")
+    for file in files:
+        file.reopen()
 
 
 class StreamWriter:
