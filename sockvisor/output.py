@@ -6,9 +6,12 @@
 line per record, which is what journald wants), `file` appends to a file shared
 by the watcher's workers and rotates it by size.
 
-Under journald a worker's line may start with an sd-daemon priority `<N>`, as it
-would to journald directly; `prefix` keeps that in front of `watcher[pid]`, where
-journald reads it, so the worker's own levels survive the detour through sockvisor.
+Under journald (sockvisor's stdout/stderr is the stream $JOURNAL_STREAM names)
+`prefix` sends each line to journald by its native protocol instead (journal.py):
+the watcher is the entry's SYSLOG_IDENTIFIER and the worker's pid its SYSLOG_PID,
+and a line's sd-daemon priority `<N>` becomes its PRIORITY, as if the worker had
+written to journald directly.  Without a journal socket the line goes to the
+stream as `<N>watcher[pid] text`, where journald still reads the priority.
 
 Nothing here may block the event loop or be steered by a worker:
 * Log files are opened and rotated through `logdir` (O_NOFOLLOW relative to a
@@ -43,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from sockvisor import logdir
+from sockvisor import journal, logdir
 from sockvisor.config import OutputConfig, OutputKind
 from sockvisor.log import is_journal_stream
 from sockvisor.ratelimit import RateLimitedLog
@@ -54,6 +57,7 @@ _warnings = RateLimitedLog(log)
 _CHUNK = 65536
 _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
+_DEFAULT_PRIORITY = 6   # LOG_INFO: what journald gives a stream's unprefixed lines
 STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
 _RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
 RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
@@ -482,7 +486,7 @@ class OutputSink:
             self.ring.append(self.stream, [
                 (now, pid, line[:_RECENT_WIDTH].decode(errors="replace"))
                 for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]])
-            emit(prefix, lines)
+            emit(prefix, lines, pid)
         partial = bytearray()
         self.acquire()
         if self.file is not None:
@@ -514,7 +518,7 @@ class OutputSink:
 
         loop.add_reader(read_end, on_readable)
 
-    def emit(self, prefix: bytes, lines: bytes) -> None:
+    def emit(self, prefix: bytes, lines: bytes, pid: int) -> None:
         if self.file is not None:
             try:
                 self.file.write(lines)
@@ -525,10 +529,42 @@ class OutputSink:
                                   self.watcher_name, self.file.path, exc)
             return
         # Split on \n only: a bare \r (a progress bar) stays inside its line.
-        out = b"".join(self._prefixed(prefix, line)
-                       for line in lines.rstrip(b"\n").split(b"\n"))
+        split = lines.rstrip(b"\n").split(b"\n")
+        if self.to_journal:
+            split = self._send_to_journal(split, pid)
+        if split:
+            self._write_stream(prefix, split)
+
+    def _write_stream(self, prefix: bytes, lines: list[bytes]) -> None:
+        out = b"".join(self._prefixed(prefix, line) for line in lines)
         if not self.fallback.write(out):
             self.dropped.add(out)
+
+    def _send_to_journal(self, lines: list[bytes], pid: int) -> list[bytes]:
+        """Each line as a journal entry of its own; the lines left for the
+        stream if there is no journal socket (after all) to send them to."""
+        sender = journal.journal()
+        for index, line in enumerate(lines):
+            priority = _DEFAULT_PRIORITY
+            if _PRIORITY.match(line):
+                priority, line = line[1] - ord("0"), line[3:]
+            data = journal.entry(line, priority, self.watcher_name, pid, self.stream)
+            try:
+                sent = sender.send(data)
+            except OSError as exc:   # e.g. EMSGSIZE: a line longer than journald takes
+                sent = False
+                _warnings.warning((self.watcher_name, "journal", exc.errno),
+                                  "%s: cannot send worker output to the journal: %s",
+                                  self.watcher_name, exc)
+            if sent is None:
+                return lines[index:]
+            if not sent:
+                self.dropped.add(line + b"\n")
+                _warnings.warning(("journal", "behind"),
+                                  "journald is not keeping up: dropped worker output "
+                                  "(%s: %d lines so far)", self.watcher_name,
+                                  self.dropped.lines)
+        return []
 
     def _prefixed(self, prefix: bytes, line: bytes) -> bytes:
         if self.to_journal and _PRIORITY.match(line):
