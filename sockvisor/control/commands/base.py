@@ -155,7 +155,7 @@ def duration(seconds: Any) -> str:
         return str(seconds)
     if seconds < 59.95:   # (59.96 would print as 60.0s)
         return f"{seconds:.1f}s"
-    whole = int(seconds)
+    whole = round(seconds)
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     if whole < 86400:
