@@ -11,6 +11,10 @@ to the PUB events endpoint, because:
   * each request waits at most MAX_WAIT seconds and holds nothing but a timer,
     so a follower costs the supervisor one idle task, within the channel's
     per-peer and per-endpoint bounds (control/server.py), like any command.
+    While it waits it holds one of its endpoint's in-flight places, as a
+    running `reload` does: many followers on the group endpoint make the
+    group's other requests wait their turn (back-pressure, not refusal); the
+    owner's endpoint has places of its own.
 """
 
 from __future__ import annotations
