@@ -22,8 +22,8 @@ import sys
 import pytest
 
 from conftest import Sockvisor, _clean_env, wait_for
-from control_client_helpers import (alone, bare_sockvisor, describe, endpoint_of,  # noqa: F401
-                                    ok, run_ctl)
+from control_client_helpers import (alone, bare_sockvisor, call, describe,  # noqa: F401
+                                    endpoint_of, ok, run_ctl)
 
 WATCHER = """
 [socket:web]
@@ -75,11 +75,16 @@ def test_errors_in_the_users_words(sockvisor, scripts):
     endpoint = endpoint_of(sv)
     sv.wait_workers(2, "worker.py")
 
-    result = expect(1, run_ctl("--endpoint", endpoint, "decr", "web", "0"))
-    assert "'nb'" not in result.stderr
-    assert "the number of workers to retire must be at least 1" in result.stderr
-    result = expect(1, run_ctl("--endpoint", endpoint, "incr", "web", "0"))
-    assert "'nb'" not in result.stderr and "workers to add" in result.stderr
+    # sockvisorctl checks its own arguments, in the words of its usage line.
+    result = expect(2, run_ctl("--endpoint", endpoint, "decr", "web", "0"))
+    assert "'nb'" not in result.stderr and "argument N: must be at least 1" in result.stderr
+    result = expect(2, run_ctl("--endpoint", endpoint, "incr", "web", "0"))
+    assert "'nb'" not in result.stderr and "argument N: must be at least 1" in result.stderr
+    result = expect(2, run_ctl("--endpoint", endpoint, "logs", "web", "-n", "500"))
+    assert "argument -n/--lines: must be at most 100" in result.stderr
+    # The server names the key its protocol clients sent, and what it means.
+    reply = call(endpoint, "incr", {"name": "web", "nb": 0})
+    assert reply["reason"].startswith("'nb' (the number of workers to add) must be")
 
     # Below zero is an error, and changes nothing.
     result = expect(1, run_ctl("--endpoint", endpoint, "decr", "web", "5"))

@@ -92,6 +92,20 @@ class WatcherLifecycleCommand(Command):
 
 # ---------------------------------------------------------------- shared helpers
 
+def whole_number(minimum: int | None = None, maximum: int | None = None):
+    """An argparse `type` for a count or pid: the strict parser's rule and its
+    bounds, so that sockvisorctl says "argument N: must be at least 1" (usage,
+    exit 2) before anything is sent."""
+    def parse(text: str) -> int:
+        from sockvisor import wholenumber
+        try:
+            return wholenumber.parse(text, "it", minimum, maximum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
+    parse.__name__ = "whole number"
+    return parse
+
+
 def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     if optional:
         parser.add_argument("name", nargs="?", metavar="NAME",
@@ -119,11 +133,13 @@ def int_property(props: dict[str, Any], key: str, default: int | None = None,
                  minimum: int | None = None, maximum: int | None = None,
                  what: str | None = None) -> int:
     """A whole-number property, by the one strict parser (sockvisor/wholenumber.py).
-    `what` names it in errors as the user knows it ("the number of workers to
-    add"), not by its key in the protocol ('nb')."""
+    `what` says in errors what the number is ("the number of workers to add"),
+    after its key, which is what those who send the protocol themselves (the
+    HTTP API, scripts) wrote; sockvisorctl checks its own arguments before
+    sending, in the words of its usage line (`whole_number`)."""
     from sockvisor import wholenumber
     value = props.get(key, default)
-    what = what or repr(key)
+    what = f"{key!r} ({what})" if what else repr(key)
     if value is None:
         raise CommandError(f"{what} is required")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sockvisor.control.commands.base import (Command, get_watcher, int_property,
-                                             watcher_argument)
+                                             watcher_argument, whole_number)
 from sockvisor.control.protocol import CommandError
 
 
@@ -22,7 +22,7 @@ class Decr(Command):
 
     def add_arguments(self, parser):
         watcher_argument(parser)
-        parser.add_argument("nb", nargs="?", type=int, default=1, metavar="N",
+        parser.add_argument("nb", nargs="?", type=whole_number(1), default=1, metavar="N",
                             help="how many workers (default 1)")
 
     def properties(self, args):

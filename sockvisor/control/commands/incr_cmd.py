@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sockvisor.control.commands.base import (MAX_NUMPROCESSES, Command, get_watcher,
-                                             int_property, watcher_argument)
+                                             int_property, watcher_argument, whole_number)
 
 
 class Incr(Command):
@@ -22,7 +22,7 @@ class Incr(Command):
 
     def add_arguments(self, parser):
         watcher_argument(parser)
-        parser.add_argument("nb", nargs="?", type=int, default=1, metavar="N",
+        parser.add_argument("nb", nargs="?", type=whole_number(1), default=1, metavar="N",
                             help="how many workers (default 1)")
 
     def properties(self, args):

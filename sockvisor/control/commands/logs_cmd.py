@@ -22,7 +22,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from sockvisor.control.commands.base import Command, get_watcher, int_property, watcher_argument
+from sockvisor.control.commands.base import (Command, get_watcher, int_property,
+                                             watcher_argument, whole_number)
 
 MAX_LINES = 100   # two streams of output.RECENT_LINES each
 MAX_WAIT = 10     # seconds one follow request may wait for new lines
@@ -45,9 +46,9 @@ class Logs(Command):
 
     def add_arguments(self, parser):
         watcher_argument(parser)
-        parser.add_argument("-n", "--lines", type=int, default=20,
+        parser.add_argument("-n", "--lines", type=whole_number(0, MAX_LINES), default=20,
                             help=f"how many lines to show first (at most {MAX_LINES})")
-        parser.add_argument("--pid", type=int, help="only the lines of this worker")
+        parser.add_argument("--pid", type=whole_number(1), help="only the lines of this worker")
         parser.add_argument("-f", "--follow", action="store_true",
                             help="keep printing new lines as they come")
 
