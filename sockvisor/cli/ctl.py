@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             reply = client.call(command.name, properties)
             status = report(command, reply, args.json)
             if status == EXIT_OK and getattr(args, "follow", False):
-                return command.follow(client, properties, reply, timeout)
+                return command.follow(client, properties, reply, timeout, args.json)
             return status
     except Unreachable as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)

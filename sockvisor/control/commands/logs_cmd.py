@@ -91,9 +91,11 @@ class Logs(Command):
         return "\n".join(format_line(line) for line in reply["lines"])
 
     def follow(self, client, props: dict[str, Any], reply: dict[str, Any],
-               timeout: float) -> int:
+               timeout: float, as_json: bool = False) -> int:
         """sockvisorctl's side of -f: ask for what came after the last line seen,
-        again and again, each request waiting up to MAX_WAIT seconds."""
+        again and again, each request waiting up to MAX_WAIT seconds.  With
+        --json, each new line is a JSON object of its own (JSON lines)."""
+        import json
         from sockvisor.control.client import Unreachable
         after = reply.get("seq", 0)
         try:
@@ -109,7 +111,7 @@ class Logs(Command):
                 if missed > 0 and "pid" not in props:   # (another pid's are not missed)
                     print(f"... {missed} lines missed ...", flush=True)
                 for line in lines:
-                    print(format_line(line), flush=True)
+                    print(json.dumps(line) if as_json else format_line(line), flush=True)
                 after = max(after, reply.get("seq", after))
         except Unreachable as exc:
             print(f"sockvisorctl logs: {exc}", file=sys.stderr)
