@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:   # Ctrl-C while waiting for a reply: no traceback
+        return 130
 
 
 def _curve_keys(args: argparse.Namespace) -> tuple[Any, Any]:

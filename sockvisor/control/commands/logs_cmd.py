@@ -97,6 +97,8 @@ class Logs(Command):
         --json, each new line is a JSON object of its own (JSON lines)."""
         import json
         from sockvisor.control.client import Unreachable
+        if not reply.get("captured"):
+            return 0   # nothing passes through sockvisor: nothing will come (format said so)
         after = reply.get("seq", 0)
         try:
             while not reply.get("stopping"):
