@@ -101,8 +101,8 @@ def test_follow_prints_every_new_line_and_ends_with_sockvisor(sockvisor, scripts
         if not missed:   # a loaded machine may fall 50 lines behind: then it says so
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
         ok(endpoint, "quit")
-        assert follower.proc.wait(timeout=20) == 0
-        assert "sockvisor is stopping" in follower.proc.stderr.read()
+        status, errors = follower.proc.wait(timeout=20), follower.proc.stderr.read()
+        assert status == 0 and "sockvisor is stopping" in errors, (status, errors)
     finally:
         if follower.proc.poll() is None:
             follower.proc.kill()

@@ -105,6 +105,8 @@ class Logs(Command):
                 reply = client.call(self.name, {**props, "after": after, "wait": MAX_WAIT},
                                     timeout=MAX_WAIT + timeout)
                 if reply.get("status") == "error":
+                    if str(reply.get("reason", "")).startswith("cancelled: sockvisor is"):
+                        break   # the request was in hand when sockvisor closed: it stops
                     print(f"sockvisorctl logs: {reply.get('reason', 'failed')}",
                           file=sys.stderr)
                     return 1
@@ -133,9 +135,11 @@ async def _wait_for_lines(supervisor, ring, after: int, wait: int) -> bool:
     began to stop meanwhile (the follower ends instead of timing out)."""
     import asyncio
     stop = supervisor.stopping
-    if stop is None or stop.done():
+    if stop is not None and stop.done():
+        return True   # no wait: the follower ends now, not after MAX_WAIT
+    if stop is None:   # (not running yet)
         await ring.wait(after, wait)
-        return stop is not None and stop.done()
+        return False
     waiting = asyncio.ensure_future(ring.wait(after, wait))
     await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
