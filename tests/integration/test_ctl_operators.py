@@ -182,6 +182,8 @@ def _in_namespace_of(sv: Sockvisor) -> tuple[str, ...]:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
 def test_the_one_sockvisor_running_is_found(tmp_path, scripts):
     """No -c, no --endpoint: one sockvisor → it is used (and named); two → listed;
     a second start of a running config → "already running (pid N)"; `quit` →

@@ -11,6 +11,7 @@ sockvisor's own; stdout and stderr are a file whose dev:ino JOURNAL_STREAM names
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -39,6 +40,8 @@ def parse_native(data: bytes) -> dict[str, bytes]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
 def test_worker_lines_are_entries_of_the_watcher_and_worker(tmp_path, scripts):
     (tmp_path / "systemd" / "journal").mkdir(parents=True)
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
