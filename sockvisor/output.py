@@ -6,16 +6,20 @@
 line per record, which is what journald wants), `file` appends to a file shared
 by the watcher's workers and rotates it by size.
 
-Under journald a worker's line may start with an sd-daemon priority `<N>`, as it
-would to journald directly; `prefix` keeps that in front of `watcher[pid]`, where
-journald reads it, so the worker's own levels survive the detour through sockvisor.
+Under journald (sockvisor's stdout/stderr is the stream $JOURNAL_STREAM names)
+`prefix` sends each line to journald by its native protocol instead (journal.py):
+the watcher is the entry's SYSLOG_IDENTIFIER and the worker's pid its SYSLOG_PID,
+and a line's sd-daemon priority `<N>` becomes its PRIORITY, as if the worker had
+written to journald directly.  Without a journal socket the line goes to the
+stream as `<N>watcher[pid] text`, where journald still reads the priority.
 
 Nothing here may block the event loop or be steered by a worker:
 * Log files are opened and rotated through `logdir` (O_NOFOLLOW relative to a
   checked directory fd, renames relative to it, `ftruncate` of our own fd): a
   link or FIFO a worker plants at the name is refused, never written through.
   A file that disappears (its folder deleted and re-created, a rename by
-  logrotate) is noticed within a second and reopened by its path.
+  logrotate) is noticed within a second of the next write and reopened by its
+  path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
 * sockvisor's own stdout/stderr (`prefix`) are written without blocking: a
   reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
   chunks are dropped and counted (in the log, rate-limited, and in `stats`).
@@ -42,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from sockvisor import logdir
+from sockvisor import journal, logdir
 from sockvisor.config import OutputConfig, OutputKind
 from sockvisor.log import is_journal_stream
 from sockvisor.ratelimit import RateLimitedLog
@@ -53,6 +57,7 @@ _warnings = RateLimitedLog(log)
 _CHUNK = 65536
 _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
+_DEFAULT_PRIORITY = 6   # LOG_INFO: what journald gives a stream's unprefixed lines
 STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
 _RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
 RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
@@ -250,6 +255,16 @@ class LogFile:
                 pass
 
 
+def reopen_files() -> None:
+    """SIGUSR1: reopen every log file by its path now (logrotate's postrotate),
+    rather than at the next write a second later -- so that a file moved away
+    is closed, and a new one exists, even for a watcher that writes nothing."""
+    files = list(LogFile._open.values())
+    log.info("SIGUSR1: reopening %d log file%s", len(files), "" if len(files) == 1 else "s")
+    for file in files:
+        file.reopen()
+
+
 class StreamWriter:
     """sockvisor's own stdout or stderr, written without ever blocking the loop.
 
@@ -375,6 +390,55 @@ def stderr_fallback() -> StreamWriter:
     return _stream(2, "stderr")
 
 
+class OutputRing:
+    """The last lines a watcher's workers wrote (`logs`, the console): a bounded
+    ring per stream, whatever the destination.
+
+    It belongs to the watcher, not to a sink: `set`, `reload` and `reloadconfig`
+    replace the sinks, and the lines written before must not vanish with them.
+    Every line gets the next sequence number, so a follower (`logs -f`) asks for
+    what came after the last number it saw and can tell when the ring moved on
+    past lines it never fetched.
+    """
+
+    STREAMS = ("stdout", "stderr")
+
+    def __init__(self, size: int = RECENT_LINES):
+        self.seq = 0
+        self._lines = {stream: deque(maxlen=size) for stream in self.STREAMS}
+        self._changed: asyncio.Event | None = None
+
+    def append(self, stream: str, lines: list[tuple[float, int, str]]) -> None:
+        ring = self._lines[stream]
+        for when, pid, text in lines:
+            self.seq += 1
+            ring.append((self.seq, when, pid, text))
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def lines(self, after: int = 0, pid: int | None = None
+              ) -> list[tuple[int, float, str, int, str]]:
+        """(seq, time, stream, pid, text) of the kept lines numbered above
+        `after`, oldest first; only `pid`'s if given."""
+        found = [(seq, when, stream, who, text)
+                 for stream, ring in self._lines.items()
+                 for seq, when, who, text in ring
+                 if seq > after and (pid is None or who == pid)]
+        return sorted(found)
+
+    async def wait(self, after: int, timeout: float) -> None:
+        """Return when a line numbered above `after` exists, or after `timeout`."""
+        if self.seq > after or timeout <= 0:
+            return
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
 class OutputSink:
     """One stream (stdout or stderr) of one watcher's configuration: where its
     workers' output goes.  Reference-counted (see the module docstring): it
@@ -383,7 +447,8 @@ class OutputSink:
 
     def __init__(self, config: OutputConfig, watcher_name: str, fallback: StreamWriter,
                  uid: int | None = None, gid: int | None = None,
-                 dropped: Dropped | None = None):
+                 dropped: Dropped | None = None, ring: OutputRing | None = None,
+                 stream: str = "stdout"):
         self.config = config
         self.watcher_name = watcher_name
         self.fallback = fallback
@@ -391,8 +456,9 @@ class OutputSink:
         self.refs = 1
         self.file: LogFile | None = None
         self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
-        # (time, pid, line): the last lines, whatever the destination (`logs`).
-        self.recent: deque[tuple[float, int, str]] = deque(maxlen=RECENT_LINES)
+        # The last lines, whatever the destination (`logs`): the watcher's ring.
+        self.ring = ring if ring is not None else OutputRing()
+        self.stream = stream
         if config.kind == OutputKind.FILE:
             self.file = LogFile.acquire(config, uid, gid)
 
@@ -431,9 +497,10 @@ class OutputSink:
         def remember_and_emit(prefix: bytes, lines: bytes) -> None:
             # Only the chunk's last lines can stay in the ring: split no more.
             now = time.time()
-            for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]:
-                self.recent.append((now, pid, line[:_RECENT_WIDTH].decode(errors="replace")))
-            emit(prefix, lines)
+            self.ring.append(self.stream, [
+                (now, pid, line[:_RECENT_WIDTH].decode(errors="replace"))
+                for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]])
+            emit(prefix, lines, pid)
         partial = bytearray()
         self.acquire()
         if self.file is not None:
@@ -465,7 +532,7 @@ class OutputSink:
 
         loop.add_reader(read_end, on_readable)
 
-    def emit(self, prefix: bytes, lines: bytes) -> None:
+    def emit(self, prefix: bytes, lines: bytes, pid: int) -> None:
         if self.file is not None:
             try:
                 self.file.write(lines)
@@ -476,10 +543,42 @@ class OutputSink:
                                   self.watcher_name, self.file.path, exc)
             return
         # Split on \n only: a bare \r (a progress bar) stays inside its line.
-        out = b"".join(self._prefixed(prefix, line)
-                       for line in lines.rstrip(b"\n").split(b"\n"))
+        split = lines.rstrip(b"\n").split(b"\n")
+        if self.to_journal:
+            split = self._send_to_journal(split, pid)
+        if split:
+            self._write_stream(prefix, split)
+
+    def _write_stream(self, prefix: bytes, lines: list[bytes]) -> None:
+        out = b"".join(self._prefixed(prefix, line) for line in lines)
         if not self.fallback.write(out):
             self.dropped.add(out)
+
+    def _send_to_journal(self, lines: list[bytes], pid: int) -> list[bytes]:
+        """Each line as a journal entry of its own; the lines left for the
+        stream if there is no journal socket (after all) to send them to."""
+        sender = journal.journal()
+        for index, line in enumerate(lines):
+            priority = _DEFAULT_PRIORITY
+            if _PRIORITY.match(line):
+                priority, line = line[1] - ord("0"), line[3:]
+            data = journal.entry(line, priority, self.watcher_name, pid, self.stream)
+            try:
+                sent = sender.send(data)
+            except OSError as exc:   # e.g. EMSGSIZE: a line longer than journald takes
+                sent = False
+                _warnings.warning((self.watcher_name, "journal", exc.errno),
+                                  "%s: cannot send worker output to the journal: %s",
+                                  self.watcher_name, exc)
+            if sent is None:
+                return lines[index:]
+            if not sent:
+                self.dropped.add(line + b"\n")
+                _warnings.warning(("journal", "behind"),
+                                  "journald is not keeping up: dropped worker output "
+                                  "(%s: %d lines so far)", self.watcher_name,
+                                  self.dropped.lines)
+        return []
 
     def _prefixed(self, prefix: bytes, line: bytes) -> bytes:
         if self.to_journal and _PRIORITY.match(line):

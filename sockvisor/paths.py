@@ -73,6 +73,15 @@ def unsafe_place(directory: str) -> str | None:
     return None
 
 
+def discovery_bases() -> list[str]:
+    """Where sockvisorctl looks for running sockvisors when given no endpoint:
+    this user's base, then root's (a group member's way in)."""
+    bases = [runtime_base()]
+    if ROOT_RUNTIME_BASE not in bases:
+        bases.append(ROOT_RUNTIME_BASE)
+    return bases
+
+
 def default_endpoint(config_path: str) -> str:
     return f"ipc://{runtime_dir(config_path)}/control"
 

@@ -20,8 +20,9 @@ clearing what a SIGKILLed predecessor left, which may hold our ports — and tor
 down after the last worker: nothing a worker started outlives sockvisor.
 
 Signals are handled in the event loop (asyncio's wake-up fd): SIGTERM/SIGINT stop
-gracefully, SIGQUIT stops at once, SIGHUP re-reads the config.  This works as
-PID 1 too, where the kernel gives no default action to any signal.
+gracefully, SIGQUIT stops at once, SIGHUP re-reads the config, SIGUSR1 reopens
+every `file:` output (logrotate's postrotate, as for nginx).  This works as PID 1
+too, where the kernel gives no default action to any signal.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Callable
 
 from sockvisor import cgroup
 from sockvisor import config as config_module
-from sockvisor import phase_bounds, systemd
+from sockvisor import output, phase_bounds, systemd
 from sockvisor.config import Config, ConfigError
 from sockvisor.http import start_console
 from sockvisor.process import Worker
@@ -238,6 +239,7 @@ class Supervisor:
                              (signal.SIGQUIT, StopMode.IMMEDIATE)):
             loop.add_signal_handler(signum, self.request_stop, mode)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR1, output.reopen_files)
         self.notifier.mainpid(os.getpid())
         self.notifier.extend_timeout(phase_bounds.start(self.config))
         context = self._context()
@@ -376,6 +378,12 @@ class Supervisor:
         self._watchdog_task = asyncio.ensure_future(ping())
 
     # ------------------------------------------------------------------ stop
+
+    @property
+    def stopping(self) -> "asyncio.Future[StopMode] | None":
+        """Done once a stop was requested (None before `run`): what a command
+        that waits (`logs -f`) waits on too, so that it ends with sockvisor."""
+        return self._stop_requested
 
     def request_stop(self, mode: StopMode = StopMode.GRACEFUL) -> None:
         future = self._stop_requested

@@ -39,7 +39,7 @@ from sockvisor import process
 from sockvisor.backoff import RestartTracker
 from sockvisor.cgroup import CgroupTree
 from sockvisor.config import ReadyKind, WatcherConfig, expand_worker_args
-from sockvisor.output import OutputSink, stderr_fallback, stdout_fallback
+from sockvisor.output import OutputRing, OutputSink, stderr_fallback, stdout_fallback
 from sockvisor.reaper import Reaper, describe_status
 from sockvisor.sockets import ListeningSocket, keep_listening
 from sockvisor.states import (WATCHER_TRANSITIONS, WATCHER_WANTS_WORKERS, WatcherState,
@@ -91,6 +91,8 @@ class Watcher:
         self._backoff_until = 0.0
         self._changed = asyncio.Event()
         self._reloading_batch: set[process.Worker] = set()
+        # Outlives the sinks, which set/reload/reloadconfig replace (output.py).
+        self.output = OutputRing()
         self._stdout, self._stderr = self._sinks(config)
         self._sinks_released = False
         self._env_cache: dict[str, str] | None = None
@@ -409,10 +411,12 @@ class Watcher:
     def _sinks(self, config: WatcherConfig) -> tuple[OutputSink, OutputSink]:
         previous = getattr(self, "_stdout", None), getattr(self, "_stderr", None)
         stdout = OutputSink(config.stdout, self.name, stdout_fallback(), config.uid,
-                            config.gid, previous[0] and previous[0].dropped)
+                            config.gid, previous[0] and previous[0].dropped, self.output,
+                            "stdout")
         try:
             stderr = OutputSink(config.stderr, self.name, stderr_fallback(), config.uid,
-                                config.gid, previous[1] and previous[1].dropped)
+                                config.gid, previous[1] and previous[1].dropped, self.output,
+                                "stderr")
         except BaseException:
             stdout.release()
             raise
@@ -716,13 +720,6 @@ class Watcher:
             self._reconcile()
 
     # ------------------------------------------------------------------ reporting
-
-    def recent_output(self) -> list[tuple[float, str, int, str]]:
-        """The last lines the workers wrote that passed through sockvisor
-        (stdout/stderr = prefix or file), oldest first: (time, stream, pid, line)."""
-        lines = [(t, "stdout", pid, text) for t, pid, text in self._stdout.recent]
-        lines += [(t, "stderr", pid, text) for t, pid, text in self._stderr.recent]
-        return sorted(lines, key=lambda line: line[0])
 
     def summary(self) -> dict[str, Any]:
         result = {"name": self.name, "state": self.state.value,

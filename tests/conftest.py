@@ -206,7 +206,9 @@ class Sockvisor:
     """One running `sockvisor start`, with helpers to look at it from outside."""
 
     def __init__(self, directory: Path, config_text: str, pass_fds: Iterable[int] = (),
-                 stdout: int | None = None):
+                 stdout: int | None = None, argv_prefix: Iterable[str] = ()):
+        # argv_prefix: a command that execs the rest (unshare, nsenter), so that
+        # the pid is still sockvisor's.
         self.directory = directory
         self.conf = directory / "sockvisor.ini"
         self.conf.write_text(config_text)
@@ -215,7 +217,7 @@ class Sockvisor:
         self.tracked: list[psutil.Process] = []
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sockvisor", "start", str(self.conf)],
+                [*argv_prefix, sys.executable, "-m", "sockvisor", "start", str(self.conf)],
                 stdin=subprocess.DEVNULL, stdout=out if stdout is None else stdout,
                 stderr=err, cwd=directory,
                 env=_clean_env(), start_new_session=True, pass_fds=tuple(pass_fds))

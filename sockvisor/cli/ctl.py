@@ -1,11 +1,18 @@
 """`sockvisorctl`: one subcommand per control command, generated from the registry.
 
 Exit status: 0 the command succeeded, 1 it failed (the reply was an error),
-2 usage, 3 no sockvisor answered.  The endpoint comes from --endpoint, else from
+2 usage, 3 no sockvisor answered -- or, for `status`, a watcher is not running
+with all its workers ready.  The endpoint comes from --endpoint, else from
 `-c CONF` (its [sockvisor] endpoint, or the default path for that file: as
 this user would run it, else as root would -- where a group member finds a
-root-run sockvisor), else from $SOCKVISOR_ENDPOINT.  Given a config, sockvisorctl
-uses the owner-only endpoint when it can reach it (see control/server.py).
+root-run sockvisor), else from $SOCKVISOR_ENDPOINT, else from the one
+sockvisor running on the machine with a default endpoint this user can reach
+(said on stderr; several: they are listed and none is picked).  Given a config,
+sockvisorctl uses the owner-only endpoint when it can reach it (see
+control/server.py).
+
+`help`, `completion` and `man` run here, without a sockvisor: they are made
+from the same command table the server dispatches by (cli/ctl_docs.py).
 """
 
 from __future__ import annotations
@@ -28,19 +35,27 @@ def _add_global_options(parser: argparse.ArgumentParser, after_command: bool) ->
     what was given before the command: hence SUPPRESS as the default there."""
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if after_command else value
+    def text(words: str) -> str:
+        # Documented once, in `sockvisorctl -h`; each COMMAND -h shows its own.
+        return argparse.SUPPRESS if after_command else words
     parser.add_argument("-c", "--config", default=default(None),
-                        help="the sockvisor INI file (to find the endpoint)")
+                        help=text("the sockvisor INI file (to find the endpoint)"))
     parser.add_argument("--endpoint", default=default(None),
-                        help="control endpoint (ipc://PATH or tcp://HOST:PORT)")
+                        help=text("control endpoint (ipc://PATH or tcp://HOST:PORT)"))
     parser.add_argument("--timeout", type=_seconds, default=default(None),
-                        help=f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}, "
-                             f"{LONG_TIMEOUT:g} for commands that wait for processes)")
+                        help=text(f"seconds to wait for the reply (default {QUICK_TIMEOUT:g}"
+                                  f", {LONG_TIMEOUT:g} for commands that wait for "
+                                  "processes)"))
     parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print the raw JSON reply")
+                        help=text("print the raw JSON reply"))
     parser.add_argument("--curve-server-key", default=default(None),
-                        help="tcp:// with CURVE: the server's public certificate file")
+                        help=text("tcp:// with CURVE: the server's public certificate file"))
     parser.add_argument("--curve-client-key", default=default(None),
-                        help="tcp:// with CURVE: our secret certificate file")
+                        help=text("tcp:// with CURVE: our secret certificate file"))
+
+
+EPILOG = ("exit status: 0 ok, 1 command failed, 2 usage, 3 sockvisor unreachable "
+          "(status: 3 also when a watcher is not running with all its workers ready)")
 
 
 def _seconds(raw: str) -> float:
@@ -58,17 +73,19 @@ def _seconds(raw: str) -> float:
 
 
 def build_parser(commands: dict) -> argparse.ArgumentParser:
+    from sockvisor import __version__
+    from sockvisor.cli import ctl_docs
     parser = argparse.ArgumentParser(
-        prog="sockvisorctl", description="Control a running sockvisor.",
-        epilog="exit status: 0 ok, 1 command failed, 2 usage, 3 sockvisor unreachable")
+        prog="sockvisorctl", description="Control a running sockvisor.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"sockvisorctl {__version__}")
     _add_global_options(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in sorted(commands.items()):
-        doc = (type(command).__doc__ or "").strip()
-        child = sub.add_parser(name, help=command.summary(), description=doc,
+        child = sub.add_parser(name, help=command.summary(), description=command.description(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_arguments(child)
         _add_global_options(child, after_command=True)
+    ctl_docs.add_local_commands(sub)
     return parser
 
 
@@ -88,7 +105,25 @@ def _find_endpoint(args: argparse.Namespace) -> str:
     env = os.environ.get("SOCKVISOR_ENDPOINT")
     if env:
         return env
-    raise UsageError("no endpoint: give -c CONF, --endpoint, or set SOCKVISOR_ENDPOINT")
+    return _the_one_running()
+
+
+def _the_one_running() -> str:
+    """The endpoint of the only sockvisor running here (that we may reach)."""
+    from sockvisor import paths
+    from sockvisor.control import discover
+    found = discover.running(paths.discovery_bases())
+    if len(found) == 1:
+        print(f"sockvisorctl: using {found[0].endpoint} "
+              f"({discover.describe_pid(found[0].pid)})", file=sys.stderr)
+        return found[0].endpoint
+    if not found:
+        raise UsageError("no endpoint: give -c CONF or --endpoint, or set "
+                         "SOCKVISOR_ENDPOINT (no running sockvisor found in "
+                         f"{', '.join(paths.discovery_bases())})")
+    listing = "\n".join(f"  --endpoint {item.endpoint}  ({discover.describe_pid(item.pid)})"
+                         for item in found)
+    raise UsageError(f"{len(found)} sockvisors run here; say which one:\n{listing}")
 
 
 def endpoint_from_config(path: str) -> str:
@@ -165,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = load_commands()
     parser = build_parser(commands)
     args = parser.parse_args(argv)
+    if args.command not in commands:   # help, completion, man: no sockvisor needed
+        from sockvisor.cli import ctl_docs
+        return ctl_docs.run_local(args, parser, commands)
     command = commands[args.command]
     try:
         endpoint = resolve_endpoint(args)
@@ -186,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         curve = _curve_keys(args)
         with ControlClient(endpoint, timeout, *curve) as client:
             reply = client.call(command.name, properties)
+            status = report(command, reply, args.json)
+            if status == EXIT_OK and getattr(args, "follow", False):
+                return command.follow(client, properties, reply, timeout, args.json)
+            return status
     except Unreachable as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -195,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"sockvisorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return report(command, reply, args.json)
+    except KeyboardInterrupt:   # Ctrl-C while waiting for a reply: no traceback
+        return 130
 
 
 def _curve_keys(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -218,8 +261,10 @@ def report(command, reply: dict[str, Any], as_json: bool) -> int:
     elif failed:
         print(f"sockvisorctl {command.name}: {reply.get('reason', 'failed')}", file=sys.stderr)
     else:
-        print(command.format(reply))
-    return EXIT_FAILED if failed else EXIT_OK
+        text = command.format(reply)
+        if text:
+            print(text, flush=True)
+    return EXIT_FAILED if failed else command.exit_status(reply)
 
 
 if __name__ == "__main__":

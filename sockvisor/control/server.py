@@ -49,7 +49,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
-from sockvisor.control import access, protocol
+from sockvisor.control import access, discover, protocol
 from sockvisor.control.commands import load_commands
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
@@ -210,6 +210,11 @@ class ControlServer:
         directory = os.path.dirname(path)
         self._prepare_directory(directory)
         if os.path.lexists(path):
+            pid = discover.listener_pid(path)
+            if pid is not None:
+                # Most often a second start of a running config: say that, with
+                # the pid to look at (SO_PEERCRED: see discover.py).
+                raise EndpointError(f"already running (pid {pid}): {endpoint} is in use")
             if _ipc_in_use(path):
                 raise EndpointError(f"{endpoint} is in use (another sockvisor runs on it)")
             os.unlink(path)
@@ -272,6 +277,15 @@ class ControlServer:
                 os.unlink(path)
             except OSError:
                 pass
+        if self.default_dir:
+            # The per-config directory is ours (paths.py); gone with the endpoints,
+            # or /run/sockvisor fills with one empty folder per config ever run.
+            # rmdir removes it only if empty (someone else's file stays).
+            for directory in sorted({os.path.dirname(path) for path in self.ipc_paths}):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
 
     # ------------------------------------------------------------------ events
 

@@ -184,6 +184,26 @@ def run_ctl(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
                           capture_output=True, text=True, timeout=timeout)
 
 
+def alone(*argv: str) -> list[str]:
+    """`argv` in a mount namespace of its own with an empty /run/sockvisor: on a
+    machine where, as far as it can see, no root-run sockvisor has a default
+    endpoint (other tests' sockvisors run beside ours).  Not root: root's
+    sockvisors' folders are closed to us anyway, and unshare would need root."""
+    if os.geteuid() != 0:
+        return list(argv)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mkdir -p /run/sockvisor && mount -t tmpfs -o mode=0755 sockvisor-test /run/sockvisor '
+            '&& exec "$@"', "sh", *argv]
+
+
+def run_ctl_alone(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess:
+    """`sockvisorctl ARGS` where no other sockvisor is to be found (see `alone`)."""
+    return subprocess.run(alone(sys.executable, "-m", "sockvisor.cli.ctl", *args),
+                          env=env if env is not None else _clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def describe(result: subprocess.CompletedProcess) -> str:
     return (f"{result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout}"
             f"\n--- stderr ---\n{result.stderr}")

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import _clean_env
 from control_client_helpers import (bare_sockvisor, describe, endpoint_of,  # noqa: F401
-                                    ok, run_ctl)
+                                    ok, run_ctl, run_ctl_alone)
 
 WATCHER = """
 [socket:web]
@@ -30,8 +30,9 @@ graceful_timeout = 1
 """
 
 
-def expect(returncode: int, *args: str, env: dict[str, str] | None = None):
-    result = run_ctl(*args, env=env)
+def expect(returncode: int, *args: str, env: dict[str, str] | None = None,
+           run=run_ctl):
+    result = run(*args, env=env)
     assert result.returncode == returncode, describe(result)
     if returncode in (1, 2, 3):
         assert result.stderr.strip(), describe(result)
@@ -58,8 +59,8 @@ def test_exit_codes_and_json(sockvisor, scripts, tmp_path):
 
     # 2: usage.
     env = {k: v for k, v in _clean_env().items() if k != "SOCKVISOR_ENDPOINT"}
-    result = expect(2, "status", env=env)
-    assert "no endpoint" in result.stderr
+    result = expect(2, "status", env=env, run=run_ctl_alone)
+    assert "no endpoint" in result.stderr and "no running sockvisor" in result.stderr
     expect(2, "--endpoint", endpoint, "incr")                      # NAME missing
     expect(2, "--endpoint", endpoint, "incr", "web", "several")    # N not a number
     expect(2, "--endpoint", endpoint, "set", "web", "numprocesses")  # no VALUE

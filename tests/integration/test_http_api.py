@@ -244,7 +244,8 @@ def test_actions_need_the_bearer_token(sockvisor, scripts):
         "numprocesses"] == 3
     # Bad properties: the command's own error, as over ZeroMQ.
     bad = post(url, "/api/watchers/web/incr", token=token, body={"nb": "many"})
-    assert bad.status == 400 and "'nb' must be a whole number" in bad.json()["reason"]
+    assert bad.status == 400 and bad.json()["reason"].startswith(
+        "'nb' (the number of workers to add) must be a whole number")
 
     # Nothing over HTTP decides what runs or as whom.
     for action, body in (("add", {"cmd": "/bin/sh"}), ("set", {"cmd": "/bin/sh"}),

@@ -1,17 +1,16 @@
-"""The plugins that ship in plugins/, run as a user would run them against a real sockvisor."""
+"""The plugins that ship in sockvisor/plugins/, run as a user would run them
+against a real sockvisor: from any directory (they are installed with the
+package), finding the events endpoint from the config as sockvisorctl does."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(40)
@@ -26,13 +25,14 @@ def test_event_log_prints_the_events_of_a_reload(sockvisor):
         sockets = web
         graceful_timeout = 2
     """)
-    events_endpoint = f"ipc://{sv.directory}/ctl.events"
     out_path = sv.directory / "events.jsonl"
+    elsewhere = sv.directory / "elsewhere"
+    elsewhere.mkdir()
     with open(out_path, "w") as out:
         plugin = subprocess.Popen(
-            [sys.executable, "-m", "plugins.event_log", "--endpoint", events_endpoint,
+            [sys.executable, "-m", "sockvisor.plugins.event_log", "-c", str(sv.conf),
              "--topic", "watcher.web.reload", "--count", "3", "--seconds", "30"],
-            cwd=ROOT, stdout=out, stderr=subprocess.PIPE)
+            cwd=elsewhere, stdout=out, stderr=subprocess.PIPE)
     try:
         # A SUB socket only receives what is published after it has connected:
         # reload until the plugin has seen both reload events.

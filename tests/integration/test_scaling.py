@@ -52,8 +52,13 @@ def test_incr_and_decr_scale_at_once(sockvisor, tmp_path):
         answered = {sv.http_get(port)["pid"] for _ in range(10)}
         assert answered == {left}
 
-        # decr below zero stops at zero; incr brings workers back.
-        assert client.call("decr", name="web", nb=5)["numprocesses"] == 0
+        # decr below zero is an error that changes nothing (issue 10: the operator
+        # meant another number or watcher); to zero is a stop; incr brings
+        # workers back.
+        refused = client.raw("decr", name="web", nb=5)
+        assert refused["status"] == "error" and "cannot retire 5" in refused["reason"]
+        assert client.call("numprocesses", name="web")["numprocesses"] == 1
+        assert client.call("decr", name="web", nb=1)["numprocesses"] == 0
         wait_for(lambda: is_reaped(left), 5, message=f"{left} to be reaped")
         assert client.call("numprocesses", name="web")["numprocesses"] == 0
         assert client.call("incr", name="web")["numprocesses"] == 1

@@ -26,6 +26,7 @@ from sockvisor.control import access, protocol
 from sockvisor.control.commands import load_commands
 from sockvisor.control.protocol import CommandError, ErrNo, Request
 from sockvisor.control.server import dispatch
+from sockvisor.output import OutputRing
 from sockvisor.states import WatcherState
 
 # No example database: nothing written into the work tree, same run each time.
@@ -93,6 +94,7 @@ class FakeWatcher:
         self.state = WatcherState.ACTIVE
         self.workers: dict[int, Any] = {}
         self.generation = 1
+        self.output = OutputRing()
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state.value, "ready": 0,
@@ -101,9 +103,6 @@ class FakeWatcher:
 
     def status(self) -> dict[str, Any]:
         return {**self.summary(), "restarts": 0, "workers": []}
-
-    def recent_output(self) -> list[tuple[float, str, int, str]]:
-        return []
 
     def output_stats(self) -> dict[str, dict[str, int]]:
         return {"stdout": {"dropped_lines": 0, "dropped_bytes": 0},
@@ -152,6 +151,7 @@ class FakeSupervisor:
         self.sockets: dict[str, Any] = {}
         self.reaper = None
         self.stop_requested = False
+        self.stopping = None
 
     def request_stop(self) -> None:
         self.stop_requested = True

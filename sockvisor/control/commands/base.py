@@ -47,9 +47,20 @@ class Command:
     def format(self, reply: dict[str, Any]) -> str:
         return "ok"
 
+    def exit_status(self, reply: dict[str, Any]) -> int:
+        """sockvisorctl's exit status for a successful reply (see `status`)."""
+        return 0
+
     @classmethod
     def summary(cls) -> str:
+        """The docstring's first line: one whole sentence (`sockvisorctl -h`)."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def description(cls) -> str:
+        """The whole docstring, dedented (`sockvisorctl help NAME`, the man page)."""
+        import inspect
+        return inspect.cleandoc(cls.__doc__ or "")
 
 
 class WatcherLifecycleCommand(Command):
@@ -81,11 +92,26 @@ class WatcherLifecycleCommand(Command):
 
 # ---------------------------------------------------------------- shared helpers
 
+def whole_number(minimum: int | None = None, maximum: int | None = None):
+    """An argparse `type` for a count or pid: the strict parser's rule and its
+    bounds, so that sockvisorctl says "argument N: must be at least 1" (usage,
+    exit 2) before anything is sent."""
+    def parse(text: str) -> int:
+        from sockvisor import wholenumber
+        try:
+            return wholenumber.parse(text, "it", minimum, maximum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
+    parse.__name__ = "whole number"
+    return parse
+
+
 def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     if optional:
-        parser.add_argument("name", nargs="?", help="watcher (all when omitted)")
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="a watcher (all when omitted)")
     else:
-        parser.add_argument("name", help="watcher")
+        parser.add_argument("name", metavar="NAME", help="a watcher")
 
 
 def get_watcher(supervisor: "Supervisor", props: dict[str, Any]) -> "Watcher":
@@ -104,14 +130,20 @@ MAX_NUMPROCESSES = 100_000
 
 
 def int_property(props: dict[str, Any], key: str, default: int | None = None,
-                 minimum: int | None = None, maximum: int | None = None) -> int:
-    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py)."""
+                 minimum: int | None = None, maximum: int | None = None,
+                 what: str | None = None) -> int:
+    """A whole-number property, by the one strict parser (sockvisor/wholenumber.py).
+    `what` says in errors what the number is ("the number of workers to add"),
+    after its key, which is what those who send the protocol themselves (the
+    HTTP API, scripts) wrote; sockvisorctl checks its own arguments before
+    sending, in the words of its usage line (`whole_number`)."""
     from sockvisor import wholenumber
     value = props.get(key, default)
+    what = f"{key!r} ({what})" if what else repr(key)
     if value is None:
-        raise CommandError(f"{key!r} is required")
+        raise CommandError(f"{what} is required")
     try:
-        return wholenumber.parse(value, repr(key), minimum, maximum)
+        return wholenumber.parse(value, what, minimum, maximum)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -130,6 +162,21 @@ def raise_if_fatal(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise CommandError("; ".join(f"{s['name']} is FATAL: {s.get('fatal_reason', '')}"
                                      for s in fatal), ErrNo.COMMAND_ERROR)
     return summaries
+
+
+def duration(seconds: Any) -> str:
+    """Seconds for a table, as operators read them: 0.4s, 8.0s, 3m05s, 2h03m,
+    4d06h.  Anything not a number ("N/A") is shown as it is."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return str(seconds)
+    if seconds < 59.95:   # (59.96 would print as 60.0s)
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

@@ -17,7 +17,7 @@ def console_of(supervisor) -> Any:
 
 
 class Console(Command):
-    """The URL of the web console, HTTP API and /metrics (`http` in [sockvisor]).
+    """Print the URL of the web console, HTTP API and /metrics (`http` in [sockvisor]).
 
     sockvisorctl console
 

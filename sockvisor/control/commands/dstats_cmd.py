@@ -8,7 +8,7 @@ from sockvisor.control.commands.base import Command
 
 
 class DStats(Command):
-    """sockvisor's own figures: CPU, memory, open fds, workers, orphans reaped.
+    """Show sockvisor's own figures: CPU, memory, open fds, workers, orphans reaped.
 
     sockvisorctl dstats
     """

@@ -10,7 +10,7 @@ from sockvisor.control.protocol import CommandError
 
 
 class Get(Command):
-    """The value of KEY... of NAME (see `options` for the keys).
+    """Print the value of each KEY of NAME (see `options` for the keys).
 
     sockvisorctl get NAME KEY [KEY...]
     """

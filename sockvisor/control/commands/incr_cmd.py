@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sockvisor.control.commands.base import (MAX_NUMPROCESSES, Command, get_watcher,
-                                             int_property, watcher_argument)
+                                             int_property, watcher_argument, whole_number)
 
 
 class Incr(Command):
@@ -22,7 +22,8 @@ class Incr(Command):
 
     def add_arguments(self, parser):
         watcher_argument(parser)
-        parser.add_argument("nb", nargs="?", type=int, default=1, help="how many")
+        parser.add_argument("nb", nargs="?", type=whole_number(1), default=1, metavar="N",
+                            help="how many workers (default 1)")
 
     def properties(self, args):
         return {"name": args.name, "nb": args.nb}
@@ -33,7 +34,8 @@ class Incr(Command):
         # Bounded like numprocesses in the file: {"nb": 10**30} would otherwise
         # fork until the machine runs out, with the event loop stuck in the loop.
         room = MAX_NUMPROCESSES - watcher.numprocesses
-        nb = int_property(props, "nb", 1, minimum=1, maximum=room)
+        nb = int_property(props, "nb", 1, minimum=1, maximum=room,
+                          what="the number of workers to add")
         async with access.scaling(watcher, lambda current: current + nb):
             result = await watcher.incr(nb)
         return {"numprocesses": result["numprocesses"]}

@@ -8,8 +8,9 @@ from sockvisor.control.commands.base import Command, get_watcher, watcher_argume
 
 
 class NumProcesses(Command):
-    """The desired number of workers of NAME (or of every watcher together), as
-    `incr`/`decr` set it; `status` shows how many run and are ready.
+    """Print how many workers NAME (or every watcher together) should have.
+
+    That is the number `incr`/`decr` set; `status` shows how many run and are ready.
 
     sockvisorctl numprocesses [NAME]
     """

@@ -6,7 +6,7 @@ from sockvisor.control.commands.base import Command
 
 
 class NumWatchers(Command):
-    """The number of watchers.
+    """Print the number of watchers.
 
     sockvisorctl numwatchers
     """

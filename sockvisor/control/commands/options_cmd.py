@@ -43,7 +43,7 @@ def watcher_options(watcher) -> dict[str, Any]:
 
 
 class Options(Command):
-    """Every option of NAME with its current value.
+    """Print every option of NAME with its current value.
 
     sockvisorctl options NAME
     """

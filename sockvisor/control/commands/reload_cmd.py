@@ -9,7 +9,7 @@ from sockvisor.control.protocol import CommandError, ErrNo
 
 
 class Reload(Command):
-    """Rolling reload of NAME (or of every watcher, one after the other).
+    """Replace the workers of NAME (or of every watcher in turn) by a rolling reload.
 
     sockvisorctl reload [NAME]
 

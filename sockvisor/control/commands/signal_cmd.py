@@ -70,17 +70,21 @@ class Signal(Command):
         access.check_signal(watcher, signum)
         pid = props.get("pid")
         if pid is not None:
-            pid = int_property(props, "pid", minimum=1)
+            pid = int_property(props, "pid", minimum=1, what="the pid")
         group = bool_property(props, "children", False) or bool_property(
             props, "recursive", False)
         try:
             sent = watcher.send_signal(signum, pid, process_group=group)
         except LookupError as exc:
             raise CommandError(str(exc)) from None
+        if not sent:
+            # Nobody got it: say so (exit 1), rather than "sent to nobody", exit 0.
+            raise CommandError(f"{watcher.name} has no running workers: "
+                               f"{signal.Signals(signum).name} was not sent")
         return {"pids": sent, "signal": signal.Signals(signum).name}
 
     def format(self, reply):
-        return f"{reply['signal']} sent to {', '.join(map(str, reply['pids'])) or 'nobody'}"
+        return f"{reply['signal']} sent to {', '.join(map(str, reply['pids']))}"
 
 
 COMMAND = Signal()

@@ -10,11 +10,27 @@ from sockvisor.control.commands.base import Command, get_watcher, int_property
 from sockvisor.control.protocol import CommandError
 
 
-def process_info(pid: int) -> dict[str, Any]:
-    """One process's figures, keyed as Circus's `stats` keys them."""
+# psutil.Process objects by pid, kept between calls: cpu_percent(None) measures
+# since the previous call *on the same object* (a new one always says 0.0).
+# Those that ended are dropped at each call: bounded by what runs.
+_processes: dict[int, Any] = {}
+
+
+def _process(pid: int) -> Any:
+    import psutil
+    proc = _processes.get(pid)
+    if proc is None or not proc.is_running():   # is_running: the pid was not reused
+        proc = _processes[pid] = psutil.Process(pid)
+    return proc
+
+
+def process_info(pid: int, children: bool = True) -> dict[str, Any]:
+    """One process's figures, keyed as Circus's `stats` keys them; with
+    `children`, those of every process it started (gunicorn's, uwsgi's workers)
+    under "children"."""
     import psutil
     try:
-        proc = psutil.Process(pid)
+        proc = _process(pid)
         with proc.oneshot():
             memory = proc.memory_info()
             cpu_times = proc.cpu_times()
@@ -32,7 +48,11 @@ def process_info(pid: int) -> dict[str, Any]:
                 "create_time": proc.create_time(),
                 "age": round(time.time() - proc.create_time(), 3),
             }
+        if children:
+            info["children"] = [process_info(child.pid, children=False)
+                                for child in proc.children(recursive=True)]
     except psutil.NoSuchProcess:
+        _processes.pop(pid, None)
         return {"pid": pid, "cmdline": "exited", "username": "-", "nice": "-",
                 "mem_info1": 0, "mem_info2": 0, "rss": 0, "cpu": 0, "mem": 0,
                 "ctime": 0, "age": 0}
@@ -44,11 +64,14 @@ def process_info(pid: int) -> dict[str, Any]:
 
 
 class Stats(Command):
-    """CPU and memory of each worker of NAME (or of every watcher); with PID, one.
+    """Show CPU and memory of each worker of NAME (or of every watcher) and its children.
 
     sockvisorctl stats [NAME [PID]]
 
     `cpu` is the percentage since the previous `stats` call for that process.
+    Each worker's children (a gunicorn or uwsgi master's workers) are listed
+    under it, and each watcher gets a total of all of them; in the table, times
+    read like 8.0s or 2h03m, in --json they are seconds.
     `output` counts each watcher's worker output sockvisor had to drop (a stalled
     reader of its stdout, a full disk): `dropped_lines`, `dropped_bytes`.
     """
@@ -69,32 +92,70 @@ class Stats(Command):
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         if "name" not in props:
-            return {"infos": {name: {str(pid): process_info(pid) for pid in watcher.workers}
-                              for name, watcher in supervisor.watchers.items()},
+            _prune()
+            infos = {name: {str(pid): process_info(pid) for pid in watcher.workers}
+                     for name, watcher in supervisor.watchers.items()}
+            return {"infos": infos,
+                    "totals": {name: totals(info) for name, info in infos.items()},
                     "output": {name: watcher.output_stats()
                                for name, watcher in supervisor.watchers.items()}}
         watcher = get_watcher(supervisor, props)
+        _prune()
         if "process" in props:
-            pid = int_property(props, "process")
+            pid = int_property(props, "process", what="the pid")
             if pid not in watcher.workers:
                 raise CommandError(f"process {pid} not found in {watcher.name!r}")
             return {"process": pid, "info": process_info(pid)}
-        return {"name": watcher.name,
-                "info": {str(pid): process_info(pid) for pid in watcher.workers},
+        info = {str(pid): process_info(pid) for pid in watcher.workers}
+        return {"name": watcher.name, "info": info, "totals": totals(info),
                 "output": watcher.output_stats()}
 
     def format(self, reply):
-        from sockvisor.control.commands.base import table
+        from sockvisor.control.commands.base import duration, table
         groups = ({reply["name"]: reply["info"]} if "name" in reply
                   else reply.get("infos", {"": {str(reply.get("process")): reply.get("info")}}))
+        all_totals = ({reply["name"]: reply.get("totals")} if "name" in reply
+                      else reply.get("totals", {}))
         rows = []
         for name, infos in groups.items():
             for info in infos.values():
-                rss = info["rss"]
-                rows.append([name, info["pid"], info["cpu"], info["mem"],
-                             f"{rss / 1048576:.1f}M" if isinstance(rss, int) else rss,
-                             info["ctime"], info["age"]])
-        return table(rows, ["WATCHER", "PID", "CPU%", "MEM%", "RSS", "CPU-SECONDS", "AGE"])
+                rows.append(_row(name, info["pid"], info))
+                for child in info.get("children", []):
+                    rows.append(_row("", f"  {child['pid']}", child))
+            total = all_totals.get(name)
+            if total and total["processes"] > 1:
+                rows.append([name, f"total ({total['processes']})", round(total["cpu"], 1),
+                             round(total["mem"], 3), _megabytes(total["rss"]),
+                             duration(total["ctime"]), ""])
+        return table(rows, ["WATCHER", "PID", "CPU%", "MEM%", "RSS", "CPU-TIME", "AGE"])
+
+
+def totals(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A watcher's workers and their children together: the figures that add up."""
+    processes = [p for info in infos.values() for p in [info, *info.get("children", [])]]
+    counted = [p for p in processes if isinstance(p.get("rss"), int)]
+    return {"processes": len(processes),
+            "cpu": round(sum(p["cpu"] for p in counted), 1),
+            "mem": round(sum(p["mem"] for p in counted), 3),
+            "rss": sum(p["rss"] for p in counted),
+            "ctime": round(sum(p["ctime"] for p in counted), 3)}
+
+
+def _prune() -> None:
+    """Forget the processes that ended (see `_processes`)."""
+    for pid, proc in list(_processes.items()):
+        if not proc.is_running():
+            del _processes[pid]
+
+
+def _megabytes(rss: Any) -> str:
+    return f"{rss / 1048576:.1f}M" if isinstance(rss, int) else str(rss)
+
+
+def _row(name: str, pid: Any, info: dict[str, Any]) -> list[Any]:
+    from sockvisor.control.commands.base import duration
+    return [name, pid, info["cpu"], info["mem"], _megabytes(info["rss"]),
+            duration(info["ctime"]), duration(info["age"])]
 
 
 COMMAND = Stats()

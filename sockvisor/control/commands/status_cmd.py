@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from sockvisor.control.commands.base import Command, get_watcher, table, watcher_argument
+from sockvisor.control.commands.base import (Command, duration, get_watcher, table,
+                                             watcher_argument)
+
+EXIT_UNHEALTHY = 3
+RUNNING_STATES = ("active", "reloading")
+
+
+def healthy(watcher: dict[str, Any]) -> bool:
+    """Runs with every worker it should have ready (a status reply's summary)."""
+    return (watcher.get("state") in RUNNING_STATES
+            and watcher.get("ready", 0) >= watcher.get("numprocesses", 0))
 
 
 class Status(Command):
-    """Show watcher states; with NAME, each worker: pid, generation, state, ready,
-    uptime and restarts.
+    """Show the state of every watcher, or of each worker of NAME.
+
+    With NAME: each worker's pid, generation, state, readiness, uptime and
+    restarts.  Exit status 0 only when every watcher shown runs (active, or
+    reloading: the old workers serve meanwhile) with all its workers ready; 3
+    when one is stopped, starting, stopping, FATAL or short of ready workers
+    (supervisorctl's convention), so that `status` is a health check.
 
     sockvisorctl status [NAME]
 
@@ -36,6 +51,10 @@ class Status(Command):
         return {"statuses": {name: w.state.value for name, w in supervisor.watchers.items()},
                 "watchers": [w.summary() for w in supervisor.watchers.values()]}
 
+    def exit_status(self, reply: dict[str, Any]) -> int:
+        watchers = [reply["watcher"]] if "watcher" in reply else reply.get("watchers", [])
+        return 0 if all(healthy(w) for w in watchers) else EXIT_UNHEALTHY
+
     def format(self, reply):
         if "watcher" in reply:
             detail = reply["watcher"]
@@ -47,7 +66,7 @@ class Status(Command):
             if "backoff" in detail:
                 head += f"\n  next start in {detail['backoff']}s (backoff)"
             rows = [[w["pid"], w["wid"], w["generation"], w["state"],
-                     "yes" if w["ready"] else "no", f"{w['uptime']:.1f}s", w["restarts"]]
+                     "yes" if w["ready"] else "no", duration(w["uptime"]), w["restarts"]]
                     for w in detail["workers"]]
             return head + "\n" + table(rows, ["PID", "WID", "GEN", "STATE", "READY",
                                               "UPTIME", "RESTARTS"])

@@ -1,6 +1,12 @@
 """Print sockvisor's events as JSON lines: the feed for a dashboard, a log shipper or a test.
 
-    python -m plugins.event_log --endpoint ipc:///run/sockvisor/web/control.events [--topic watcher.web]
+    python -m sockvisor.plugins.event_log -c /etc/sockvisor/web.ini [--topic watcher.web]
+    python -m sockvisor.plugins.event_log --endpoint ipc:///srv/web/ctl.events
+
+With -c, the events endpoint is the one sockvisor opens for that config: its
+`pubsub_endpoint`, else `ENDPOINT.events` beside an ipc `endpoint` (the next
+port for tcp), else `events` in the config's default runtime folder
+(/run/sockvisor/NAME-HASH/events as root; see sockvisor/paths.py).
 
 Each line is `{"topic": "watcher.web.spawn", "time": ..., "data": {...}}`.  The
 events endpoint is a ZeroMQ PUB socket (see sockvisor/control/server.py); a slow
@@ -20,12 +26,20 @@ import zmq
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="event_log", description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", required=True, help="the events (PUB) endpoint")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", help="the sockvisor INI file (to find the endpoint)")
+    where.add_argument("--endpoint", help="the events (PUB) endpoint")
     parser.add_argument("--topic", action="append", default=[],
                         help="topic prefix to keep (repeatable; default: everything)")
     parser.add_argument("--count", type=int, default=0, help="stop after N events")
     parser.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
     args = parser.parse_args(argv)
+    if args.config:
+        try:
+            args.endpoint = events_endpoint(args.config)
+        except (OSError, ValueError) as exc:
+            print(f"event_log: cannot read {args.config}: {exc}", file=sys.stderr)
+            return 2
 
     context = zmq.Context.instance()
     sub = context.socket(zmq.SUB)
@@ -55,6 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sub.close()
     return 0
+
+
+def events_endpoint(config_path: str) -> str:
+    """The events endpoint sockvisor opens for `config_path` (control/server.py's
+    rule), read without validating the whole file."""
+    import configparser
+    from sockvisor.control.server import endpoints_for
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    with open(config_path, encoding="utf-8") as handle:
+        parser.read_file(handle)
+    section = next((s for s in ("sockvisor", "circus") if parser.has_section(s)), None)
+    endpoint = parser.get(section, "endpoint", fallback=None) if section else None
+    pubsub = parser.get(section, "pubsub_endpoint", fallback=None) if section else None
+    return endpoints_for(config_path, endpoint and endpoint.strip(),
+                         pubsub and pubsub.strip(), None)[2]
 
 
 if __name__ == "__main__":
