@@ -172,3 +172,19 @@ def test_a_spoofed_place_alone_is_refused_with_the_reason(world_readable_dir, sp
     assert f"{skipped} (writable by others" in result.stderr \
         or f"{skipped} (owned by uid" in result.stderr, result.stderr
     _nobody_connected(fakes)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("layout", sorted(SPOOFS))
+def test_discovery_without_c_skips_a_spoofed_place(world_readable_dir, spoof, layout):
+    """With neither -c nor --endpoint sockvisorctl looks for running sockvisors
+    under the runtime bases: a place another user made is not one of them."""
+    member = Member(world_readable_dir, operator_group())
+    conf = world_readable_dir / "spoofed.ini"
+    conf.write_text("[sockvisor]\n\n[watcher:web]\ncmd = /bin/true\n")
+    conf.chmod(0o644)
+    fakes = spoof(str(conf), member.uid, layout)
+    result = member.ctl("status")
+    assert str(paths.runtime_dir(str(conf), f"/tmp/sockvisor-{member.uid}")) \
+        not in result.stderr + result.stdout, result
+    _nobody_connected(fakes)
