@@ -147,7 +147,21 @@ def find(port: int, role: str, exclude: set[int] = frozenset()) -> dict:
 
 @pytest.fixture
 def directory(world_readable_dir):
-    return world_readable_dir
+    """The tests' world-readable folder; afterwards nothing started from it lives.
+
+    Where the guarantee is documented as weaker (process groups without a
+    subreaper, or read-only cgroups), a daemon escapes by design: the test checks
+    that this is said, and here it is ended so that it does not outlive the test.
+    """
+    yield world_readable_dir
+    script = str(world_readable_dir / "escaper.py")
+    left = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or [])]
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
 
 
 # --------------------------------------------------------------------------- daemons
