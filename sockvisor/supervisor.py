@@ -1,13 +1,14 @@
 """The arbiter: start-up and shut-down order, and ownership of everything long-lived.
 
-Start-up: the control endpoints are opened first (a missing folder, or a second
-instance on the same endpoint, ends start-up with exit 3 before any port
-listens); then the sockets (adopted from the service manager, else bound) — if
-one fails, nothing is spawned; then the reaper, the workers' notify socket and
-the watchers, and only then is the control channel read; READY=1 to systemd
-once every autostart watcher's first generation is ready (having asked, with EXTEND_TIMEOUT_USEC, for
-as long as the config lets start-up take; likewise for a reload and a stop: see
-phase_bounds.py).  A watcher that goes FATAL before that fails the start
+Start-up: sockvisor's own endpoints are opened first — the control channel and,
+with `http`, the web console (a missing folder, or a second instance on the same
+endpoint, ends start-up with exit 3 before any port listens); then the sockets
+(adopted from the service manager, else bound) — if one fails, nothing is
+spawned; then the reaper, the workers' notify socket and the watchers, and only
+then is the control channel read; READY=1 to systemd once every autostart
+watcher's first generation has settled: ready, and alive `ready_settle` since
+(having asked, with EXTEND_TIMEOUT_USEC, for as long as the config lets start-up
+take; likewise for a reload and a stop: see phase_bounds.py).  A watcher that goes FATAL before that fails the start
 (`start_failure = exit`, the default): no READY=1, everything stopped, the
 sockets closed, exit status 4; see `_start_watcher`.  Shut-down is the
 reverse: STOPPING=1, every watcher stops its workers (stop_signal,
