@@ -126,11 +126,15 @@ SOCKVISOR_WATCHER = {"ready": "notify", "ready_timeout": 10, "graceful_timeout":
 
 @dataclass
 class Kill:
-    t: float                      # s since the start, when the victim was stopped
+    t: float                      # s since the start, when SIGSTOP was sent
     pid: int
     ports: list[int]              # client ports of the connections it held
     during: str | None            # the operation running at the time, if any
     skipped: str = ""             # why nobody was killed, or why its connections are unknown
+    # When SIGKILL was sent (None: as `t`).  The victim stops some time after
+    # SIGSTOP: a connection it accepted in between is one it held, and the
+    # request on it began after `t`.
+    t_end: float | None = None
 
     @property
     def happened(self) -> bool:
@@ -357,7 +361,7 @@ class Soak:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
-        kill = Kill(round(t, 3), victim, ports, during)
+        kill = Kill(round(t, 4), victim, ports, during, t_end=round(self.now(), 4))
         if skipped:
             kill.skipped = skipped      # killed all the same; its connections unknown
         return kill
@@ -452,7 +456,10 @@ class Soak:
             if failure.port is None:
                 continue
             for kill in by_port.get(failure.port, []):
-                if failure.t0 <= kill.t <= failure.t1:
+                # The request overlapped the stop-to-kill window (the port alone
+                # could be a later connection that reused it).
+                end = kill.t if kill.t_end is None else kill.t_end
+                if failure.t0 <= end and kill.t <= failure.t1:
                     failure.attributed_to = kill.pid
                     break
         return failures

@@ -51,6 +51,21 @@ def test_only_the_victims_own_connection_in_its_window_is_excused():
     assert result["verdict"] == "FAIL"
 
 
+def test_a_connection_the_victim_accepted_before_it_stopped_is_its_own():
+    """SIGSTOP takes effect a little after it is sent: a connection the victim
+    accepted in between is among the ports it held, and its request began after
+    the kill's `t`.  Seen in the suite: t0 9.3913 against a kill at 9.391 (sent)."""
+    s = make_soak()
+    s.kills = [soak.Kill(t=9.391, pid=7, ports=[54672], during=None, t_end=9.3931)]
+    stats = soak.ClientStats()
+    stats.failures = [
+        soak.Failure(9.3913, 9.4425, 54672, "reset", ""),       # accepted before the stop
+        soak.Failure(9.4, 9.45, 54672, "reset", ""),             # began after the kill
+    ]
+    s.clients = [stats]
+    assert [f.attributed_to for f in s.attribute()] == [7, None]
+
+
 def test_an_operation_error_is_explained_only_by_a_kill_while_it_ran():
     s = make_soak()
     s.kills = [soak.Kill(t=5.2, pid=7, ports=[], during="reload"),
