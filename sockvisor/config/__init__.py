@@ -20,13 +20,14 @@ from sockvisor.config.model import (UNLIMITED_RESTARTS, Config, ConfigError,
                                     WatcherConfig)
 from sockvisor.config.values import (ENDPOINT_GROUP_GRANTS, MAX_SECONDS, _http_is_local,
                                      http_host_port, signal_names, split_words)
-from sockvisor.config.options import (RLIMITS, _GLOBAL_CIRCUS, _GLOBAL_OPTIONS,
+from sockvisor.config.options import (OPERATOR_OPTIONS, PRIVILEGED_WATCHER_OPTIONS,
+                                      RLIMITS, _GLOBAL_CIRCUS, _GLOBAL_OPTIONS,
                                       _SOCKET_CIRCUS, _SOCKET_OPTIONS, _WATCHER_CIRCUS,
-                                      _WATCHER_OPTIONS)
+                                      _WATCHER_OPTIONS, Change, Who, change_kind, changes,
+                                      shown_options, watcher_option)
 from sockvisor.config.substitutions import expand_worker_args, has_worker_substitution
 from sockvisor.config.loader import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, load
-from sockvisor.config.runtime import (PRIVILEGED_WATCHER_OPTIONS, watcher_from_options,
-                                      with_options)
+from sockvisor.config.runtime import current_values, watcher_from_options, with_options
 
 __all__ = [
     "UNLIMITED_RESTARTS", "Config", "ConfigError", "GlobalConfig", "OutputConfig",
@@ -34,5 +35,7 @@ __all__ = [
     "WatcherConfig", "ENDPOINT_GROUP_GRANTS", "MAX_SECONDS", "http_host_port",
     "signal_names", "split_words", "RLIMITS", "expand_worker_args",
     "has_worker_substitution", "MAX_KEY_LENGTH", "MAX_VALUE_LENGTH", "load",
-    "PRIVILEGED_WATCHER_OPTIONS", "watcher_from_options", "with_options",
+    "OPERATOR_OPTIONS", "PRIVILEGED_WATCHER_OPTIONS", "Change", "Who", "change_kind",
+    "changes", "shown_options", "watcher_option", "current_values",
+    "watcher_from_options", "with_options",
 ]

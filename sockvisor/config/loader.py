@@ -23,9 +23,8 @@ import configparser
 import ipaddress
 import os
 import re
-import signal
 import socket
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sockvisor import logdir
 from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputConfig,
@@ -82,6 +81,11 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
     return _Loader(os.path.abspath(path), parser, environ).build()
+
+
+def _default_or(values: Mapping[str, Any], key: str) -> Any:
+    """The watcher option `key` from `values`, else its default (the registry's)."""
+    return values[key] if key in values else _WATCHER_OPTIONS[key].default
 
 
 class _Loader:
@@ -233,8 +237,14 @@ class _Loader:
     # ---- option tables
 
     def read_options(self, section: str, options: dict[str, _Option],
-                     circus: dict[str, _Unsupported | _Ignored]) -> dict[str, Any]:
-        """Parse every key of `section` by its table; canonical names in the result."""
+                     circus: dict[str, _Unsupported | _Ignored],
+                     items: Iterable[tuple[str, Any]] | None = None,
+                     parse: Callable[[_Option, Any], Any] | None = None) -> dict[str, Any]:
+        """Parse every key of `section` by its table; canonical names in the result.
+
+        `items` and `parse`: other (key, value) pairs than the section's and how to
+        read a value (the control channel's JSON values: runtime.py); the same
+        rules for unknown, Circus and duplicate keys either way."""
         by_name: dict[str, str] = {}
         for canonical, option in options.items():
             by_name[canonical] = canonical
@@ -242,12 +252,12 @@ class _Loader:
                 by_name[alias] = canonical
         values: dict[str, Any] = {}
         seen_as: dict[str, str] = {}
-        for key, raw in self.parser.items(section):
+        for key, raw in (self.parser.items(section) if items is None else items):
             # Circus spells hooks `hooks.before_start = ...`: look dotted keys up by prefix.
             circus_key = key if key in circus else key.partition(".")[0]
             if circus_key in circus and key not in by_name:
                 entry = circus[circus_key]
-                if isinstance(entry, _Unsupported) and _switched_off(raw):
+                if isinstance(entry, _Unsupported) and _switched_off(str(raw)):
                     # `httpd = false`, `max_age = 0`: Circus configs often spell out
                     # the default; a feature turned off is one we do not miss.
                     continue
@@ -266,7 +276,8 @@ class _Loader:
                                  section, key)
             seen_as[canonical] = key
             try:
-                values[canonical] = options[canonical].parse(raw)
+                values[canonical] = (options[canonical].parse(raw) if parse is None
+                                     else parse(options[canonical], raw))
             except ValueError as exc:
                 raise self.error(str(exc), section, key) from None
         values["__keys__"] = seen_as
@@ -437,6 +448,15 @@ class _Loader:
     def build_watcher(self, name: str, section: str, env_sections: tuple[str, ...],
                       sockets: Mapping[str, SocketConfig]) -> WatcherConfig:
         values = self.read_options(section, _WATCHER_OPTIONS, _WATCHER_CIRCUS)
+        return self.watcher_from_values(name, section, values, sockets, env_sections)
+
+    def watcher_from_values(self, name: str, section: str, values: dict[str, Any],
+                            sockets: Mapping[str, SocketConfig],
+                            env_sections: tuple[str, ...] = ()) -> WatcherConfig:
+        """The watcher `values` (canonical option -> value, as `read_options` gives)
+        describe, checked.  cmd, args and env may be text, as in the INI file, or
+        already structured (a tuple of words, a mapping) as runtime.py gives them
+        for `set` and `add`: those are never turned back into text."""
         keys = values["__keys__"]
         if "cmd" not in values:
             raise self.error("a watcher needs cmd", section, "cmd")
@@ -446,7 +466,9 @@ class _Loader:
                              section, keys["shell"])
 
         env: dict[str, str] = {}
-        if "env" in values:
+        if isinstance(values.get("env"), Mapping):
+            env.update(values["env"])
+        elif "env" in values:
             for item in filter(None, (part.strip() for part in values["env"].split(","))):
                 key, sep, value = item.partition("=")
                 if not sep or not _ENV_KEY.match(key.strip()):
@@ -459,7 +481,7 @@ class _Loader:
                     raise self.error("not a valid environment variable name",
                                      env_section, key)
                 env[key] = value.strip()
-        copy_env = values.get("copy_env", False)
+        copy_env = _default_or(values, "copy_env")
         # Without copy_env a worker still gets sockvisor's PATH, so `cmd = python3`
         # resolves the way it does in the shell that wrote the config.
         base_env = (dict(self.environ) if copy_env
@@ -489,14 +511,20 @@ class _Loader:
                                  keys["sockets"])
             wanted.append(socket_name)
 
-        cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
-        # Split cmd and args separately so an error names the key that has it.
-        cmd_parts = self.split_words(cmd, section, keys["cmd"])
+        if isinstance(values["cmd"], str):
+            cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
+            # Split cmd and args separately so an error names the key that has it.
+            cmd_parts = self.split_words(cmd, section, keys["cmd"])
+        else:   # words already
+            cmd_parts = [self.expand_static(word, lookup_env, section, keys["cmd"])
+                         for word in values["cmd"]]
         if not cmd_parts:
             raise self.error("must not be empty", section, keys["cmd"])
+        raw_args = values.get("args", "")
         extra_args = [
             self.expand_static(arg, lookup_env, section, keys["args"])
-            for arg in self.split_words(values.get("args", ""), section, keys.get("args"))]
+            for arg in (self.split_words(raw_args, section, keys.get("args"))
+                        if isinstance(raw_args, str) else raw_args)]
         args = tuple(cmd_parts[1:]) + tuple(extra_args)
         for text, key in ([(part, keys["cmd"]) for part in cmd_parts]
                           + [(arg, keys["args"]) for arg in extra_args]):
@@ -535,19 +563,19 @@ class _Loader:
                              keys["cmd"])
 
         restart = RestartPolicy(
-            respawn=values.get("respawn", True),
-            min_uptime=values.get("min_uptime", RestartPolicy.min_uptime),
-            backoff_base=values.get("backoff_base", RestartPolicy.backoff_base),
-            backoff_max=values.get("backoff_max", RestartPolicy.backoff_max),
-            max_restarts=values.get("max_restarts", RestartPolicy.max_restarts),
-            window=values.get("restart_window", RestartPolicy.window),
+            respawn=_default_or(values, "respawn"),
+            min_uptime=_default_or(values, "min_uptime"),
+            backoff_base=_default_or(values, "backoff_base"),
+            backoff_max=_default_or(values, "backoff_max"),
+            max_restarts=_default_or(values, "max_restarts"),
+            window=_default_or(values, "restart_window"),
         )
         if restart.backoff_max < restart.backoff_base:
             raise self.error("must not be less than backoff_base", section,
                              keys.get("backoff_max", "backoff_max"))
         ready = values.get("ready", ReadyPolicy())
         ready = ReadyPolicy(ready.kind, ready.delay,
-                            values.get("ready_timeout", ReadyPolicy.timeout),
+                            _default_or(values, "ready_timeout"),
                             values.get("ready_settle"))
         if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
             raise self.error("the ready delay must be shorter than ready_timeout",
@@ -556,16 +584,16 @@ class _Loader:
                    if key.startswith("rlimit_")}
         return WatcherConfig(
             name=name, cmd=cmd_parts[0], args=args,
-            numprocesses=values.get("numprocesses", 1), sockets=tuple(wanted),
+            numprocesses=_default_or(values, "numprocesses"), sockets=tuple(wanted),
             uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
             env=full_env, copy_env=copy_env, explicit_env=env, umask=values.get("umask"),
-            stop_signal=values.get("stop_signal", signal.SIGTERM),
-            operator_signals=values.get("operator_signals", frozenset()),
-            graceful_timeout=values.get("graceful_timeout", 30.0),
-            restart=restart, ready=ready, reload_batch=values.get("reload_batch", 0),
+            stop_signal=_default_or(values, "stop_signal"),
+            operator_signals=_default_or(values, "operator_signals"),
+            graceful_timeout=_default_or(values, "graceful_timeout"),
+            restart=restart, ready=ready, reload_batch=_default_or(values, "reload_batch"),
             stdout=self.build_output("stdout", values, section, uid, gid),
             stderr=self.build_output("stderr", values, section, uid, gid),
-            autostart=values.get("autostart", True),
+            autostart=_default_or(values, "autostart"),
             rlimits=rlimits,
         )
 
@@ -610,8 +638,8 @@ class _Loader:
                 raise self.error(str(exc), section, key) from None
             output = OutputConfig(
                 OutputKind.FILE, path=output.path,
-                max_bytes=values.get(f"{stream}_max_bytes", 0),
-                backup_count=values.get(f"{stream}_backup_count", 5))
+                max_bytes=_default_or(values, f"{stream}_max_bytes"),
+                backup_count=_default_or(values, f"{stream}_backup_count"))
         return output
 
     def expand_env_refs(self, value: str, section: str, key: str) -> str:

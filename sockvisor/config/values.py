@@ -108,8 +108,16 @@ def _parse_signal(raw: str) -> int:
 def _parse_operator_signals(raw: str) -> frozenset[int]:
     """`operator_signals = HUP USR1`: signal names, no numbers (a list an
     operator's rights depend on should say what it means), no duplicates."""
+    return _operator_signals_of(_parse_list(raw))
+
+
+def _operator_signals_of(words: "list[str] | tuple[str, ...]") -> frozenset[int]:
+    """The signals named by `words` (from the INI text, or a list over the control
+    channel): the rules of `_parse_operator_signals`."""
     signals: set[int] = set()
-    for word in _parse_list(raw):
+    for word in words:
+        if not isinstance(word, str):
+            raise ValueError(f"expected signal names such as HUP or USR1, got {word!r}")
         name = word.upper()
         if not (name.isascii() and name[:1].isalpha()):
             raise ValueError(f"expected signal names such as HUP or USR1, got {word!r}")
