@@ -4,6 +4,10 @@ Everything a user can get wrong in a config file is caught here, before a socket
 is bound or a worker spawned, and reported as a `ConfigError` that names the file,
 the section and the key.  Which keys exist and how each is parsed is options.py's.
 
+Two steps: `_read_ini` turns the file into sections of text keys (what reads the
+file, and what is done to the text before the checks, goes there); `_Loader`
+checks each section against the registry and builds the dataclasses.
+
 Checked across sections, because each would otherwise surface only after `start`
 had bound the ports: a config needs a watcher; no two sockets may share an
 address; no value may be longer than 64 KiB (nothing longer can reach exec, and
@@ -51,7 +55,14 @@ MAX_KEY_LENGTH = 200
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate `path`; raise ConfigError naming where the problem is."""
     path = os.fspath(path)  # a pathlib.Path would break ConfigError.__str__
-    environ = os.environ if environ is None else environ
+    parser = _read_ini(path)
+    return _Loader(os.path.abspath(path), parser,
+                   os.environ if environ is None else environ).build()
+
+
+def _read_ini(path: str) -> configparser.ConfigParser:
+    """The file's sections and keys, as text; ConfigError for a file that cannot be
+    read or is not INI (duplicate sections and keys included)."""
     parser = configparser.ConfigParser(interpolation=None, strict=True,
                                        default_section="\0none")
     parser.optionxform = str  # keys are case-sensitive (env var names)
@@ -80,7 +91,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise ConfigError(f"cannot parse line(s) {lines}", path=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
-    return _Loader(os.path.abspath(path), parser, environ).build()
+    return parser
 
 
 def _default_or(values: Mapping[str, Any], key: str) -> Any:
@@ -89,8 +100,9 @@ def _default_or(values: Mapping[str, Any], key: str) -> Any:
 
 
 class _Loader:
-    def __init__(self, path: str, parser: configparser.ConfigParser,
+    def __init__(self, path: str, parser: configparser.ConfigParser | None,
                  environ: Mapping[str, str]):
+        # parser None: no file (runtime.py builds watchers from control options).
         self.path = path
         self.parser = parser
         self.environ = environ
