@@ -191,3 +191,9 @@ def test_user_alias_replaces_uid(base):
         pytest.skip("uid needs root")
     web = with_options(base, {"uid": "nobody"}, SOCKETS, environ=ENVIRON)
     assert with_options(web, {"user": "root"}, SOCKETS, environ=ENVIRON).uid == 0
+
+
+def test_sockvisorctl_says_what_reloadconfig_applied_in_place():
+    from sockvisor.control.commands.reloadconfig_cmd import COMMAND
+    text = COMMAND.format({"updated": ["web"], "scaled": ["api"], "reloaded": []})
+    assert "updated watchers: web" in text and "scaled watchers: api" in text
