@@ -78,22 +78,20 @@ class Set(Command):
         try:
             new_config = with_options(watcher.config, options, sockets)
             # How each option applies is the registry's (config/options.py).
-            needs_reload = Change.RESTART in changes(
-                {watcher_option(key) or key for key in options})
-            if needs_reload:   # what runs, or as whom: can it?
+            kinds = changes({watcher_option(key) or key for key in options})
+            if Change.RESTART in kinds:   # what runs, or as whom: can it?
                 await preflight.require([new_config], "<control>", supervisor.reaper)
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
-        if "numprocesses" in options:
+        if Change.SCALE in kinds:
             async with access.scaling(watcher, lambda _: new_config.numprocesses):
                 await watcher.set_numprocesses(new_config.numprocesses)
         try:
-            if needs_reload:
+            if Change.RESTART in kinds:
                 return {"watcher": await watcher.reload(new_config)}
             await watcher.replace_config(new_config)
         except ReloadError as exc:
             raise CommandError(str(exc), ErrNo.COMMAND_ERROR) from None
         return {"watcher": watcher.summary()}
-
 
 COMMAND = Set()
