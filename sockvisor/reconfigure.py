@@ -6,8 +6,9 @@ The order matters:
      takes the address of one this config drops or moves (a renamed section, two
      sockets swapping addresses) takes over that listening socket instead: binding
      it anew would fail with EADDRINUSE, and its queue is as precious as any;
-  2. removed watchers stop; changed watchers get a rolling reload (only a new
-     `numprocesses` is a plain scale); added watchers start;
+  2. removed watchers stop; changed watchers get a rolling reload, unless every
+     change applies in place (config.change_kind: a new `numprocesses` is a
+     plain scale, a new graceful_timeout is just taken); added watchers start;
   3. sockets no longer wanted close last, once the workers using them are gone.
 A socket whose address did not change is never touched, whatever else changed:
 its accept queue is what makes the reload invisible to clients.  A backlog
@@ -21,14 +22,13 @@ whole reloadconfig.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 from sockvisor import preflight
-from sockvisor.config import Config, SocketConfig
+from sockvisor.config import Change, Config, SocketConfig, change_kind
 from sockvisor.sockets import ListeningSocket, SocketError, bind
 from sockvisor.states import WatcherState
 from sockvisor.watcher import ReloadError
@@ -112,27 +112,29 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
 
     added = [n for n in new.watchers if n not in supervisor.watchers]
     removed = [n for n in supervisor.watchers if n not in new.watchers]
-    changed, scaled, unchanged = [], [], []
+    changed, scaled, updated, unchanged = [], [], [], []
     for name, watcher_config in new.watchers.items():
         watcher = supervisor.watchers.get(name)
         if watcher is None:
             continue
-        if watcher.config == watcher_config and not set(watcher_config.sockets) & set(
-                moved_sockets):
-            unchanged.append(name)
-        elif dataclasses.replace(watcher.config,
-                                 numprocesses=watcher_config.numprocesses) == watcher_config \
-                and not set(watcher_config.sockets) & set(moved_sockets):
-            scaled.append(name)
-        else:
+        # How each option applies is the registry's (config/options.py).
+        kinds = change_kind(watcher.config, watcher_config)
+        if Change.RESTART in kinds or set(watcher_config.sockets) & set(moved_sockets):
             changed.append(name)
+        elif Change.SCALE in kinds:
+            scaled.append(name)
+        elif kinds:
+            updated.append(name)
+        else:
+            unchanged.append(name)
 
     # 2. Watchers: removed ones stop, changed ones roll, added ones start.
     await asyncio.gather(*(supervisor.remove_watcher(name) for name in removed))
-    for name in scaled:
+    for name in scaled + updated:   # in place: no worker is replaced
         watcher = supervisor.watchers[name]
         await watcher.replace_config(new.watchers[name])
-        await watcher.set_numprocesses(new.watchers[name].numprocesses)
+        if name in scaled:
+            await watcher.set_numprocesses(new.watchers[name].numprocesses)
     results = await asyncio.gather(
         *(_reload_or_keep_stopped(supervisor.watchers[name], new.watchers[name])
           for name in changed),
@@ -161,7 +163,7 @@ async def apply_new_config(supervisor: "Supervisor", new: Config) -> dict[str, A
             listening.close()
 
     summary = {"added": added, "removed": removed, "reloaded": changed, "scaled": scaled,
-               "unchanged": unchanged, "sockets_added": added_sockets,
+               "updated": updated, "unchanged": unchanged, "sockets_added": added_sockets,
                "sockets_removed": removed_sockets, "sockets_changed": moved_sockets,
                "sockets_taken_over": taken_over}
     log.info("reloadconfig: %s", ", ".join(f"{k} {v}" for k, v in summary.items() if v)

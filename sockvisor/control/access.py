@@ -36,6 +36,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
+from sockvisor.config import options as _registry
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ OWNER = "owner"       # the owner only; no grant gives it (what runs, as whom, w
 # `set` options an operator may change: how the watcher is operated, not what it
 # runs or how it restarts (a tiny ready_timeout or a huge backoff can keep it
 # down), nor how long a stop may take (graceful_timeout: a huge one made stops,
-# and everything queued behind them, hang).
-OPERATOR_OPTIONS = frozenset({"numprocesses", "reload_batch"})
+# and everything queued behind them, hang).  Declared per option in the
+# registry (`who = Who.OPERATOR`, config/options.py).
+OPERATOR_OPTIONS = _registry.OPERATOR_OPTIONS
 
 WORKERS_PER_CPU = 4   # the default maximum an operator may scale a watcher to
 

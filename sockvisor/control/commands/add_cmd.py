@@ -19,7 +19,8 @@ class Add(Command):
 
     Only on sockvisor's owner endpoint: it decides what runs, and as whom.
     Options (numprocesses, sockets, ...) may follow in the request's `options`;
-    they are validated like the INI file.  Not written to the config file: the
+    they are validated like the INI file (text), or taken as values (env as an
+    object, args as a list of words: see `set`).  Not written to the config file: the
     next reloadconfig removes a watcher the file does not have.
     """
     name = "add"

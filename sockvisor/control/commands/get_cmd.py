@@ -29,11 +29,14 @@ class Get(Command):
         keys = props.get("keys")
         if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
             raise CommandError("'keys' must be a non-empty list of option names")
+        from sockvisor.config import watcher_option
         options = watcher_options(watcher)
-        unknown = [key for key in keys if key not in options]
+        # A Circus spelling (user, max_retry, ...) answers for its option.
+        canonical = {key: watcher_option(key) or key for key in keys}
+        unknown = [key for key in keys if canonical[key] not in options]
         if unknown:
             raise CommandError(f"unknown option(s): {', '.join(unknown)}")
-        return {"options": {key: options[key] for key in keys}}
+        return {"options": {key: options[canonical[key]] for key in keys}}
 
     def format(self, reply):
         return "\n".join(f"{key}: {value}" for key, value in reply["options"].items())

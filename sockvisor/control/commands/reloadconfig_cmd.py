@@ -14,7 +14,9 @@ class ReloadConfig(Command):
     sockvisorctl reloadconfig
 
     A broken file changes nothing and the error is returned.  Added watchers
-    start, removed ones stop, changed ones get a rolling reload.  Unchanged
+    start, removed ones stop, changed ones get a rolling reload unless every
+    change applies in place (a new numprocesses scales them, a new
+    graceful_timeout, signal or restart policy is just taken).  Unchanged
     sockets stay open untouched; a socket whose address changed is bound anew
     and the old one closed once no worker uses it; a backlog change is applied
     in place.
@@ -38,7 +40,7 @@ class ReloadConfig(Command):
 
     def format(self, reply):
         lines = []
-        for key in ("added", "removed", "reloaded", "unchanged"):
+        for key in ("added", "removed", "reloaded", "scaled", "updated", "unchanged"):
             if reply.get(key):
                 lines.append(f"{key} watchers: {', '.join(reply[key])}")
         for key in ("sockets_added", "sockets_removed", "sockets_changed"):

@@ -7,17 +7,8 @@ from typing import Any
 from sockvisor.control.commands.base import Command, get_watcher
 from sockvisor.control.protocol import CommandError, ErrNo
 
-# Options whose change needs new processes: applied with a rolling reload.
-_NEEDS_RELOAD = frozenset({"cmd", "args", "env", "uid", "gid", "user", "group",
-                           "working_dir", "umask", "sockets", "copy_env", "stdout",
-                           "stderr"})
-
-# Where a worker's output goes is a file sockvisor opens and appends to, as its
-# own user (root): a group member choosing the path could write into any file
-# (e.g. lines of request logs into /etc/cron.d/...).  Owner endpoint only.
-_OUTPUT_OPTIONS = frozenset({"stdout", "stderr", "stdout_stream.class",
-                             "stdout_stream.filename", "stderr_stream.class",
-                             "stderr_stream.filename"})
+# Which options need new processes, and which the group endpoint may set, is
+# declared once per option in sockvisor/config/options.py (the registry).
 
 
 def _normalised(options: dict[Any, Any]) -> dict[str, Any]:
@@ -30,11 +21,15 @@ class Set(Command):
 
     sockvisorctl set NAME KEY VALUE [KEY VALUE...]
 
-    `numprocesses` scales at once; options that change what runs (cmd, args, env,
-    uid, gid, working_dir, ...) are applied with a zero-downtime rolling reload;
-    the rest (graceful_timeout, ready_timeout, stop_signal, operator_signals, ...)
-    apply from now on.  On the group endpoint only numprocesses (within its
-    maximum) and reload_batch may be set; everything else is the owner's.
+    `numprocesses` scales at once; options that change what a worker is (cmd,
+    args, env, uid, gid, working_dir, rlimit_*, ...) are applied with a
+    zero-downtime rolling reload; the rest (graceful_timeout, ready_timeout,
+    stop_signal, operator_signals, ...) apply from now on.  Values are merged into
+    the watcher's config as values: env may be given as NAME=VALUE pairs or as an
+    object, cmd and args as a string or a list of words; setting cmd alone
+    replaces the whole command line, args alone the arguments.  On the group
+    endpoint only numprocesses (within its maximum) and reload_batch may be set;
+    everything else is the owner's.
     """
     name = "set"
     access = "operate"
@@ -69,7 +64,7 @@ class Set(Command):
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         from sockvisor import preflight
-        from sockvisor.config import ConfigError, with_options
+        from sockvisor.config import Change, ConfigError, changes, watcher_option, with_options
         from sockvisor.control import access
         from sockvisor.watcher import ReloadError
         watcher = get_watcher(supervisor, props)
@@ -82,20 +77,21 @@ class Set(Command):
         sockets = {name: s.config for name, s in supervisor.sockets.items()}
         try:
             new_config = with_options(watcher.config, options, sockets)
-            if set(options) & _NEEDS_RELOAD:   # what runs, or as whom: can it?
+            # How each option applies is the registry's (config/options.py).
+            kinds = changes({watcher_option(key) or key for key in options})
+            if Change.RESTART in kinds:   # what runs, or as whom: can it?
                 await preflight.require([new_config], "<control>", supervisor.reaper)
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
-        if "numprocesses" in options:
+        if Change.SCALE in kinds:
             async with access.scaling(watcher, lambda _: new_config.numprocesses):
                 await watcher.set_numprocesses(new_config.numprocesses)
         try:
-            if set(options) & _NEEDS_RELOAD:
+            if Change.RESTART in kinds:
                 return {"watcher": await watcher.reload(new_config)}
             await watcher.replace_config(new_config)
         except ReloadError as exc:
             raise CommandError(str(exc), ErrNo.COMMAND_ERROR) from None
         return {"watcher": watcher.summary()}
-
 
 COMMAND = Set()

@@ -1,0 +1,677 @@
+"""Loading: an INI file to a validated `Config`.
+
+Everything a user can get wrong in a config file is caught here, before a socket
+is bound or a worker spawned, and reported as a `ConfigError` that names the file,
+the section and the key.  Which keys exist and how each is parsed is options.py's.
+
+Two steps: `_read_ini` turns the file into sections of text keys (what reads the
+file, and what is done to the text before the checks, goes there); `_Loader`
+checks each section against the registry and builds the dataclasses.
+
+Checked across sections, because each would otherwise surface only after `start`
+had bound the ports: a config needs a watcher; no two sockets may share an
+address; no value may be longer than 64 KiB (nothing longer can reach exec, and
+the loader stays linear in the file) or hold a NUL.  Whether each worker's user can enter its
+working_dir and run its program is asked as that user, by preflight.py.
+
+Substitutions:
+  * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved here, against the watcher's
+    final environment (its `env` on top of sockvisor's own environment);
+  * `$(sockvisor.wid)` and `$(sockvisor.sockets.NAME)` (and the `circus.` spellings)
+    depend on the worker and are resolved at spawn time by `expand_worker_args`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+import socket
+from typing import Any, Callable, Iterable, Mapping
+
+from sockvisor import logdir
+from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputConfig,
+                                    OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
+                                    SocketConfig, WatcherConfig)
+from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
+                                      _SOCKET_OPTIONS, _WATCHER_CIRCUS, _WATCHER_OPTIONS,
+                                      _Ignored, _Option, _Unsupported)
+from sockvisor.config.substitutions import _SUBSTITUTION
+from sockvisor.config.values import (_ENV_KEY, _NAME, _did_you_mean, _http_is_local,
+                                     _switched_off, split_words)
+
+
+# Longest value any key may have.  execve refuses a single argument or environment
+# string over 128 KiB (MAX_ARG_STRLEN), so nothing longer can be meant; and the
+# bound keeps the loader's work proportional to a sane file (a 10 MB `args` once
+# kept it busy for hours).
+MAX_VALUE_LENGTH = 64 * 1024
+MAX_KEY_LENGTH = 200
+
+
+# --------------------------------------------------------------------------- loading
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate `path`; raise ConfigError naming where the problem is."""
+    path = os.fspath(path)  # a pathlib.Path would break ConfigError.__str__
+    parser = _read_ini(path)
+    return _Loader(os.path.abspath(path), parser,
+                   os.environ if environ is None else environ).build()
+
+
+def _read_ini(path: str) -> configparser.ConfigParser:
+    """The file's sections and keys, as text; ConfigError for a file that cannot be
+    read or is not INI (duplicate sections and keys included)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       default_section="\0none")
+    parser.optionxform = str  # keys are case-sensitive (env var names)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path) from None
+    except PermissionError:
+        raise ConfigError("permission denied reading the file", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a config file", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason})", path=path) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"section defined twice (line {exc.lineno})",
+                          path=path, section=exc.section) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"key defined twice in the section (line {exc.lineno})",
+                          path=path, section=exc.section, key=exc.option) from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"line {exc.lineno}: a key before any [section]",
+                          path=path) from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
+        raise ConfigError(f"cannot parse line(s) {lines}", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    return parser
+
+
+def _default_or(values: Mapping[str, Any], key: str) -> Any:
+    """The watcher option `key` from `values`, else its default (the registry's)."""
+    return values[key] if key in values else _WATCHER_OPTIONS[key].default
+
+
+class _Loader:
+    def __init__(self, path: str, parser: configparser.ConfigParser | None,
+                 environ: Mapping[str, str]):
+        # parser None: no file (runtime.py builds watchers from control options).
+        self.path = path
+        self.parser = parser
+        self.environ = environ
+        self.warnings: list[str] = []
+
+    def error(self, message: str, section: str | None = None,
+              key: str | None = None) -> ConfigError:
+        return ConfigError(message, path=self.path, section=section, key=key)
+
+    def build(self) -> Config:
+        global_sections: list[str] = []
+        socket_sections: dict[str, str] = {}
+        watcher_sections: dict[str, str] = {}
+        env_sections: dict[str, str] = {}
+        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
+        for section in self.parser.sections():
+            self.check_lengths(section)
+            if section in ("sockvisor", "circus"):
+                global_sections.append(section)
+                continue
+            kind, sep, name = section.partition(":")
+            if sep and kind.strip() == "env":
+                # As in Circus, one [env:a, b] section may serve several watchers.
+                names = [part.strip() for part in name.split(",")]
+                if not all(_NAME.match(part) for part in names):
+                    raise self.error("names may use letters, digits, '_', '.' and '-' "
+                                     "only, several separated by commas", section)
+                if len(set(names)) < len(names):
+                    raise self.error("a watcher is named twice", section)
+                name = ",".join(names)
+            if sep and kind.strip() in kinds:
+                name = name.strip()
+                if kind.strip() != "env" and not _NAME.match(name):
+                    raise self.error("names may use letters, digits, '_', '.' and '-' only",
+                                     section)
+                if name in kinds[kind.strip()]:
+                    raise self.error(f"duplicate {kind.strip()} name {name!r} (also "
+                                     f"[{kinds[kind.strip()][name]}])", section)
+                kinds[kind.strip()][name] = section
+                continue
+            if not sep and section.strip() in kinds:
+                raise self.error(f"a {section.strip()} section needs a name: "
+                                 f"[{section.strip()}:NAME]", section)
+            if sep and kind.strip() == "plugin":
+                raise self.error("Circus plugins are not supported; sockvisor has "
+                                 "flapping detection built in (max_restarts, restart_window)",
+                                 section)
+            hint = _did_you_mean(kind if sep else section,
+                                 ["sockvisor", "circus", "socket", "watcher", "env"])
+            raise self.error("unknown section; expected [sockvisor], [socket:NAME], "
+                             f"[watcher:NAME] or [env:NAME]{hint}", section)
+        if len(global_sections) > 1:
+            raise self.error("[sockvisor] and [circus] are the same section; use one",
+                             global_sections[1])
+        # Each watcher's env sections in file order: as in Circus, a later section
+        # overrides a key an earlier one set ([env:a,b] then [env:a] refines a).
+        envs_of: dict[str, list[str]] = {name: [] for name in watcher_sections}
+        for names, section in env_sections.items():
+            for name in names.split(","):
+                if name not in watcher_sections:
+                    raise self.error(f"no [watcher:{name}] for this environment", section)
+                envs_of[name].append(section)
+
+        globals_ = self.build_globals(global_sections[0] if global_sections else None)
+        sockets = {name: self.build_socket(name, section)
+                   for name, section in socket_sections.items()}
+        self.check_addresses(sockets, socket_sections)
+        watchers = {name: self.build_watcher(name, section,
+                                             tuple(envs_of[name]), sockets)
+                    for name, section in watcher_sections.items()}
+        # Last: what is wrong in a section is more precise than "nothing to run".
+        if not watcher_sections:
+            # Never what a production config means: sockvisor would run for ever
+            # doing nothing, holding its sockets' ports with nobody serving them,
+            # and a truncated file given to reloadconfig would stop every watcher.
+            held = "".join(f" [{section}]" for section in socket_sections.values())
+            raise self.error(
+                "no [watcher:NAME] section: nothing to run"
+                + (f", and the sockets ({held.strip()}) would be held with nobody "
+                   "serving them" if held else "")
+                + ".  To start with nothing running and `add` or `start` watchers at "
+                "run time, give a watcher with autostart = false")
+        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
+
+    def check_lengths(self, section: str) -> None:
+        """Refuse over-long names and values before any of them is parsed."""
+        if len(section) > MAX_KEY_LENGTH:
+            raise self.error(f"section name too long ({len(section)} characters)",
+                             section[:40] + "...")
+        for key, value in self.parser.items(section):
+            if len(key) > MAX_KEY_LENGTH:
+                raise self.error(f"key too long ({len(key)} characters)", section,
+                                 key[:40] + "...")
+            if len(value) > MAX_VALUE_LENGTH:
+                raise self.error(f"value too long: {len(value)} characters, at most "
+                                 f"{MAX_VALUE_LENGTH // 1024} KiB (exec refuses an "
+                                 "argument or environment string over 128 KiB)",
+                                 section, key)
+            if "\0" in value:
+                # No path, address, argument or environment string can hold one.
+                raise self.error("the value contains a NUL character", section, key)
+
+    def check_addresses(self, sockets: Mapping[str, SocketConfig],
+                        sections: Mapping[str, str]) -> None:
+        """Two sockets that bind() would refuse together: the same unix path, or the
+        same port with the same address or a wildcard covering the other ("::" takes
+        IPv4 too: sockets.py clears IPV6_V6ONLY for it).  Port 0 never collides.
+        Found in one pass: first socket seen per (port, address class)."""
+        seen_paths: dict[str, str] = {}
+        seen_ports: dict[int, dict[str, str]] = {}
+        for name, config in sockets.items():
+            other = None
+            if config.is_unix:
+                assert config.path is not None
+                directory, base = os.path.split(config.path)
+                where = os.path.join(os.path.realpath(directory), base)
+                other = seen_paths.setdefault(where, name)
+            elif config.port:
+                assert config.host is not None
+                taken = seen_ports.setdefault(config.port, {})
+                address = ipaddress.ip_address(config.host)
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                    address = address.ipv4_mapped
+                v4 = isinstance(address, ipaddress.IPv4Address)
+                if address.is_unspecified and not v4:       # "::": everything
+                    conflicts = ["any6", "any4"]
+                elif address.is_unspecified:                # "0.0.0.0": all of IPv4
+                    conflicts = ["wild6", "any4"]
+                else:
+                    conflicts = ["wild6", f"={address}"] + (["wild4"] if v4 else [])
+                other = next((taken[c] for c in conflicts if c in taken), None)
+                marks = ["any4" if v4 else "any6", f"={address}"]
+                if address.is_unspecified:
+                    marks.append("wild4" if v4 else "wild6")
+                for mark in marks:
+                    taken.setdefault(mark, name)
+            if other is not None and other != name:
+                raise self.error(
+                    f"same address as [{sections[other]}] ({config.describe()} and "
+                    f"{sockets[other].describe()}): only one of them could be bound.  "
+                    "To serve one address from several watchers, list the one socket in "
+                    "each watcher's sockets", sections[name])
+
+    # ---- option tables
+
+    def read_options(self, section: str, options: dict[str, _Option],
+                     circus: dict[str, _Unsupported | _Ignored],
+                     items: Iterable[tuple[str, Any]] | None = None,
+                     parse: Callable[[_Option, Any], Any] | None = None) -> dict[str, Any]:
+        """Parse every key of `section` by its table; canonical names in the result.
+
+        `items` and `parse`: other (key, value) pairs than the section's and how to
+        read a value (the control channel's JSON values: runtime.py); the same
+        rules for unknown, Circus and duplicate keys either way."""
+        by_name: dict[str, str] = {}
+        for canonical, option in options.items():
+            by_name[canonical] = canonical
+            for alias in option.aliases:
+                by_name[alias] = canonical
+        values: dict[str, Any] = {}
+        seen_as: dict[str, str] = {}
+        for key, raw in (self.parser.items(section) if items is None else items):
+            # Circus spells hooks `hooks.before_start = ...`: look dotted keys up by prefix.
+            circus_key = key if key in circus else key.partition(".")[0]
+            if circus_key in circus and key not in by_name:
+                entry = circus[circus_key]
+                if isinstance(entry, _Unsupported) and _switched_off(str(raw)):
+                    # `httpd = false`, `max_age = 0`: Circus configs often spell out
+                    # the default; a feature turned off is one we do not miss.
+                    continue
+                if isinstance(entry, _Unsupported):
+                    raise self.error(f"not supported by sockvisor: {entry.reason}",
+                                     section, key)
+                self.warnings.append(f"{self.path}: [{section}] {key}: ignored: {entry.reason}")
+                continue
+            canonical = by_name.get(key)
+            if canonical is None:
+                # Suggest a supported key before a Circus key we would refuse.
+                hint = _did_you_mean(key, list(by_name)) or _did_you_mean(key, list(circus))
+                raise self.error(f"unknown key{hint}", section, key)
+            if canonical in seen_as:
+                raise self.error(f"same setting as {seen_as[canonical]!r}; give it once",
+                                 section, key)
+            seen_as[canonical] = key
+            try:
+                values[canonical] = (options[canonical].parse(raw) if parse is None
+                                     else parse(options[canonical], raw))
+            except ValueError as exc:
+                raise self.error(str(exc), section, key) from None
+        values["__keys__"] = seen_as
+        return values
+
+    def build_globals(self, section: str | None) -> GlobalConfig:
+        if section is None:
+            return GlobalConfig()
+        values = self.read_options(section, _GLOBAL_OPTIONS, _GLOBAL_CIRCUS)
+        endpoint = values.get("endpoint")
+        if endpoint is not None:
+            self.check_endpoint(endpoint, section, "endpoint", values)
+        pubsub = values.get("pubsub_endpoint")
+        if pubsub is not None:
+            self.check_endpoint(pubsub, section, "pubsub_endpoint", values)
+        level = values.get("loglevel", "info").lower()
+        if level not in ("debug", "info", "warning", "error", "critical"):
+            raise self.error("expected debug, info, warning, error or critical",
+                             section, "loglevel")
+        for key in ("curve_secret_key_file", "curve_authorized_keys_dir"):
+            if key in values and not os.path.exists(values[key]):
+                raise self.error(f"no such file or directory: {values[key]}", section, key)
+        if ("curve_secret_key_file" in values) != ("curve_authorized_keys_dir" in values):
+            raise self.error("CURVE needs both curve_secret_key_file and "
+                             "curve_authorized_keys_dir", section)
+        return GlobalConfig(
+            endpoint=endpoint,
+            pubsub_endpoint=pubsub,
+            endpoint_group=values.get("endpoint_group"),
+            endpoint_group_grants=values.get("endpoint_group_grants", frozenset()),
+            endpoint_group_max_numprocesses=values.get("endpoint_group_max_numprocesses"),
+            curve_secret_key_file=values.get("curve_secret_key_file"),
+            curve_authorized_keys_dir=values.get("curve_authorized_keys_dir"),
+            loglevel=level,
+            subreaper=values.get("subreaper", False),
+            umask=values.get("umask"),
+            notify_socket_dir=values.get("notify_socket_dir"),
+            fdstore=values.get("fdstore"),
+            http=self.http_address(values, section),
+            http_token_file=values.get("http_token_file"),
+            cgroup=values.get("cgroup", "auto"),
+            start_failure=values.get("start_failure", "exit"),
+        )
+
+    def http_address(self, values: dict[str, Any], section: str) -> str | None:
+        """`http`, or Circus's `httpd = true` + `httpd_host`/`httpd_port` (its
+        defaults: localhost:8080), checked: a non-loopback address needs a token
+        file, since anyone who can reach it could otherwise read everything."""
+        keys = values["__keys__"]
+        address = values.get("http")
+        if values.get("httpd"):
+            if address is not None:
+                raise self.error("give either http or httpd (Circus's), not both",
+                                 section, "httpd")
+            host = values.get("httpd_host", "localhost")
+            address = f"[{host}]:" if ":" in host else f"{host}:"
+            address += str(values.get("httpd_port", 8080))
+            key = "httpd_host" if "httpd_host" in keys else "httpd"
+        else:
+            for circus_key in ("httpd_host", "httpd_port"):
+                if circus_key in keys:
+                    self.warnings.append(f"{self.path}: [{section}] {circus_key}: ignored: "
+                                         "httpd is not true")
+            key = "http"
+        if address is None:
+            if "http_token_file" in keys:
+                raise self.error("http_token_file without http (the console is off)",
+                                 section, "http_token_file")
+            return None
+        try:
+            loopback = _http_is_local(address)
+        except ValueError as exc:
+            raise self.error(str(exc), section, key) from None
+        token_file = values.get("http_token_file")
+        if not loopback and token_file is None:
+            raise self.error(f"{address} is not a loopback address: set http_token_file "
+                             "(every request then needs its bearer token)", section, key)
+        if token_file is not None and not token_file.startswith("/"):
+            raise self.error("expected an absolute path", section, "http_token_file")
+        return address
+
+    def check_endpoint(self, endpoint: str, section: str, key: str,
+                       values: dict[str, Any]) -> None:
+        scheme, sep, rest = endpoint.partition("://")
+        if not sep or not rest:
+            raise self.error(f"expected ipc://PATH or tcp://HOST:PORT, got {endpoint!r}",
+                             section, key)
+        if scheme == "ipc":
+            if not rest.startswith("/") and not rest.startswith("@"):
+                raise self.error("an ipc:// endpoint needs an absolute path", section, key)
+        elif scheme == "tcp":
+            if "curve_secret_key_file" not in values:
+                raise self.error("a tcp:// endpoint has no access control of its own: "
+                                 "configure curve_secret_key_file and "
+                                 "curve_authorized_keys_dir, or use ipc://", section, key)
+        else:
+            raise self.error(f"unsupported transport {scheme!r}; use ipc:// or tcp://",
+                             section, key)
+
+    def build_socket(self, name: str, section: str) -> SocketConfig:
+        values = self.read_options(section, _SOCKET_OPTIONS, _SOCKET_CIRCUS)
+        keys = values["__keys__"]
+        sock_type = values.get("type", "SOCK_STREAM").upper()
+        if sock_type not in ("SOCK_STREAM", "STREAM", "TCP"):
+            raise self.error("only stream sockets are supported", section, keys["type"])
+        family_name = values.get("family", "").upper()
+        if family_name and family_name not in ("AF_INET", "AF_INET6", "AF_UNIX"):
+            raise self.error(f"expected AF_INET, AF_INET6 or AF_UNIX, got {family_name!r}",
+                             section, keys["family"])
+        path = values.get("path")
+        if path is not None:
+            for key in ("host", "port"):
+                if key in values:
+                    raise self.error("a unix socket (path) takes no host or port",
+                                     section, keys[key])
+            if family_name and family_name != "AF_UNIX":
+                raise self.error("a path means AF_UNIX", section, keys["family"])
+            if not os.path.isabs(path):
+                raise self.error("the path must be absolute", section, keys["path"])
+            if len(os.fsencode(path)) >= 108:
+                raise self.error("unix socket paths are limited to 107 bytes", section,
+                                 keys["path"])
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise self.error(f"directory {parent} does not exist", section, keys["path"])
+            return SocketConfig(
+                name=name, family=socket.AF_UNIX, path=path,
+                backlog=values.get("backlog", 2048), mode=values.get("mode"),
+                owner=values["owner"].pw_uid if "owner" in values else None,
+                group=values.get("group"), blocking=values.get("blocking", True))
+        for key in ("mode", "owner", "group"):
+            if key in values:
+                raise self.error("only unix sockets (path = ...) take mode, owner, group",
+                                 section, keys[key])
+        if family_name == "AF_UNIX":
+            raise self.error("an AF_UNIX socket needs path", section, keys["family"])
+        if "port" not in values:
+            raise self.error("a socket needs port (with host) or path", section, "port")
+        # The default host is the loopback address of the family asked for.
+        host = values.get("host", "::1" if family_name == "AF_INET6" else "127.0.0.1")
+        family = self.resolve_family(host, family_name, section, keys.get("host", "host"))
+        if host == "localhost":   # a fixed address, not whatever /etc/hosts says
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        if family == socket.AF_INET6:
+            host = host.strip("[]")
+        return SocketConfig(
+            name=name, family=family, host=host, port=values["port"],
+            backlog=values.get("backlog", 2048), blocking=values.get("blocking", True),
+            reuseport=values.get("reuseport", False))
+
+    def resolve_family(self, host: str, family_name: str, section: str,
+                       key: str) -> socket.AddressFamily:
+        # Brackets belong to IPv6 only: "[127.0.0.1]" would pass here and fail at bind.
+        for family, address in ((socket.AF_INET, host), (socket.AF_INET6, host.strip("[]"))):
+            try:
+                socket.inet_pton(family, address)
+            except (OSError, ValueError):   # ValueError: a NUL in the address
+                continue
+            if family_name and family_name != family.name:
+                raise self.error(f"{host!r} is not an {family_name} address", section, key)
+            return family
+        if host == "localhost":
+            return socket.AF_INET6 if family_name == "AF_INET6" else socket.AF_INET
+        raise self.error(f"expected an IPv4 or IPv6 address, got {host!r} (host names "
+                         "are not resolved: the bound address must not depend on DNS)",
+                         section, key)
+
+    def build_watcher(self, name: str, section: str, env_sections: tuple[str, ...],
+                      sockets: Mapping[str, SocketConfig]) -> WatcherConfig:
+        values = self.read_options(section, _WATCHER_OPTIONS, _WATCHER_CIRCUS)
+        return self.watcher_from_values(name, section, values, sockets, env_sections)
+
+    def watcher_from_values(self, name: str, section: str, values: dict[str, Any],
+                            sockets: Mapping[str, SocketConfig],
+                            env_sections: tuple[str, ...] = ()) -> WatcherConfig:
+        """The watcher `values` (canonical option -> value, as `read_options` gives)
+        describe, checked.  cmd, args and env may be text, as in the INI file, or
+        already structured (a tuple of words, a mapping) as runtime.py gives them
+        for `set` and `add`: those are never turned back into text."""
+        keys = values["__keys__"]
+        if "cmd" not in values:
+            raise self.error("a watcher needs cmd", section, "cmd")
+        if values.get("shell"):
+            raise self.error("shell = true is not supported: sockets and signals must "
+                             "reach the program itself; put the program in cmd",
+                             section, keys["shell"])
+
+        env: dict[str, str] = {}
+        if isinstance(values.get("env"), Mapping):
+            env.update(values["env"])
+        elif "env" in values:
+            for item in filter(None, (part.strip() for part in values["env"].split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or not _ENV_KEY.match(key.strip()):
+                    raise self.error(f"expected NAME=VALUE pairs separated by commas, "
+                                     f"got {item!r}", section, keys["env"])
+                env[key.strip()] = value.strip()
+        for env_section in env_sections:
+            for key, value in self.parser.items(env_section):
+                if not _ENV_KEY.match(key):
+                    raise self.error("not a valid environment variable name",
+                                     env_section, key)
+                env[key] = value.strip()
+        copy_env = _default_or(values, "copy_env")
+        # Without copy_env a worker still gets sockvisor's PATH, so `cmd = python3`
+        # resolves the way it does in the shell that wrote the config.
+        base_env = (dict(self.environ) if copy_env
+                    else {"PATH": self.environ.get("PATH", os.defpath)})
+        if "uid" in values:
+            # A copied HOME, USER and LOGNAME describe sockvisor's user; a worker run
+            # as another gets its own at spawn, unless the config sets them.
+            for key in ("HOME", "USER", "LOGNAME"):
+                base_env.pop(key, None)
+        # $VAR / ${VAR} in [env:NAME] values refers to sockvisor's environment, as in Circus.
+        env = {key: self.expand_env_refs(value, section, key) for key, value in env.items()}
+        full_env = {**base_env, **env}
+        lookup_env = {**self.environ, **env}
+
+        # Which sockets: an explicit list, all (use_sockets), or those named in
+        # $(sockvisor.sockets.NAME) substitutions.
+        wanted: list[str] = []
+        if values.get("use_sockets") and "sockets" not in values:
+            wanted = list(sockets)
+        for socket_name in values.get("sockets", ()):
+            if socket_name not in sockets:
+                hint = _did_you_mean(socket_name, list(sockets))
+                raise self.error(f"no [socket:{socket_name}] is defined{hint}",
+                                 section, keys["sockets"])
+            if socket_name in wanted:
+                raise self.error(f"socket {socket_name!r} listed twice", section,
+                                 keys["sockets"])
+            wanted.append(socket_name)
+
+        if isinstance(values["cmd"], str):
+            cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
+            # Split cmd and args separately so an error names the key that has it.
+            cmd_parts = self.split_words(cmd, section, keys["cmd"])
+        else:   # words already
+            cmd_parts = [self.expand_static(word, lookup_env, section, keys["cmd"])
+                         for word in values["cmd"]]
+        if not cmd_parts:
+            raise self.error("must not be empty", section, keys["cmd"])
+        raw_args = values.get("args", "")
+        extra_args = [
+            self.expand_static(arg, lookup_env, section, keys["args"])
+            for arg in (self.split_words(raw_args, section, keys.get("args"))
+                        if isinstance(raw_args, str) else raw_args)]
+        args = tuple(cmd_parts[1:]) + tuple(extra_args)
+        for text, key in ([(part, keys["cmd"]) for part in cmd_parts]
+                          + [(arg, keys["args"]) for arg in extra_args]):
+            for match in _SUBSTITUTION.finditer(text):
+                ref = match.group(2)
+                if ref.startswith("sockets."):
+                    socket_name = ref[len("sockets."):]
+                    if socket_name not in sockets:
+                        raise self.error(f"$({match.group(1)}.{ref}): no [socket:"
+                                         f"{socket_name}] is defined", section, key)
+                    if socket_name not in wanted:
+                        wanted.append(socket_name)
+                elif ref != "wid":
+                    raise self.error(f"unknown substitution $({match.group(1)}.{ref}); "
+                                     "known: sockets.NAME, wid, env.NAME", section, key)
+
+        uid = gid = None
+        user = home = None
+        if "uid" in values:
+            entry = values["uid"]
+            uid, user, home = entry.pw_uid, entry.pw_name, entry.pw_dir
+            gid = entry.pw_gid
+        if "gid" in values:
+            gid = values["gid"]
+        if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
+            if os.geteuid() != 0:
+                raise self.error("switching user or group needs sockvisor to run as root",
+                                 section, keys.get("uid", keys.get("gid")))
+        working_dir = values.get("working_dir")
+        if working_dir is not None and not os.path.isdir(working_dir):
+            raise self.error(f"no such directory: {working_dir}", section, keys["working_dir"])
+        # Whether the worker's user can run the program is asked by a child that is
+        # that user (preflight.py), at check, start, reloadconfig, add and set.
+        if "\0" in cmd_parts[0]:
+            raise self.error("the program name contains a NUL character", section,
+                             keys["cmd"])
+
+        restart = RestartPolicy(
+            respawn=_default_or(values, "respawn"),
+            min_uptime=_default_or(values, "min_uptime"),
+            backoff_base=_default_or(values, "backoff_base"),
+            backoff_max=_default_or(values, "backoff_max"),
+            max_restarts=_default_or(values, "max_restarts"),
+            window=_default_or(values, "restart_window"),
+        )
+        if restart.backoff_max < restart.backoff_base:
+            raise self.error("must not be less than backoff_base", section,
+                             keys.get("backoff_max", "backoff_max"))
+        ready = values.get("ready", ReadyPolicy())
+        ready = ReadyPolicy(ready.kind, ready.delay,
+                            _default_or(values, "ready_timeout"),
+                            values.get("ready_settle"))
+        if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
+            raise self.error("the ready delay must be shorter than ready_timeout",
+                             section, keys["ready"])
+        rlimits = {key[len("rlimit_"):]: value for key, value in values.items()
+                   if key.startswith("rlimit_")}
+        return WatcherConfig(
+            name=name, cmd=cmd_parts[0], args=args,
+            numprocesses=_default_or(values, "numprocesses"), sockets=tuple(wanted),
+            uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
+            env=full_env, copy_env=copy_env, explicit_env=env, umask=values.get("umask"),
+            stop_signal=_default_or(values, "stop_signal"),
+            operator_signals=_default_or(values, "operator_signals"),
+            graceful_timeout=_default_or(values, "graceful_timeout"),
+            restart=restart, ready=ready, reload_batch=_default_or(values, "reload_batch"),
+            stdout=self.build_output("stdout", values, section, uid, gid),
+            stderr=self.build_output("stderr", values, section, uid, gid),
+            autostart=_default_or(values, "autostart"),
+            rlimits=rlimits,
+        )
+
+    def split_words(self, text: str, section: str, key: str | None) -> list[str]:
+        try:
+            return split_words(text)
+        except ValueError as exc:
+            raise self.error(f"cannot split into words: {exc}", section, key) from None
+
+    def build_output(self, stream: str, values: dict[str, Any], section: str,
+                     uid: int | None = None, gid: int | None = None) -> OutputConfig:
+        """`stream`'s output; a file is checked as sockvisor will open it (see
+        logdir.py: no folder other users may write, no link, FIFO or folder at
+        the name), so `check` and `start` refuse it before anything is bound."""
+        keys = values["__keys__"]
+        output: OutputConfig = values.get(stream, OutputConfig())
+        circus_class = values.get(f"{stream}_stream.class")
+        circus_key = f"{stream}_stream.class"
+        if circus_class is None and f"{stream}_stream.filename" in values:
+            # As in Circus, a filename without a class is a FileStream.
+            circus_class, circus_key = OutputKind.FILE, f"{stream}_stream.filename"
+        if circus_class is not None:
+            if stream in values:
+                raise self.error(f"give either {stream} or {circus_key}", section,
+                                 keys[circus_key])
+            output = OutputConfig(circus_class)
+            if circus_class == OutputKind.FILE:
+                filename = values.get(f"{stream}_stream.filename")
+                if filename is None:
+                    raise self.error("FileStream needs a filename", section,
+                                     f"{stream}_stream.filename")
+                output = OutputConfig(OutputKind.FILE, path=filename)
+        if output.kind == OutputKind.FILE:
+            assert output.path is not None
+            parent = os.path.dirname(output.path) or "."
+            key = keys.get(stream, f"{stream}_stream.filename")
+            if not os.path.isdir(parent):
+                raise self.error(f"directory {parent} does not exist", section, key)
+            try:
+                logdir.check_log_path(output.path, uid, gid)
+            except OSError as exc:
+                raise self.error(str(exc), section, key) from None
+            output = OutputConfig(
+                OutputKind.FILE, path=output.path,
+                max_bytes=_default_or(values, f"{stream}_max_bytes"),
+                backup_count=_default_or(values, f"{stream}_backup_count"))
+        return output
+
+    def expand_env_refs(self, value: str, section: str, key: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            return self.environ.get(name, "")
+        return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))",
+                      replace, value)
+
+    def expand_static(self, text: str, env: Mapping[str, str], section: str,
+                      key: str) -> str:
+        """Resolve $(sockvisor.env.X); leave per-worker substitutions for spawn time."""
+        def replace(match: re.Match[str]) -> str:
+            ref = match.group(2)
+            if ref.startswith("env."):
+                name = ref[len("env."):]
+                if name not in env:
+                    raise self.error(f"$({match.group(1)}.{ref}): {name} is not set",
+                                     section, key)
+                return env[name]
+            return match.group(0)
+        return _SUBSTITUTION.sub(replace, text)
+

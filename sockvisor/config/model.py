@@ -1,0 +1,192 @@
+"""The configuration's data: the frozen dataclasses the rest of sockvisor reads,
+and `ConfigError`, which names the file, section and key of a problem.
+
+Nothing here parses or checks: loader.py builds these from an INI file,
+runtime.py from control-channel options; options.py says what each option is.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class ConfigError(Exception):
+    """A config problem, located as precisely as we know: file, section, key."""
+
+    def __init__(self, message: str, *, path: str | None = None,
+                 section: str | None = None, key: str | None = None):
+        self.message = message
+        self.path = path
+        self.section = section
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.path or "<config>"]
+        if self.section is not None:
+            where.append(f"[{self.section}]")
+        if self.key is not None:
+            where.append(self.key)
+        return f"{': '.join(where)}: {self.message}"
+
+
+class OutputKind(enum.Enum):
+    INHERIT = "inherit"   # the worker writes to sockvisor's own stdout/stderr
+    NULL = "null"         # /dev/null
+    FILE = "file"         # a file sockvisor writes, rotated by size
+    PREFIX = "prefix"     # through sockvisor, each line prefixed `watcher[pid]`
+
+
+class ReadyKind(enum.Enum):
+    STARTED = "started"   # exec succeeded
+    NOTIFY = "notify"     # the worker sent READY=1 to its NOTIFY_SOCKET
+    DELAY = "delay"       # the worker stayed alive this many seconds
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    kind: OutputKind = OutputKind.INHERIT
+    path: str | None = None
+    max_bytes: int = 0          # 0: never rotate
+    backup_count: int = 5
+
+
+@dataclass(frozen=True)
+class ReadyPolicy:
+    kind: ReadyKind = ReadyKind.STARTED
+    delay: float = 0.0
+    timeout: float = 60.0
+    # How long a ready worker must then stay alive before it counts as settled
+    # (a reload retires old workers only for settled new ones); None: the
+    # watcher's min_uptime (`WatcherConfig.ready_settle`).
+    settle: float | None = None
+
+
+UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    respawn: bool = True
+    # A worker that dies before `min_uptime` seconds is a failed start: it is
+    # restarted after an exponential backoff, and too many of them make the
+    # watcher FATAL.  One that ran longer is replaced at once.
+    min_uptime: float = 1.0
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    max_restarts: int = 5       # failed starts allowed within `window`...
+    window: float = 60.0        # ...before the watcher goes FATAL
+    # (max_restarts = UNLIMITED_RESTARTS: never)
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    name: str
+    family: socket.AddressFamily
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    backlog: int = 2048
+    mode: int | None = None       # unix sockets: file mode
+    owner: int | None = None      # unix sockets: uid
+    group: int | None = None      # unix sockets: gid
+    blocking: bool = True         # how workers get the shared file
+    reuseport: bool = False
+
+    @property
+    def is_unix(self) -> bool:
+        return self.family == socket.AF_UNIX
+
+    def describe(self) -> str:
+        if self.is_unix:
+            return f"unix:{self.path}"
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    name: str
+    cmd: str
+    args: tuple[str, ...] = ()
+    numprocesses: int = 1
+    sockets: tuple[str, ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None        # the name of `uid`, for USER/LOGNAME/HOME
+    home: str | None = None
+    working_dir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)   # all the worker gets
+    copy_env: bool = False
+    # What `env` / [env:NAME] set, apart from what copy_env copied: what `set`
+    # must carry over when it rebuilds the watcher (it copies the rest anew).
+    explicit_env: Mapping[str, str] = field(default_factory=dict)
+    umask: int | None = None
+    stop_signal: int = signal.SIGTERM
+    # What endpoint_group members may signal without the `signal` grant.
+    operator_signals: frozenset[int] = frozenset()
+    graceful_timeout: float = 30.0
+    restart: RestartPolicy = RestartPolicy()
+    ready: ReadyPolicy = ReadyPolicy()
+    reload_batch: int = 0          # workers replaced at a time in a reload; 0: all
+    stdout: OutputConfig = OutputConfig()
+    stderr: OutputConfig = OutputConfig()
+    autostart: bool = True
+    rlimits: Mapping[str, int] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        return [self.cmd, *self.args]
+
+    @property
+    def ready_settle(self) -> float:
+        """Seconds a worker must stay alive after it is ready to count as settled."""
+        return self.restart.min_uptime if self.ready.settle is None else self.ready.settle
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    endpoint: str | None = None          # None: the default ipc path
+    pubsub_endpoint: str | None = None   # None: next to the control endpoint
+    endpoint_group: int | None = None
+    # What endpoint_group members may do beyond operating (control/access.py),
+    # and the most workers they may scale one watcher to (None: 4 per CPU).
+    endpoint_group_grants: frozenset[str] = frozenset()
+    endpoint_group_max_numprocesses: int | None = None
+    curve_secret_key_file: str | None = None
+    curve_authorized_keys_dir: str | None = None
+    loglevel: str = "info"
+    subreaper: bool = False
+    umask: int | None = None
+    notify_socket_dir: str | None = None
+    # Hand the listening sockets to the service manager's fd store (FDSTORE=1).
+    # None: only if $FDSTORE says the store is configured (systemd >= 254 sets
+    # it); true for older managers (FileDescriptorStoreMax= set but no $FDSTORE);
+    # false: never.
+    fdstore: bool | None = None
+    # The web console, HTTP API and /metrics (sockvisor/http/): "HOST:PORT" or
+    # "unix:/PATH"; None: off.  The token file: the operator's own bearer token
+    # (required for a non-loopback address); else one is made at each start.
+    http: str | None = None
+    http_token_file: str | None = None
+    # A cgroup per worker (see cgroup.py): auto (where cgroup v2 is writable and,
+    # under systemd, delegated), on (required: start fails without), off.
+    cgroup: str = "auto"
+    # What `start` does when an autostart watcher cannot start (goes FATAL before
+    # start-up is over): "exit" fails the start (no READY=1, exit status 4) rather
+    # than hold a port nobody serves; "continue" serves the other watchers.
+    start_failure: str = "exit"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    globals: GlobalConfig
+    sockets: Mapping[str, SocketConfig]
+    watchers: Mapping[str, WatcherConfig]
+    warnings: tuple[str, ...] = ()   # Circus keys accepted but meaningless here
+
