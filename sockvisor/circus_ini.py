@@ -13,7 +13,9 @@ hand its watchers.  Circus's rules, and where we differ on purpose:
     the empty string.  Unlike Circus, an indented line starting with `#` or `;`
     is a comment too (Circus appends it to the value above, which nobody means:
     the README's own examples comment that way).
-  * An indented line continues the value above; the lines are joined with "\\n".
+  * A line indented deeper than the key above continues its value; the lines
+    are joined with "\\n".  (Circus's keys are never indented, so this is its
+    rule; an evenly indented file reads as configparser reads it.)
   * Within one file a section or key given twice is an error (Circus merges the
     section and keeps the first key: almost always a mistake).  Across files,
     as in Circus, a section from an included file extends the one already read,
@@ -100,21 +102,23 @@ def parse_text(text: str, path: str) -> dict[str, dict[str, str]]:
     current: dict[str, list[str]] | None = None
     section_name = ""
     key: str | None = None
+    key_indent = 0
     bad_lines: list[int] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: the file is read with universal newlines, and a
+    # form feed or U+2028 inside a value is the value's (as in configparser).
+    for lineno, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
-        if not stripped or line[0] in "#;":
+        if not stripped or stripped[0] in "#;":
             continue
         if line[0] in "rR" and line.split(None, 1)[0].lower() == "rem":
             continue
-        if line[0].isspace():
-            if stripped[0] in "#;":
-                continue
-            if current is not None and key is not None:
-                current[key].append(stripped)
-                continue
+        indent = len(line) - len(line.lstrip())
+        if current is not None and key is not None and indent > key_indent:
+            current[key].append(stripped)
+            continue
+        key_indent = indent
         header = _HEADER.match(stripped)
-        if header and not line[0].isspace():
+        if header:
             section_name = header.group("header")
             if "\0" in section_name:
                 raise IniError(f"line {lineno}: the section name contains a NUL "

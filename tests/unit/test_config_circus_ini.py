@@ -350,3 +350,13 @@ def test_a_directory_matched_by_include_is_skipped_with_a_warning(tmp_path):
     config = load_text(tmp_path, "[circus]\ninclude_dir = conf.d\n"
                                  "[watcher:web]\ncmd = /bin/true\n")
     assert any("is a directory" in warning for warning in config.warnings)
+
+
+def test_an_evenly_indented_file_reads_as_configparser_reads_it(tmp_path):
+    """Keys indented like their section headers are keys, not continuations;
+    a deeper line continues the key above."""
+    path = tmp_path / "indented.ini"
+    path.write_text("    [watcher:web]\n    cmd = /bin/echo\n    args = a\n      b\n"
+                    "    numprocesses = 2\n")
+    web = load(str(path), environ=ENVIRON).watchers["web"]
+    assert web.args == ("a", "b") and web.numprocesses == 2
