@@ -36,7 +36,9 @@ hand its watchers.  Circus's rules, and where we differ on purpose:
     and [env]; in [env] itself against sockvisor's environment.  Variable names
     match case-insensitively, the last one set winning among names that differ
     only in case (Circus lowercases them all).  An unset variable is an error
-    naming file, section and key (Circus would pass the text on literally).
+    naming file, section and key (Circus would pass the text on literally);
+    in cmd and args it is left for config.py to refuse after the other keys
+    (Circus resolves those again at spawn time, after its hooks ran).
     `wid` and `sockets.NAME` depend on the worker: they are rewritten to the
     canonical lowercase spelling (NAME as its [socket:NAME] spells it) and left
     for spawn time (config.expand_worker_args).  Any other name is an error.
@@ -179,15 +181,20 @@ def lower_keys(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def substitute(text: str, env: Mapping[str, str], socket_names: Mapping[str, str],
-               fail: Callable[[str], None], where: str = "sockvisor's environment") -> str:
+               fail: Callable[[str], None], where: str = "sockvisor's environment",
+               defer_unset: bool = False) -> str:
     """Resolve env.NAME against `env` (lowercased names), normalise wid and
-    sockets.NAME; `fail(message)` raises for an unset variable or unknown name."""
+    sockets.NAME; `fail(message)` raises for an unset variable (unless
+    `defer_unset`: then it is left, spelled canonically, for the spawn-time
+    pass) or an unknown name."""
     def replace(match: re.Match[str]) -> str:
         prefix = (match.group("prefix") or match.group("dprefix")).lower()
         ref = match.group("ref") or match.group("dref")
         lowered = ref.lower()
         if lowered.startswith("env."):
             name = ref[len("env."):]
+            if name.lower() not in env and defer_unset:
+                return f"$({prefix}.env.{name})"
             if name.lower() not in env:
                 fail(f"$({prefix}.env.{name}): {name} is not set (looked up, ignoring "
                      f"case as Circus does, in {where})")
@@ -212,6 +219,12 @@ GLOBAL_ENV_WATCHER_KEYS = frozenset({
     "use_sockets", "singleton", "copy_env", "copy_path", "max_retry",
     "graceful_timeout", "priority", "check_flapping", "respawn", "autostart"})
 
+
+# Circus formats cmd and args again when it spawns, against the watcher's env as
+# it is then (a Python hook may have added to it); so an unset variable there is
+# left, in canonical spelling, for config.py's own pass, which refuses it after
+# the watcher's other keys (a hook among them) are checked.
+SPAWN_TIME_KEYS = ("cmd", "args")
 
 ENV_SOCKVISOR = "sockvisor's environment"
 ENV_GLOBAL = "sockvisor's environment and [env]"
@@ -280,8 +293,8 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
                     for name in sections if name.partition(":")[0].strip() == "socket"}
 
     def expand(section: str, env: Mapping[str, str], where: str,
-               skip: tuple[str, ...] = (), global_keys: frozenset[str] = frozenset()
-               ) -> None:
+               skip: tuple[str, ...] = (), global_keys: frozenset[str] = frozenset(),
+               defer: tuple[str, ...] = ()) -> None:
         for key, value in sections[section].items():
             if key in skip:
                 continue
@@ -293,7 +306,8 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
             if key in global_keys:
                 use, said = global_lower, (f"{ENV_GLOBAL}: Circus reads {key} before "
                                            "it adds the watcher's own env")
-            sections[section][key] = substitute(value, use, socket_names, fail, said)
+            sections[section][key] = substitute(value, use, socket_names, fail, said,
+                                                defer_unset=key in defer)
 
     if bare_env is not None:
         expand(bare_env, environ_lower, ENV_SOCKVISOR)
@@ -321,7 +335,7 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
             continue
         if name in watcher_envs:
             expand(name, lower_keys(watcher_envs[name]), ENV_WATCHER, skip=("env",),
-                   global_keys=GLOBAL_ENV_WATCHER_KEYS)
+                   global_keys=GLOBAL_ENV_WATCHER_KEYS, defer=SPAWN_TIME_KEYS)
         else:
             expand(name, global_lower, ENV_GLOBAL)
 

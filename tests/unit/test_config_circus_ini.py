@@ -360,3 +360,14 @@ def test_an_evenly_indented_file_reads_as_configparser_reads_it(tmp_path):
                     "    numprocesses = 2\n")
     web = load(str(path), environ=ENVIRON).watchers["web"]
     assert web.args == ("a", "b") and web.numprocesses == 2
+
+
+def test_unset_variable_in_cmd_is_refused_after_the_other_keys(tmp_path):
+    """Circus resolves cmd/args again at spawn time (a hook may have set the
+    variable by then): a hook in the same watcher is the reason given, not the
+    variable; without one, the variable is, in any spelling."""
+    error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n"
+                                 "hooks.before_spawn = examples.demo.set_var\n")
+    assert error.key == "hooks.before_spawn", error
+    error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n")
+    assert error.key == "cmd" and "myvar is not set" in str(error), error
