@@ -26,7 +26,10 @@ hand its watchers.  Circus's rules, and where we differ on purpose:
     (Circus warns too); an include inside an included file is not followed
     (Circus does not) and is warned about.  Unlike Circus, glob results are
     read in sorted order (Circus's is the directory's, i.e. arbitrary), and an
-    included file that cannot be read is an error, not silently skipped.
+    included file that cannot be read is an error, not silently skipped; so is
+    one that a user other than root (or sockvisor's own) could have written, or
+    whose folder they could write (`open_included`): it would decide what root
+    runs.
   * Substitutions `$(circus.X)` and `((circus.X))` (and `sockvisor.` for
     `circus.`) are case-insensitive, as in Circus.  `env.NAME` is resolved here,
     in every value except a watcher's own environment ([env:NAME] and its `env`
@@ -52,8 +55,11 @@ import configparser
 import glob
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+from sockvisor import logdir
 
 GLOBAL_SECTIONS = ("circus", "sockvisor")
 INCLUDE_KEYS = ("include", "include_dir")
@@ -149,10 +155,66 @@ def parse_text(text: str, path: str) -> dict[str, dict[str, str]]:
             for name, keys in sections.items()}
 
 
-def read_file(path: str, shown_as: str | None = None) -> dict[str, dict[str, str]]:
+_MAX_LINKS = 40   # as the kernel's own path walk
+
+
+def open_included(path: str, links: int = 0) -> int:
+    """An fd to read the included file `path`, or UntrustedInclude.
+
+    Whoever can write an included file, or the folder it is in, decides what
+    sockvisor runs, as root: so both must be root's (or sockvisor's own user's),
+    not group- or world-writable, and the folder is reached as logdir.py reaches
+    a log folder (no link anyone else could have planted is followed).  A link
+    in such a folder was made by root and is followed, to a target checked the
+    same way.  Circus reads whatever the glob found."""
+    trust = logdir.Trust(None, None)
+    directory, name = os.path.split(path)
+    try:
+        # First with our wording; open_directory then re-checks on the fds it holds.
+        reason = trust.writers(os.stat(directory))
+        if reason is not None:
+            raise UntrustedInclude(f"its folder {logdir.describe(directory, os.stat(directory))}"
+                                   f" is {reason}")
+        dirfd = logdir.open_directory(directory, trust)
+    except FileNotFoundError:
+        raise UntrustedInclude(f"no such folder {directory}") from None
+    except OSError as exc:
+        raise UntrustedInclude(str(exc)) from None
+    try:
+        entry = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        if stat.S_ISLNK(entry.st_mode):
+            if links >= _MAX_LINKS:
+                raise UntrustedInclude("too many symbolic links")
+            target = os.path.join(directory, os.readlink(name, dir_fd=dirfd))
+            return open_included(os.path.normpath(target), links + 1)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dirfd)
+    except FileNotFoundError:
+        raise UntrustedInclude(f"{path} does not exist") from None
+    except OSError as exc:
+        raise UntrustedInclude(f"cannot open {path}: {exc.strerror}") from None
+    finally:
+        os.close(dirfd)
+    st = os.fstat(fd)
+    reason = (None if stat.S_ISREG(st.st_mode) else "not a regular file") \
+        or trust.writers(st)
+    if reason is not None:
+        os.close(fd)
+        raise UntrustedInclude(f"{logdir.describe(path, st)} is {reason}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+class UntrustedInclude(Exception):
+    """An included file sockvisor must not take orders from; the message says why."""
+
+
+def read_file(path: str, shown_as: str | None = None, fd: int | None = None
+              ) -> dict[str, dict[str, str]]:
     shown = path if shown_as is None else shown_as
     try:
-        with open(path, encoding="utf-8") as handle:
+        with (open(path, encoding="utf-8") if fd is None
+              else open(fd, encoding="utf-8", closefd=True)) as handle:
             text = handle.read()
     except FileNotFoundError:
         raise IniError("no such file", path=shown) from None
@@ -247,6 +309,7 @@ def _env_pairs(text: str) -> dict[str, str]:
 def read(path: str, environ: Mapping[str, str]) -> Ini:
     """Read `path` and what it includes; resolve $(circus.env.X)."""
     sections = read_file(path)
+    located = os.path.abspath(path)   # how config.py names the main file
     origins: dict[tuple[str, str | None], str] = {}
     warnings: list[str] = []
     main_global = next((name for name in GLOBAL_SECTIONS if name in sections), None)
@@ -254,7 +317,7 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
 
     # ---- includes (from the main file only, as in Circus)
     if main_global is not None:
-        base = os.path.dirname(os.path.abspath(path))
+        base = os.path.dirname(located)
         seen = {os.path.realpath(path)}
         patterns: list[tuple[str, str]] = []
         for key in INCLUDE_KEYS:
@@ -263,7 +326,7 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
                 continue
 
             def fail(message: str, key: str = key) -> None:
-                raise IniError(message, path=path, section=main_global, key=key)
+                raise IniError(message, path=located, section=main_global, key=key)
             raw = substitute(raw, environ_lower, {}, fail, ENV_SOCKVISOR)
             for word in raw.split():
                 pattern = word if key == "include" else os.path.join(word, "*.ini")
@@ -271,7 +334,7 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
         for key, pattern in patterns:
             found = sorted(glob.glob(pattern))
             if not found:
-                warnings.append(f"{path}: [{main_global}] {key}: {pattern} matches no "
+                warnings.append(f"{located}: [{main_global}] {key}: {pattern} matches no "
                                 "file; skipped, as Circus does (relative paths are from "
                                 "the main config file's folder)")
             for included in found:
@@ -280,13 +343,22 @@ def read(path: str, environ: Mapping[str, str]) -> Ini:
                     continue   # Circus would read it again, to no effect
                 seen.add(real)
                 if os.path.isdir(included):
-                    warnings.append(f"{path}: [{main_global}] {key}: {included} is a "
+                    warnings.append(f"{located}: [{main_global}] {key}: {included} is a "
                                     "directory; skipped")
                     continue
-                _merge(sections, read_file(included), included, origins, warnings, path)
+                try:
+                    fd = open_included(os.path.abspath(included))
+                except UntrustedInclude as exc:
+                    runs_as = "root" if os.geteuid() == 0 else "its own user"
+                    raise IniError(f"{included} not read: {exc}: whoever can write it "
+                                   f"decides what sockvisor runs, as {runs_as}; make the "
+                                   "file and its folder root's, not group- or "
+                                   "world-writable",
+                                   path=located, section=main_global, key=key) from None
+                _merge(sections, read_file(included, fd=fd), included, origins, warnings,
+                       located)
 
     # ---- substitutions
-    located = os.path.abspath(path)
     bare_env = next((name for name in sections if name.strip() == "env"), None)
     env_section = sections.get(bare_env, {}) if bare_env is not None else {}
     socket_names = {name.partition(":")[2].strip().lower(): name.partition(":")[2].strip()

@@ -371,3 +371,34 @@ def test_unset_variable_in_cmd_is_refused_after_the_other_keys(tmp_path):
     assert error.key == "hooks.before_spawn", error
     error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n")
     assert error.key == "cmd" and "myvar is not set" in str(error), error
+
+
+# --------------------------------------------------------------------------- include: who wrote it
+
+@pytest.mark.skipif(not IS_ROOT, reason="gives files to nobody")
+@pytest.mark.parametrize("who", ["folder", "file", "file-mode"])
+def test_an_include_another_user_can_write_is_refused(tmp_path, who):
+    """The attack: whoever can write an included file (or its folder) decides what
+    sockvisor, as root, runs: a watcher without uid runs as root."""
+    nobody = 65534
+    conf_d = tmp_path / "conf.d"
+    included = write(conf_d / "evil.ini", "[watcher:evil]\ncmd = /bin/true\n")
+    if who == "folder":
+        os.chown(conf_d, nobody, nobody)
+    elif who == "file":
+        os.chown(included, nobody, nobody)
+    else:
+        included.chmod(0o666)
+    error = load_fails(tmp_path, "[circus]\ninclude_dir = conf.d\n"
+                                 "[watcher:web]\ncmd = /bin/true\n")
+    assert (error.section, error.key) == ("circus", "include_dir"), error
+    assert str(included) in str(error) and "root" in str(error), error
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the check is about root's trust")
+def test_an_include_linked_from_a_root_folder_is_read(tmp_path):
+    real = write(tmp_path / "shared" / "web.ini", "[watcher:web]\ncmd = /bin/true\n")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "web.ini").symlink_to(real)
+    config = load_text(tmp_path, "[circus]\ninclude_dir = conf.d\n")
+    assert list(config.watchers) == ["web"]
