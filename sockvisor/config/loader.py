@@ -14,8 +14,11 @@ address; no value may be longer than 64 KiB (nothing longer can reach exec, and
 the loader stays linear in the file) or hold a NUL.  Whether each worker's user can enter its
 working_dir and run its program is asked as that user, by preflight.py.
 
-Substitutions:
-  * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved here, against the watcher's
+Reading the file (comments, `include`, the bare [env] section) is circus_ini.py's,
+which does it as Circus does.  Substitutions:
+  * `$(sockvisor.env.X)` / `$(circus.env.X)` are resolved by circus_ini.py in every
+    value, as Circus resolves them (case-insensitively); `add`/`set` over the
+    control channel resolve them here, in cmd and args, against the watcher's
     final environment (its `env` on top of sockvisor's own environment);
   * `$(sockvisor.wid)` and `$(sockvisor.sockets.NAME)` (and the `circus.` spellings)
     depend on the worker and are resolved at spawn time by `expand_worker_args`.
@@ -30,7 +33,7 @@ import re
 import socket
 from typing import Any, Callable, Iterable, Mapping
 
-from sockvisor import logdir
+from sockvisor import circus_ini, logdir
 from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputConfig,
                                     OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
                                     SocketConfig, WatcherConfig)
@@ -55,43 +58,22 @@ MAX_KEY_LENGTH = 200
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate `path`; raise ConfigError naming where the problem is."""
     path = os.fspath(path)  # a pathlib.Path would break ConfigError.__str__
-    parser = _read_ini(path)
-    return _Loader(os.path.abspath(path), parser,
-                   os.environ if environ is None else environ).build()
+    environ = os.environ if environ is None else environ
+    ini = _read_ini(path, environ)
+    loader = _Loader(os.path.abspath(path), ini.parser, environ, ini.origins)
+    loader.warnings.extend(ini.warnings)
+    return loader.build()
 
 
-def _read_ini(path: str) -> configparser.ConfigParser:
-    """The file's sections and keys, as text; ConfigError for a file that cannot be
-    read or is not INI (duplicate sections and keys included)."""
-    parser = configparser.ConfigParser(interpolation=None, strict=True,
-                                       default_section="\0none")
-    parser.optionxform = str  # keys are case-sensitive (env var names)
+def _read_ini(path: str, environ: Mapping[str, str]) -> "circus_ini.Ini":
+    """The file and its includes, read as Circus reads them (comments, [env],
+    $(circus.env.X) everywhere): circus_ini.py.  ConfigError for a file that cannot
+    be read or is not INI (duplicate sections and keys included)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path) from None
-    except PermissionError:
-        raise ConfigError("permission denied reading the file", path=path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a config file", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason})", path=path) from None
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(f"section defined twice (line {exc.lineno})",
-                          path=path, section=exc.section) from None
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(f"key defined twice in the section (line {exc.lineno})",
-                          path=path, section=exc.section, key=exc.option) from None
-    except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(f"line {exc.lineno}: a key before any [section]",
-                          path=path) from None
-    except configparser.ParsingError as exc:
-        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
-        raise ConfigError(f"cannot parse line(s) {lines}", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
-    return parser
+        return circus_ini.read(path, environ)
+    except circus_ini.IniError as exc:
+        raise ConfigError(exc.message, path=exc.path, section=exc.section,
+                          key=exc.key) from None
 
 
 def _default_or(values: Mapping[str, Any], key: str) -> Any:
@@ -101,16 +83,20 @@ def _default_or(values: Mapping[str, Any], key: str) -> Any:
 
 class _Loader:
     def __init__(self, path: str, parser: configparser.ConfigParser | None,
-                 environ: Mapping[str, str]):
+                 environ: Mapping[str, str],
+                 origins: Mapping[tuple[str, str | None], str] | None = None):
         # parser None: no file (runtime.py builds watchers from control options).
         self.path = path
         self.parser = parser
         self.environ = environ
+        # Which included file gave a key or section (circus_ini.Ini.origins).
+        self.origins = origins or {}
         self.warnings: list[str] = []
 
     def error(self, message: str, section: str | None = None,
               key: str | None = None) -> ConfigError:
-        return ConfigError(message, path=self.path, section=section, key=key)
+        path = self.origins.get((section, key)) or self.origins.get((section, None))
+        return ConfigError(message, path=path or self.path, section=section, key=key)
 
     def build(self) -> Config:
         global_sections: list[str] = []
@@ -118,10 +104,15 @@ class _Loader:
         watcher_sections: dict[str, str] = {}
         env_sections: dict[str, str] = {}
         kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
+        shared_env: list[str] = []
         for section in self.parser.sections():
             self.check_lengths(section)
             if section in ("sockvisor", "circus"):
                 global_sections.append(section)
+                continue
+            if section.strip() == "env":
+                # Circus's bare [env]: for every watcher, under its own [env:NAME].
+                shared_env.append(section)
                 continue
             kind, sep, name = section.partition(":")
             if sep and kind.strip() == "env":
@@ -159,7 +150,7 @@ class _Loader:
                              global_sections[1])
         # Each watcher's env sections in file order: as in Circus, a later section
         # overrides a key an earlier one set ([env:a,b] then [env:a] refines a).
-        envs_of: dict[str, list[str]] = {name: [] for name in watcher_sections}
+        envs_of: dict[str, list[str]] = {name: list(shared_env) for name in watcher_sections}
         for names, section in env_sections.items():
             for name in names.split(","):
                 if name not in watcher_sections:

@@ -153,10 +153,6 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "loggerconfig": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
     "papa_endpoint": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "fqdn_prefix": _Ignored("not applicable"),
-    "include": _Unsupported("sockvisor reads one config file; merge the included "
-                            "files into it"),
-    "include_dir": _Unsupported("sockvisor reads one config file; merge the included "
-                                "files into it"),
     "statsd_close_outputs": _Ignored("statsd is not supported"),
     "httpd_close_outputs": _Ignored("the console runs inside sockvisor: nothing to close"),
     "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "

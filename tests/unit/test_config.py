@@ -577,8 +577,6 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
     ("[circus]\npidfile = /run/circus.pid\n", "circus", "pidfile", "daemonize"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
      "interface", "SO_BINDTODEVICE"),
-    ("[circus]\ninclude = *.more.ini\n", "circus", "include", "one config file"),
-    ("[circus]\ninclude_dir = conf.d\n", "circus", "include_dir", "one config file"),
     (watcher("cmd = sleep 1\nflapping.max_retry = 3"), "watcher:web",
      "flapping.max_retry", "use max_restarts"),
     (watcher("cmd = sleep 1\nstderr_stream.rotate_when = H"), "watcher:web",
