@@ -35,7 +35,10 @@ class ControlClient:
                 raise ValueError("a CURVE server key needs a client key pair")
             self.socket.curve_serverkey = curve_server_key
             self.socket.curve_publickey, self.socket.curve_secretkey = curve_client_keys
+        if endpoint.startswith("tcp://["):
+            self.socket.setsockopt(zmq.IPV6, 1)   # libzmq connects IPv4 only without it
         self._check_ipc()
+        self._check_tcp()
         self.socket.connect(endpoint)
 
     def _check_ipc(self) -> None:
@@ -64,6 +67,22 @@ class ControlClient:
             pass   # let ZeroMQ try and report
         finally:
             probe.close()
+
+    def _check_tcp(self) -> None:
+        # As for ipc: nothing listening means a quiet wait until the timeout.
+        if not self.endpoint.startswith("tcp://"):
+            return
+        host, _, port = self.endpoint[len("tcp://"):].rpartition(":")
+        if not port.isdigit():
+            return   # let ZeroMQ say what is wrong with it
+        try:
+            socket.create_connection((host.strip("[]"), int(port)),
+                                     timeout=min(self.timeout, 2.0)).close()
+        except ConnectionRefusedError:
+            raise Unreachable(f"no sockvisor at {self.endpoint} "
+                              "(nothing listens there)") from None
+        except OSError:
+            pass   # unreachable, filtered, a name that does not resolve: ZeroMQ's to report
 
     def call(self, command: str, properties: dict[str, Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:

@@ -10,9 +10,34 @@ that then runs as root).  Ours:
     on* is the credential: on the group endpoint, what the group may not do
     (access.py: decide what runs or as whom, stop the service, see secrets --
     unless granted) is refused with errno FORBIDDEN;
-  * a tcp:// endpoint is only accepted with CURVE keys (config.py refuses it
-    otherwise); clients whose public key is not in the authorized directory are
-    dropped by ZAP before a single frame reaches us.
+  * a tcp:// endpoint on a loopback address (Circus's default written out,
+    tcp://127.0.0.1:5555) without CURVE: any local user can connect, so every
+    request is checked against the kernel's record of the peer's socket.  libzmq
+    says which fd the request was read from (ZMQ_SRCFD); we dup it at once (from
+    then on the connection is ours to hold and cannot be swapped), and peer.py
+    looks its 4-tuple up with sock_diag: root and sockvisor's own user get the
+    owner's rights, members of `endpoint_group` the operator's
+    (access.caller_for_uid), anyone else -- or a peer that cannot be identified
+    beyond doubt -- an error reply (FORBIDDEN), and nothing runs.  Per request,
+    not per connection: nothing is remembered between requests.
+    The one window left: libzmq's I/O thread reads a request before we see it;
+    were the client to disconnect in that moment and another connection get
+    the same fd number before our dup, the request would be judged by the new
+    connection's owner.  The attacker needs a privileged client to connect in
+    that instant, with no control over it;
+  * any other tcp:// endpoint is only accepted with CURVE keys (config.py
+    refuses it otherwise); clients whose public key is not in the authorized
+    directory are dropped by ZAP before a single frame reaches us.  With CURVE
+    keys configured, a loopback endpoint uses them too, and CURVE decides.
+
+Events (the PUB endpoint).  A PUB socket cannot refuse a subscriber per message,
+and ZAP -- the one hook at connection time -- is told the peer's IP address but
+not its port, so it cannot look the connection up in the kernel.  What is
+published is what `status` shows: watcher and socket names, states, worker pids,
+exit statuses, reload progress -- never env values, argv or output.  So a
+loopback tcp:// events endpoint is readable by every local user (the README says
+so); one on any other address needs CURVE, as the control endpoint does; on ipc
+the file mode decides, as for the control endpoint.
 
 Every request runs as its own task, so read-only commands answer at once while a
 reload is waiting for readiness; per-watcher ordering is the watcher's business.
@@ -49,7 +74,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
-from sockvisor.control import access, discover, protocol
+from sockvisor.control import access, discover, peer, protocol
 from sockvisor.control.commands import load_commands
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
@@ -71,21 +96,31 @@ class EndpointError(OSError):
     pass
 
 
+# A request's frames, and for a kernel-checked endpoint the duplicate of the
+# connection it came on (closed once the request is judged).
+_Request = tuple[list[bytes], "socket.socket | None"]
+
+
 class _Peer:
     """One client (ROUTER identity) on one endpoint: its running and waiting requests."""
     __slots__ = ("running", "waiting")
 
     def __init__(self) -> None:
         self.running = 0
-        self.waiting: collections.deque[list[bytes]] = collections.deque()
+        self.waiting: collections.deque[_Request] = collections.deque()
 
 
 class _Endpoint:
-    """One ROUTER socket, whether it is the owner's, and what it holds."""
+    """One ROUTER socket, whose rights its requests have, and what it holds.
 
-    def __init__(self, sock: zmq.asyncio.Socket, owner: bool):
+    `owner`: an ipc endpoint's requests have the owner's rights (else the
+    operator's); `check_peer`: a loopback tcp endpoint, whose requests have the
+    rights of their peer's uid (peer.py)."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, owner: bool, check_peer: bool = False):
         self.sock = sock
         self.owner = owner
+        self.check_peer = check_peer
         self.room = asyncio.Semaphore(ENDPOINT_IN_FLIGHT)
         self.peers: dict[bytes, _Peer] = {}
 
@@ -148,7 +183,10 @@ class ControlServer:
             self._start_authenticator(globals_.curve_authorized_keys_dir)
         shared_mode = 0o660 if self.group is not None else 0o600
         control = self._bind(zmq.ROUTER, self.endpoint, shared_mode)
-        self.routers.append(_Endpoint(control, owner=self.group is None))
+        check_peer = (self.endpoint.startswith("tcp://")
+                      and not globals_.curve_secret_key_file)
+        self.routers.append(_Endpoint(control, owner=self.group is None,
+                                      check_peer=check_peer))
         if self.admin_endpoint is not None:
             admin = self._bind(zmq.ROUTER, self.admin_endpoint, 0o600)
             self.routers.append(_Endpoint(admin, owner=True))
@@ -182,7 +220,12 @@ class ControlServer:
         else:
             sock.setsockopt(zmq.SNDHWM, 10000)
         if endpoint.startswith("tcp://"):
-            self._configure_curve(sock)
+            # Without CURVE keys config.py let only a loopback address through:
+            # requests are then checked peer by peer (_caller).
+            if self.supervisor.config.globals.curve_secret_key_file:
+                self._configure_curve(sock)
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)   # libzmq binds IPv4 only without it
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -265,6 +308,11 @@ class ControlServer:
         for task in list(self.handlers):
             task.cancel()
         await asyncio.gather(*self.serve_tasks, *self.handlers, return_exceptions=True)
+        for endpoint in self.routers:
+            for client in endpoint.peers.values():
+                for _frames, pinned in client.waiting:
+                    if pinned is not None:
+                        pinned.close()
         if self.publish in self.supervisor.subscribers:
             self.supervisor.subscribers.remove(self.publish)
         for sock in self.sockets:
@@ -306,7 +354,13 @@ class ControlServer:
             # that is the back-pressure (see the module docstring).
             await endpoint.room.acquire()
             try:
-                frames = await endpoint.sock.recv_multipart()
+                if endpoint.check_peer:
+                    raw = await endpoint.sock.recv_multipart(copy=False)
+                    # Pin the connection first, before anything else can run.
+                    pinned = _pin(raw[-1])
+                    frames = [frame.bytes for frame in raw]
+                else:
+                    frames, pinned = await endpoint.sock.recv_multipart(), None
             except asyncio.CancelledError:
                 endpoint.room.release()
                 raise
@@ -316,50 +370,76 @@ class ControlServer:
                     return
                 log.warning("control: receive failed: %s", exc)
                 continue
-            self._admit(endpoint, frames)
+            self._admit(endpoint, (frames, pinned))
 
-    def _admit(self, endpoint: _Endpoint, frames: list[bytes]) -> None:
-        peer = endpoint.peers.get(frames[0])
-        if peer is None:
-            peer = endpoint.peers[frames[0]] = _Peer()
-        if peer.running < PEER_IN_FLIGHT:
-            self._run(endpoint, peer, frames)
+    def _admit(self, endpoint: _Endpoint, request: _Request) -> None:
+        identity = request[0][0]
+        client = endpoint.peers.get(identity)
+        if client is None:
+            client = endpoint.peers[identity] = _Peer()
+        if client.running < PEER_IN_FLIGHT:
+            self._run(endpoint, client, request)
         else:
-            peer.waiting.append(frames)
+            client.waiting.append(request)
 
-    def _run(self, endpoint: _Endpoint, peer: _Peer, frames: list[bytes]) -> None:
-        peer.running += 1
-        task = asyncio.ensure_future(self._handle(endpoint.sock, endpoint.owner, frames))
+    def _run(self, endpoint: _Endpoint, client: _Peer, request: _Request) -> None:
+        client.running += 1
+        task = asyncio.ensure_future(self._handle(endpoint, *request))
         self.handlers.add(task)
-        task.add_done_callback(lambda done: self._finished(endpoint, frames[0], done))
+        task.add_done_callback(lambda done: self._finished(endpoint, request[0][0], done))
 
     def _finished(self, endpoint: _Endpoint, identity: bytes, task: asyncio.Task) -> None:
         self.handlers.discard(task)
         endpoint.room.release()
-        peer = endpoint.peers[identity]
-        peer.running -= 1
-        if peer.waiting and not self.closing:
-            self._run(endpoint, peer, peer.waiting.popleft())
-        elif peer.running == 0:
+        client = endpoint.peers[identity]
+        client.running -= 1
+        if client.waiting and not self.closing:
+            self._run(endpoint, client, client.waiting.popleft())
+        elif client.running == 0:
             del endpoint.peers[identity]
 
-    async def _handle(self, sock: zmq.asyncio.Socket, owner: bool,
-                      frames: list[bytes]) -> None:
+    async def _handle(self, endpoint: _Endpoint, frames: list[bytes],
+                      pinned: socket.socket | None) -> None:
         identity, body = frames[0], frames[1:]
         envelope: list[bytes] = []
         if len(body) >= 2 and body[0] == b"":      # a REQ client's delimiter
             envelope, body = [b""], body[1:]
-        reply = await self.dispatch(body, owner)
+        try:
+            caller = await self._caller(endpoint, pinned)
+        finally:
+            if pinned is not None:
+                pinned.close()
+        if isinstance(caller, str):
+            reply = protocol.error(_request_id(body), caller, ErrNo.FORBIDDEN)
+        else:
+            reply = await dispatch(self.supervisor, self.commands, caller, body)
         try:
             # A peer that does not read its replies: beyond SNDHWM, ROUTER drops.
-            await sock.send_multipart([identity, *envelope, protocol.encode(reply)],
-                                      flags=zmq.NOBLOCK)
+            await endpoint.sock.send_multipart(
+                [identity, *envelope, protocol.encode(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("control: could not reply: %s", exc)
 
-    async def dispatch(self, body: list[bytes], owner: bool) -> dict[str, Any]:
-        return await dispatch(self.supervisor, self.commands,
-                              access.OWNER_CALLER if owner else self.operator, body)
+    async def _caller(self, endpoint: _Endpoint,
+                      pinned: socket.socket | None) -> access.Caller | str:
+        """The rights a request on `endpoint` runs with, or why it is refused."""
+        if not endpoint.check_peer:
+            return access.OWNER_CALLER if endpoint.owner else self.operator
+        uid = peer.peer_uid(pinned) if pinned is not None else None
+        if uid is None:
+            log.warning("control: refused a request on %s: its peer could not be "
+                        "identified", self.endpoint)
+            return ("not allowed: the kernel could not say who owns this connection's "
+                    "socket (it closed, or is not a loopback connection)")
+        # The user database may be remote (NSS): off the loop.
+        caller = await asyncio.to_thread(access.caller_for_uid, uid, self.group,
+                                         self.operator)
+        if caller is not None:
+            return caller
+        who = await asyncio.to_thread(access.who, uid)
+        log.warning("control: refused a request on %s from %s", self.endpoint, who)
+        return (f"not allowed: this connection's socket belongs to {who}, which is "
+                "neither sockvisor's owner nor a member of endpoint_group")
 
 
 async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
@@ -377,6 +457,25 @@ async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
                               exc.reason, exc.errno)
     return await run_command(supervisor, request.command, request.properties,
                              caller=caller, request_id=request.id, commands=commands)
+
+
+def _request_id(body: list[bytes]) -> Any:
+    """The id of a request we refuse without reading it further (None if none)."""
+    if len(body) != 1 or len(body[0]) > protocol.MAX_REQUEST_BYTES:
+        return None
+    return protocol.request_id_of(body[0])
+
+
+def _pin(frame: zmq.Frame) -> socket.socket | None:
+    """A duplicate of the connection `frame` was read from (ZMQ_SRCFD: deprecated
+    in libzmq but kept; nothing else names the connection), or None."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+        if fd < 0:
+            return None
+        return socket.socket(fileno=os.dup(fd))
+    except (zmq.ZMQError, OSError, ValueError):
+        return None
 
 
 def _ipc_in_use(path: str) -> bool:

@@ -1,0 +1,263 @@
+"""Attack: a local user drives sockvisor through a loopback tcp:// control endpoint.
+
+Circus's configs write its default out (`endpoint = tcp://127.0.0.1:5555`), and
+circusctl with no flags goes there.  Any local user can connect to a loopback
+port, so the port itself is no credential: sockvisor asks the kernel who owns
+the peer's socket (sock_diag, control/peer.py) and serves root (owner rights) and
+`endpoint_group` members (operator rights) only.  Everyone else gets an error
+reply and nothing runs -- checked here by running the real circusctl and
+sockvisorctl as `nobody` and comparing the worker count before and after.
+
+`nobody` cannot reach the test interpreter (under /root, 0700), so its clients
+run on Debian's /usr/bin/python3 with python3-zmq, importing copies of sockvisor,
+circus and tornado from a world-readable directory (group_member.py does the
+same for sockvisor).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sockvisor.control.client import ControlClient
+from sockvisor.control.protocol import ErrNo
+
+from conftest import Sockvisor, _clean_env, free_port, port_is_free, wait_for
+from group_member import SYSTEM_PYTHON
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user")]
+
+SECRET = "hunter2-not-for-nobody"
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return (f"{result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout}"
+            f"\n--- stderr ---\n{result.stderr}")
+
+
+class Nobody:
+    """Clients run as `nobody` (no supplementary groups): sockvisorctl, and
+    circusctl when Circus is installed."""
+
+    def __init__(self, top: Path):
+        if not os.access(SYSTEM_PYTHON, os.X_OK):
+            pytest.skip(f"{SYSTEM_PYTHON} is needed to run a client as nobody")
+        if subprocess.run([SYSTEM_PYTHON, "-c", "import zmq, psutil"],
+                          capture_output=True).returncode != 0:
+            pytest.skip(f"{SYSTEM_PYTHON} has no zmq/psutil (python3-zmq, python3-psutil)")
+        entry = pwd.getpwnam("nobody")
+        self.uid, self.gid = entry.pw_uid, entry.pw_gid
+        self.lib = top / "lib"
+        packages = ["sockvisor"]
+        try:
+            import circus
+            import tornado
+            packages += ["circus", "tornado"]
+            self.has_circus = True
+            del circus, tornado
+        except ImportError:
+            self.has_circus = False
+        for name in packages:
+            source = Path(__import__(name).__file__).parent
+            shutil.copytree(source, self.lib / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [self.lib, *self.lib.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess:
+        environment = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.lib),
+                       "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
+        return subprocess.run([SYSTEM_PYTHON, *argv], user=self.uid, group=self.gid,
+                              extra_groups=[], cwd="/", env=environment,
+                              capture_output=True, text=True, timeout=60)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return self.run("-m", "sockvisor.cli.ctl", *args)
+
+    def circusctl(self, *args: str) -> subprocess.CompletedProcess:
+        if not self.has_circus:
+            pytest.skip("Circus 0.19 (circusctl) is not installed")
+        return self.run("-c", "from circus.circusctl import main; main()", *args)
+
+
+def root_ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sockvisor.cli.ctl", *args],
+                          env=_clean_env(), capture_output=True, text=True, timeout=60)
+
+
+def root_circusctl(*args: str) -> subprocess.CompletedProcess:
+    """The installed `circusctl` script, as root, with exactly `args` (no flags added)."""
+    pytest.importorskip("circus", reason="Circus 0.19 (circusctl) is not installed")
+    script = shutil.which("circusctl")
+    command = ([script] if script else
+               [sys.executable, "-c", "from circus.circusctl import main; main()"])
+    return subprocess.run([*command, *args], env=_clean_env(), capture_output=True,
+                          text=True, timeout=60)
+
+
+def numprocesses(endpoint: str) -> int:
+    with ControlClient(endpoint, 10) as client:
+        reply = client.call("numprocesses", {"name": "web"})
+    assert reply["status"] == "ok", reply
+    return reply["numprocesses"]
+
+
+@pytest.fixture
+def tcp_sockvisor(world_readable_dir, scripts):
+    """start(endpoint, pubsub, extra globals) -> a running Sockvisor on a tcp endpoint."""
+    instances: list[Sockvisor] = []
+
+    def start(endpoint: str, pubsub: str, extra: str = "") -> Sockvisor:
+        directory = world_readable_dir / f"sv{len(instances)}"
+        directory.mkdir()
+        sv = Sockvisor(directory, textwrap.dedent(f"""\
+            [circus]
+            endpoint = {endpoint}
+            pubsub_endpoint = {pubsub}
+            {extra}
+
+            [socket:web]
+            host = 127.0.0.1
+            port = 0
+
+            [watcher:web]
+            cmd = {scripts.cmd("worker.py")}
+            sockets = web
+            numprocesses = 1
+            graceful_timeout = 1
+            env = SECRET={SECRET}
+            """))
+        instances.append(sv)
+        sv.wait_ready()
+        return sv
+
+    yield start
+    for sv in instances:
+        sv.cleanup()
+
+
+@pytest.mark.timeout(120)
+def test_circusctl_without_flags_on_circus_default_endpoint(tcp_sockvisor,
+                                                             world_readable_dir):
+    """Circus's default written out: root's circusctl (no flags) drives it; the same
+    circusctl run by nobody is refused and changes nothing."""
+    pytest.importorskip("circus", reason="Circus 0.19 (circusctl) is not installed")
+    for port in (5555, 5556):
+        if not port_is_free(port):
+            pytest.skip(f"127.0.0.1:{port} (Circus's default endpoint) is in use here")
+    endpoint = "tcp://127.0.0.1:5555"
+    sv = tcp_sockvisor(endpoint, "tcp://127.0.0.1:5556")
+    nobody = Nobody(world_readable_dir)
+
+    result = root_circusctl("status")
+    assert result.returncode == 0 and result.stdout.strip() == "web: active", \
+        describe(result)
+    result = root_circusctl("incr", "web")
+    assert result.returncode == 0 and result.stdout.strip() == "2", describe(result)
+    sv.wait_workers(2, "worker.py")
+    before = sv.wait_workers(2, "worker.py")
+    result = root_circusctl("reload", "web")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", describe(result)
+    sv.wait_workers(2, "worker.py", exclude=before)
+
+    # nobody: the same circusctl, no flags.  Refused: an error, nothing changes.
+    for args in (["incr", "web"], ["add", "evil", "touch /tmp/sockvisor-owned"],
+                 ["quit"]):
+        result = nobody.circusctl(*args)
+        assert result.returncode != 0, describe(result)
+        assert "not allowed" in (result.stdout + result.stderr), describe(result)
+    result = nobody.circusctl("status")
+    assert result.returncode != 0, describe(result)
+    assert sv.proc.poll() is None, "nobody's quit stopped sockvisor"
+    assert numprocesses(endpoint) == 2
+    with ControlClient(endpoint, 10) as client:
+        assert [w for w in client.call("list")["watchers"]] == ["web"]
+    assert not os.path.exists("/tmp/sockvisor-owned")
+
+
+@pytest.mark.timeout(120)
+def test_sockvisorctl_tcp_root_served_nobody_refused(tcp_sockvisor, world_readable_dir):
+    control, events = free_port(), free_port()
+    endpoint = f"tcp://127.0.0.1:{control}"
+    sv = tcp_sockvisor(endpoint, f"tcp://127.0.0.1:{events}")
+    nobody = Nobody(world_readable_dir)
+
+    result = root_ctl("--endpoint", endpoint, "status")
+    assert result.returncode == 0 and "active" in result.stdout, describe(result)
+    result = root_ctl("--endpoint", endpoint, "options", "web")
+    assert result.returncode == 0 and SECRET in result.stdout, describe(result)
+
+    for args in (["incr", "web"], ["status"], ["options", "web"], ["quit"]):
+        result = nobody.ctl("--endpoint", endpoint, *args)
+        assert result.returncode != 0, describe(result)
+        assert "not allowed" in result.stderr, describe(result)
+        assert SECRET not in result.stdout + result.stderr
+    assert sv.proc.poll() is None
+    assert numprocesses(endpoint) == 1
+    result = root_ctl("--endpoint", endpoint, "incr", "web")
+    assert result.returncode == 0, describe(result)
+    assert numprocesses(endpoint) == 2
+
+
+@pytest.mark.timeout(120)
+def test_endpoint_group_member_operates_over_tcp(tcp_sockvisor, world_readable_dir):
+    """nobody's primary group as endpoint_group: nobody gets operator rights
+    (look, scale within the maximum; never quit, never see env values)."""
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    endpoint = (f"tcp://[::1]:{_free_port_v6()}" if _has_ipv6()
+                else f"tcp://127.0.0.1:{free_port()}")
+    sv = tcp_sockvisor(endpoint, f"tcp://127.0.0.1:{free_port()}",
+                       f"endpoint_group = {group}")
+    nobody = Nobody(world_readable_dir)
+
+    result = nobody.ctl("--endpoint", endpoint, "status")
+    assert result.returncode == 0 and "active" in result.stdout, describe(result)
+    result = nobody.ctl("--endpoint", endpoint, "incr", "web")
+    assert result.returncode == 0, describe(result)
+    wait_for(lambda: len(sv.worker_pids("worker.py")) == 2, 10)
+    result = nobody.ctl("--endpoint", endpoint, "options", "web")
+    assert result.returncode == 0, describe(result)
+    assert SECRET not in result.stdout and "redacted" in result.stdout
+    result = nobody.ctl("--endpoint", endpoint, "quit")
+    assert result.returncode != 0 and "not allowed" in result.stderr, describe(result)
+    assert sv.proc.poll() is None
+    with ControlClient(endpoint, 10) as client:   # root: the owner
+        reply = client.call("options", {"name": "web"})
+    assert reply["options"]["env"]["SECRET"] == SECRET
+
+
+def _has_ipv6() -> bool:
+    try:
+        _free_port_v6()
+        return True
+    except OSError:
+        return False
+
+
+def _free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.bind(("::1", 0))
+        return probe.getsockname()[1]
+
+
+def test_non_loopback_tcp_still_needs_curve(tmp_path, scripts):
+    conf = tmp_path / "tcp.ini"
+    for endpoint in (f"tcp://0.0.0.0:{free_port()}", "tcp://*:5555",
+                     "tcp://192.0.2.1:5555", "tcp://eth0:5555"):
+        conf.write_text(f"[circus]\nendpoint = {endpoint}\n\n[watcher:web]\n"
+                        f"cmd = {scripts.cmd('worker.py')}\n")
+        result = subprocess.run([sys.executable, "-m", "sockvisor", "check", str(conf)],
+                                env=_clean_env(), capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 2, describe(result)
+        assert "curve_secret_key_file" in result.stderr, describe(result)
