@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,57 @@ def test_non_loopback_tcp_still_needs_curve(tmp_path, scripts):
                                 timeout=30)
         assert result.returncode == 2, describe(result)
         assert "curve_secret_key_file" in result.stderr, describe(result)
+
+
+SUBSCRIBER = r"""
+import json, sys, zmq
+sub = zmq.Context.instance().socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect(sys.argv[1])
+while True:
+    topic, data = sub.recv_multipart()
+    sys.stdout.write(json.dumps([topic.decode(), data.decode()]) + "\n")
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_loopback_tcp_events_are_readable_by_any_local_user_and_carry_no_secrets(
+        tcp_sockvisor, world_readable_dir):
+    """The documented decision (README, server.py): a PUB socket cannot refuse a
+    subscriber, so on loopback tcp every local user reads the events -- which
+    must therefore hold nothing `options` would redact."""
+    control, events = free_port(), free_port()
+    endpoint = f"tcp://127.0.0.1:{control}"
+    sv = tcp_sockvisor(endpoint, f"tcp://127.0.0.1:{events}")
+    nobody = Nobody(world_readable_dir)
+    script = world_readable_dir / "subscriber.py"
+    script.write_text(SUBSCRIBER)
+    script.chmod(0o644)
+    subscriber = subprocess.Popen(
+        [SYSTEM_PYTHON, str(script), f"tcp://127.0.0.1:{events}"], user=nobody.uid,
+        group=nobody.gid, extra_groups=[], cwd="/", stdout=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(subscriber.stdout), daemon=True)
+    reader.start()
+    try:
+        # A subscription takes effect some time after the connection: change the
+        # worker count until nobody has seen a spawn (bounded).
+        for count in range(2, 8):
+            with ControlClient(endpoint, 10) as client:
+                assert client.call("set", {"name": "web", "options":
+                                           {"numprocesses": count}})["status"] == "ok"
+            try:
+                wait_for(lambda: any(".spawn" in line for line in lines), 2)
+                break
+            except AssertionError:
+                continue
+        assert any(".spawn" in line for line in lines), lines
+        with ControlClient(endpoint, 10) as client:
+            assert client.call("reload", {"name": "web"})["status"] == "ok"
+        wait_for(lambda: any("reload.finished" in line for line in lines), 20)
+        assert not any(SECRET in line for line in lines)
+    finally:
+        subscriber.kill()
+        subscriber.wait()
