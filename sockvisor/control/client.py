@@ -76,13 +76,38 @@ class ControlClient:
         if not port.isdigit():
             return   # let ZeroMQ say what is wrong with it
         try:
-            socket.create_connection((host.strip("[]"), int(port)),
-                                     timeout=min(self.timeout, 2.0)).close()
+            probe = socket.create_connection((host.strip("[]"), int(port)),
+                                             timeout=min(self.timeout, 2.0))
         except ConnectionRefusedError:
             raise Unreachable(f"no sockvisor at {self.endpoint} "
                               "(nothing listens there)") from None
         except OSError:
-            pass   # unreachable, filtered, a name that does not resolve: ZeroMQ's to report
+            return   # unreachable, filtered, a name that does not resolve: ZeroMQ's to report
+        with probe:
+            self._check_listener(probe)
+
+    def _check_listener(self, probe: socket.socket) -> None:
+        """Any local user may listen on a free loopback port (while sockvisor is
+        down, say) to read what we send -- `set web env SECRET=...` -- and answer
+        what it likes.  So on loopback, talk only to a listener the kernel says
+        is root's or ours.  (CURVE authenticates a non-loopback server.)"""
+        from sockvisor.control import peer
+        address = probe.getpeername()[0]
+        if not peer.is_loopback(address):
+            return
+        uid = peer.peer_uid(probe)
+        if uid in (0, os.geteuid()):
+            return
+        if uid is None:
+            raise Unreachable(f"{self.endpoint}: the kernel could not say who listens "
+                              "there; not sending it anything")
+        import pwd
+        try:
+            who = f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+        except KeyError:
+            who = f"uid {uid}"
+        raise Unreachable(f"{self.endpoint} is served by {who}, neither root nor you: "
+                          "not a sockvisor to trust; not sending it anything")
 
     def call(self, command: str, properties: dict[str, Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:

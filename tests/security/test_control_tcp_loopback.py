@@ -316,3 +316,51 @@ def test_loopback_tcp_events_are_readable_by_any_local_user_and_carry_no_secrets
     finally:
         subscriber.kill()
         subscriber.wait()
+
+
+FAKE_SOCKVISOR = r"""
+import json, sys, zmq
+router = zmq.Context.instance().socket(zmq.ROUTER)
+router.bind(sys.argv[1])
+sys.stdout.write("listening\n"); sys.stdout.flush()
+while True:
+    identity, request = router.recv_multipart()
+    sys.stdout.write(request.decode() + "\n"); sys.stdout.flush()
+    reply = {"id": json.loads(request)["id"], "status": "ok", "time": 0,
+             "statuses": {"web": "active"}, "numprocesses": 1}
+    router.send_multipart([identity, json.dumps(reply).encode()])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sockvisorctl_sends_nothing_to_a_port_another_user_squats(world_readable_dir):
+    """The mirror attack: while no sockvisor runs, nobody listens on the loopback
+    port root's sockvisorctl is pointed at (anyone may bind a free port), to read
+    what root sends (`set web env SECRET=…`) and answer what it likes.  The
+    client asks the kernel who owns the listener's side and refuses to talk to
+    anyone but root or itself."""
+    nobody = Nobody(world_readable_dir)
+    port = free_port()
+    script = world_readable_dir / "fake.py"
+    script.write_text(FAKE_SOCKVISOR)
+    script.chmod(0o644)
+    fake = subprocess.Popen([SYSTEM_PYTHON, str(script), f"tcp://127.0.0.1:{port}"],
+                            user=nobody.uid, group=nobody.gid, extra_groups=[], cwd="/",
+                            stdout=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(fake.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "listening\n" in lines, 10)
+        result = root_ctl("--endpoint", f"tcp://127.0.0.1:{port}", "--timeout", "3",
+                          "set", "web", "env", f"SECRET={SECRET}")
+        assert result.returncode == 3, describe(result)
+        assert "uid 65534" in result.stderr or "nobody" in result.stderr, describe(result)
+        result = root_ctl("--endpoint", f"tcp://127.0.0.1:{port}", "--timeout", "3",
+                          "status")
+        assert result.returncode == 3, describe(result)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert lines == ["listening\n"], "the squatter received requests"
