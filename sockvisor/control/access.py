@@ -2,8 +2,9 @@
 
 Two kinds of caller.  On ipc endpoints server.py tells them apart by the
 endpoint a request came in on (ZeroMQ's ipc transport does not say who the peer
-is); on a loopback tcp:// endpoint by the uid the kernel records on the peer's
-socket (peer.py), mapped to rights by `caller_for_uid`:
+is).  A loopback tcp:// endpoint leads to those ipc endpoints: relay.py sends
+each connection to the endpoint of the rights `caller_for_uid` gives the uid
+the kernel records on the client's socket (peer.py):
 
 * the **owner** -- sockvisor's own user (or root), on the 0600 endpoint or from
   a socket of theirs: everything;

@@ -7,12 +7,11 @@ which `ss -e` shows.  We ask for it the way `ss` does -- sock_diag over netlink
 (NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY with an inet_diag_req_v2) -- but as an
 exact lookup of one 4-tuple, not a dump.
 
-How the server uses it (server.py): libzmq says which fd a request was read from
-(ZMQ_SRCFD); the server `dup`s that fd at once, in the same step as the read, so
-the connection cannot be closed under us from then on, and hands the duplicate
-here.  `peer_uid` then
-
-1. reads the 4-tuple from the duplicate (getsockname/getpeername) and checks
+How it is used (relay.py): sockvisor itself accepts connections on a loopback
+tcp:// endpoint and judges each one, once, on the accepted socket it holds --
+a connection whose peer cannot change while we hold it -- before carrying it to
+the ipc endpoint of the client's rights.  `peer_uid`
+1. reads the 4-tuple from the socket (getsockname/getpeername) and checks
    that both ends are loopback addresses (127/8, ::1, or IPv4-mapped 127/8);
 2. looks up *our* end by that 4-tuple and checks it is the very socket we hold
    (same inode) and still ESTABLISHED;
@@ -34,7 +33,7 @@ Why each check:
     addresses are compared after unmapping;
   * loopback is per network namespace: a peer in another namespace cannot reach
     our 127.0.0.1, and if a lookup ever finds nothing it is refused.
-Nothing is cached: every request is looked up on its own connection.
+Nothing is cached: every connection is looked up on its own.
 
 Limits (the README's "Control" section says them to users): the uid is the one
 of whoever *created* the peer socket.  A process that forwards a port (ssh -L,

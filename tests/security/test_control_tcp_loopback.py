@@ -26,6 +26,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,46 +277,68 @@ while True:
 """
 
 
+class Subscriber:
+    """A SUB client printing every event as a JSON line, read by a thread."""
+
+    def __init__(self, command: list[str], **popen: Any):
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                                        **popen)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout),
+                         daemon=True).start()
+
+    def saw(self, word: str) -> bool:
+        return any(word in line for line in self.lines)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 @pytest.mark.timeout(120)
-def test_loopback_tcp_events_are_readable_by_any_local_user_and_carry_no_secrets(
-        tcp_sockvisor, world_readable_dir):
-    """The documented decision (README, server.py): a PUB socket cannot refuse a
-    subscriber, so on loopback tcp every local user reads the events -- which
-    must therefore hold nothing `options` would redact."""
+@pytest.mark.parametrize("member", [False, True], ids=["stranger", "member"])
+def test_loopback_tcp_events_reach_owner_and_members_only(tcp_sockvisor,
+                                                          world_readable_dir, member):
+    """Events on loopback tcp go to root and endpoint_group members, as the ipc
+    events file would; anyone else is disconnected by the relay.  What members
+    see holds nothing `options` would redact."""
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
     control, events = free_port(), free_port()
-    endpoint = f"tcp://127.0.0.1:{control}"
-    sv = tcp_sockvisor(endpoint, f"tcp://127.0.0.1:{events}")
+    endpoint, events_endpoint = f"tcp://127.0.0.1:{control}", f"tcp://127.0.0.1:{events}"
+    sv = tcp_sockvisor(endpoint, events_endpoint,
+                       f"endpoint_group = {group}" if member else "")
     nobody = Nobody(world_readable_dir)
     script = world_readable_dir / "subscriber.py"
     script.write_text(SUBSCRIBER)
     script.chmod(0o644)
-    subscriber = subprocess.Popen(
-        [SYSTEM_PYTHON, str(script), f"tcp://127.0.0.1:{events}"], user=nobody.uid,
-        group=nobody.gid, extra_groups=[], cwd="/", stdout=subprocess.PIPE, text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(subscriber.stdout), daemon=True)
-    reader.start()
+    theirs = Subscriber([SYSTEM_PYTHON, str(script), events_endpoint], user=nobody.uid,
+                        group=nobody.gid, extra_groups=[], cwd="/",
+                        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    ours = Subscriber([sys.executable, str(script), events_endpoint], env=_clean_env())
     try:
         # A subscription takes effect some time after the connection: change the
-        # worker count until nobody has seen a spawn (bounded).
+        # worker count until root's subscriber (and a member's) has seen a spawn.
+        expected = [ours, theirs] if member else [ours]
         for count in range(2, 8):
             with ControlClient(endpoint, 10) as client:
                 assert client.call("set", {"name": "web", "options":
                                            {"numprocesses": count}})["status"] == "ok"
             try:
-                wait_for(lambda: any(".spawn" in line for line in lines), 2)
+                wait_for(lambda: all(s.saw(".spawn") for s in expected), 2)
                 break
             except AssertionError:
                 continue
-        assert any(".spawn" in line for line in lines), lines
-        with ControlClient(endpoint, 10) as client:
-            assert client.call("reload", {"name": "web"})["status"] == "ok"
-        wait_for(lambda: any("reload.finished" in line for line in lines), 20)
-        assert not any(SECRET in line for line in lines)
+        assert ours.saw(".spawn"), ours.lines
+        if member:
+            assert theirs.saw(".spawn"), theirs.lines
+            assert not any(SECRET in line for line in theirs.lines)
+        else:
+            sv.wait_log(r"events tcp://127\.0\.0\.1:\d+: closed a connection from "
+                        r"uid 65534: no rights")
+            assert theirs.lines == []
     finally:
-        subscriber.kill()
-        subscriber.wait()
+        ours.close()
+        theirs.close()
 
 
 FAKE_SOCKVISOR = r"""
@@ -364,3 +387,52 @@ def test_sockvisorctl_sends_nothing_to_a_port_another_user_squats(world_readable
         fake.kill()
         fake.wait()
     assert lines == ["listening\n"], "the squatter received requests"
+
+
+HOARDER = r"""
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held, closed, relayed = [], 0, 0
+for _ in range(count):
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.settimeout(5)
+    held.append(conn)
+    try:
+        # The relay closes a connection over the limit at once; a relayed one
+        # hears the ipc endpoint's ZMTP greeting.
+        if conn.recv(1):
+            relayed += 1
+        else:
+            closed += 1
+    except OSError:
+        closed += 1
+print(relayed, closed, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_user_cannot_hold_more_than_its_share_of_connections(tcp_sockvisor,
+                                                               world_readable_dir):
+    """Each relayed connection costs root two fds: a local user gets PER_UID of
+    them, the rest are closed at once, and root is still served meanwhile."""
+    from sockvisor.control.relay import PER_UID
+    control = free_port()
+    endpoint = f"tcp://127.0.0.1:{control}"
+    tcp_sockvisor(endpoint, f"tcp://127.0.0.1:{free_port()}")
+    nobody = Nobody(world_readable_dir)
+    script = world_readable_dir / "hoarder.py"
+    script.write_text(HOARDER)
+    script.chmod(0o644)
+    hoarder = subprocess.Popen(
+        [SYSTEM_PYTHON, str(script), str(control), str(PER_UID + 14)], user=nobody.uid,
+        group=nobody.gid, extra_groups=[], cwd="/", stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    try:
+        relayed, closed = map(int, hoarder.stdout.readline().split())
+        assert (relayed, closed) == (PER_UID, 14)
+        with ControlClient(endpoint, 10) as client:
+            assert client.call("status")["status"] == "ok"
+    finally:
+        hoarder.kill()
+        hoarder.wait()
