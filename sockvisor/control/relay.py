@@ -25,7 +25,7 @@ Bounds (DESIGN §5: what an untrusted peer can make root spend): each relayed
 connection holds two fds and at most a read chunk plus the transport's write
 buffer per direction (reads wait for the other side to drain); a uid other
 than root may hold PER_UID connections at once, beyond that its new ones are
-closed at once; MAX_CONNECTIONS in all.
+closed at once; beyond MAX_CONNECTIONS in all, only root's are kept.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ class Relay:
             sock = writer.get_extra_info("socket")
             # Judged on the accepted socket itself: ours until we close it.
             uid = peer.peer_uid(sock) if sock is not None else None
-            if len(self.tasks) > MAX_CONNECTIONS or (
-                    uid != 0 and self.per_uid.get(uid, 0) >= PER_UID):
+            # Root is never turned away: the limits are against the others.
+            if uid != 0 and (len(self.tasks) > MAX_CONNECTIONS
+                             or self.per_uid.get(uid, 0) >= PER_UID):
                 self.quiet.warning(("relay-full", self.what, uid),
                                    "%s %s: too many connections from uid %s; closing "
                                    "new ones", self.what, self.endpoint, uid)
