@@ -17,6 +17,7 @@ same for sockvisor).
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -204,6 +205,9 @@ def test_sockvisorctl_tcp_root_served_nobody_refused(tcp_sockvisor, world_readab
         assert result.returncode != 0, describe(result)
         assert "not allowed" in result.stderr, describe(result)
         assert SECRET not in result.stdout + result.stderr
+    result = nobody.ctl("--endpoint", endpoint, "--json", "incr", "web")
+    reply = json.loads(result.stdout)
+    assert reply["status"] == "error" and reply["errno"] == ErrNo.FORBIDDEN, reply
     assert sv.proc.poll() is None
     assert numprocesses(endpoint) == 1
     result = root_ctl("--endpoint", endpoint, "incr", "web")
