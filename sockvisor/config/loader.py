@@ -372,10 +372,20 @@ class _Loader:
             if not rest.startswith("/") and not rest.startswith("@"):
                 raise self.error("an ipc:// endpoint needs an absolute path", section, key)
         elif scheme == "tcp":
-            if "curve_secret_key_file" not in values:
-                raise self.error("a tcp:// endpoint has no access control of its own: "
-                                 "configure curve_secret_key_file and "
-                                 "curve_authorized_keys_dir, or use ipc://", section, key)
+            # Loopback (Circus's default, tcp://127.0.0.1:5555): the server asks
+            # the kernel who owns each peer's socket (control/peer.py).  Anywhere
+            # else, only CURVE says who a client is.
+            from sockvisor.control.peer import is_loopback
+            host, colon, port = rest.rpartition(":")
+            if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+                raise self.error(f"expected tcp://HOST:PORT, got {endpoint!r}", section, key)
+            loopback = host == "localhost" or is_loopback(host.removeprefix("[")
+                                                          .removesuffix("]"))
+            if not loopback and "curve_secret_key_file" not in values:
+                raise self.error(f"a tcp:// endpoint on {host} (not loopback) has no "
+                                 "access control of its own: configure "
+                                 "curve_secret_key_file and curve_authorized_keys_dir, "
+                                 "or use ipc:// or a loopback address", section, key)
         else:
             raise self.error(f"unsupported transport {scheme!r}; use ipc:// or tcp://",
                              section, key)

@@ -1,10 +1,16 @@
 """Who may do what on the control channel: the one place it is decided.
 
-Two kinds of caller (server.py tells them apart by the endpoint a request came
-in on: ZeroMQ's ipc transport does not say who the peer is):
+Two kinds of caller.  On ipc endpoints server.py tells them apart by the
+endpoint a request came in on (ZeroMQ's ipc transport does not say who the peer
+is).  A loopback tcp:// endpoint leads to those ipc endpoints: relay.py sends
+each connection to the endpoint of the rights `caller_for_uid` gives the uid
+the kernel records on the client's socket (peer.py):
 
-* the **owner** -- sockvisor's own user, on the 0600 endpoint: everything;
-* an **operator** -- a member of `endpoint_group`, on the 0660 endpoint.
+* the **owner** -- sockvisor's own user (or root), on the 0600 endpoint or from
+  a socket of theirs: everything;
+* an **operator** -- a member of `endpoint_group`, on the 0660 endpoint or from
+  a socket of theirs;
+* anyone else is refused on tcp (on ipc the file's mode already keeps them out).
 
 Operators operate: they look (status, list, stats, options with env values
 redacted, ...), reload, restart, start, scale within a maximum the config sets,
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import pwd
 import signal
 import weakref
 from dataclasses import dataclass
@@ -91,6 +98,34 @@ def operator(globals_: "GlobalConfig") -> Caller:
         maximum = WORKERS_PER_CPU * (os.cpu_count() or 1)
     return Caller(owner=False, grants=frozenset(globals_.endpoint_group_grants),
                   max_numprocesses=maximum)
+
+
+def caller_for_uid(uid: int, group: int | None, operator_rights: Caller) -> Caller | None:
+    """The rights of a loopback tcp peer whose socket belongs to `uid`: the
+    owner's for sockvisor's own user and root, `operator_rights` for a member of
+    `group`, None (refuse) for anyone else.
+
+    A socket carries a uid, not its creator's groups, so membership is what the
+    user database says (primary group or getgrouplist), as at login -- not a
+    `newgrp` or setgroups of the moment.  May consult NSS: call it off the loop."""
+    if uid in (0, os.geteuid()):
+        return OWNER_CALLER
+    if group is None:
+        return None
+    try:
+        entry = pwd.getpwuid(uid)
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except (KeyError, OSError):
+        return None   # a uid without a user: in no group
+    return operator_rights if group in groups else None
+
+
+def who(uid: int) -> str:
+    """"uid 65534 (nobody)", as far as the user database knows."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 # What a holder of the web console's token may do beyond `operate` (which every

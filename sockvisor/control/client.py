@@ -35,7 +35,10 @@ class ControlClient:
                 raise ValueError("a CURVE server key needs a client key pair")
             self.socket.curve_serverkey = curve_server_key
             self.socket.curve_publickey, self.socket.curve_secretkey = curve_client_keys
+        if endpoint.startswith("tcp://["):
+            self.socket.setsockopt(zmq.IPV6, 1)   # libzmq connects IPv4 only without it
         self._check_ipc()
+        self._check_tcp()
         self.socket.connect(endpoint)
 
     def _check_ipc(self) -> None:
@@ -64,6 +67,47 @@ class ControlClient:
             pass   # let ZeroMQ try and report
         finally:
             probe.close()
+
+    def _check_tcp(self) -> None:
+        # As for ipc: nothing listening means a quiet wait until the timeout.
+        if not self.endpoint.startswith("tcp://"):
+            return
+        host, _, port = self.endpoint[len("tcp://"):].rpartition(":")
+        if not port.isdigit():
+            return   # let ZeroMQ say what is wrong with it
+        try:
+            probe = socket.create_connection((host.strip("[]"), int(port)),
+                                             timeout=min(self.timeout, 2.0))
+        except ConnectionRefusedError:
+            raise Unreachable(f"no sockvisor at {self.endpoint} "
+                              "(nothing listens there)") from None
+        except OSError:
+            return   # unreachable, filtered, a name that does not resolve: ZeroMQ's to report
+        with probe:
+            self._check_listener(probe)
+
+    def _check_listener(self, probe: socket.socket) -> None:
+        """Any local user may listen on a free loopback port (while sockvisor is
+        down, say) to read what we send -- `set web env SECRET=...` -- and answer
+        what it likes.  So on loopback, talk only to a listener the kernel says
+        is root's or ours.  (CURVE authenticates a non-loopback server.)"""
+        from sockvisor.control import peer
+        address = probe.getpeername()[0]
+        if not peer.is_loopback(address):
+            return
+        uid = peer.peer_uid(probe)
+        if uid in (0, os.geteuid()):
+            return
+        if uid is None:
+            raise Unreachable(f"{self.endpoint}: the kernel could not say who listens "
+                              "there; not sending it anything")
+        import pwd
+        try:
+            who = f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+        except KeyError:
+            who = f"uid {uid}"
+        raise Unreachable(f"{self.endpoint} is served by {who}, neither root nor you: "
+                          "not a sockvisor to trust; not sending it anything")
 
     def call(self, command: str, properties: dict[str, Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:

@@ -10,9 +10,20 @@ that then runs as root).  Ours:
     on* is the credential: on the group endpoint, what the group may not do
     (access.py: decide what runs or as whom, stop the service, see secrets --
     unless granted) is refused with errno FORBIDDEN;
-  * a tcp:// endpoint is only accepted with CURVE keys (config.py refuses it
-    otherwise); clients whose public key is not in the authorized directory are
-    dropped by ZAP before a single frame reaches us.
+  * a tcp:// endpoint on a loopback address without CURVE keys (Circus's
+    default written out, tcp://127.0.0.1:5555): any local user can connect, so
+    libzmq does not listen there; relay.py does, asks the kernel who owns each
+    client's socket as it accepts it (peer.py), and carries the connection to
+    the ipc endpoint of that user's rights -- the owner's, the group's, or one
+    that answers every request with FORBIDDEN ("refused", below);
+  * any other tcp:// endpoint is only accepted with CURVE keys (config.py
+    refuses it otherwise); clients whose public key is not in the authorized
+    directory are dropped by ZAP before a single frame reaches us.  With CURVE
+    keys configured, a loopback endpoint uses them too, and CURVE decides.
+
+Events (the PUB endpoint) on loopback tcp are relayed the same way: root,
+sockvisor's user and `endpoint_group` members reach the events, anyone else is
+disconnected at once -- the same people who may open the ipc events file.
 
 Every request runs as its own task, so read-only commands answer at once while a
 reload is waiting for readiness; per-watcher ordering is the watcher's business.
@@ -49,7 +60,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
-from sockvisor.control import access, discover, protocol
+from sockvisor.control import access, discover, protocol, relay
 from sockvisor.control.commands import load_commands
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
@@ -81,11 +92,15 @@ class _Peer:
 
 
 class _Endpoint:
-    """One ROUTER socket, whether it is the owner's, and what it holds."""
+    """One ROUTER socket, whose rights its requests have, and what it holds.
 
-    def __init__(self, sock: zmq.asyncio.Socket, owner: bool):
+    `refuse`: the endpoint a tcp relay sends clients with no rights to: every
+    request gets FORBIDDEN, nothing runs."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, owner: bool, refuse: bool = False):
         self.sock = sock
         self.owner = owner
+        self.refuse = refuse
         self.room = asyncio.Semaphore(ENDPOINT_IN_FLIGHT)
         self.peers: dict[bytes, _Peer] = {}
 
@@ -117,6 +132,21 @@ class ControlServer:
         self.group = config.globals.endpoint_group
         self.endpoint, self.admin_endpoint, self.events_endpoint = endpoints_for(
             config.path, config.globals.endpoint, config.globals.pubsub_endpoint, self.group)
+        # A loopback tcp endpoint is served by a relay (relay.py) in front of
+        # ipc endpoints in sockvisor's own runtime folder for this config.
+        curve = bool(config.globals.curve_secret_key_file)
+        self.default_place = paths.runtime_dir(config.path)
+        self.control_bind = self.endpoint
+        self.refused_bind: str | None = None
+        self.events_bind = self.events_endpoint
+        if relay.is_relayed(self.endpoint, curve):
+            self.control_bind = paths.default_endpoint(config.path)
+            self.refused_bind = f"ipc://{self.default_place}/refused"
+            if self.group is not None:
+                self.admin_endpoint = paths.default_admin_endpoint(config.path)
+        if relay.is_relayed(self.events_endpoint, curve):
+            self.events_bind = paths.default_pubsub_endpoint(config.path)
+        self.relays: list[relay.Relay] = []
         self.commands = load_commands()
         # What endpoint_group members may do: fixed at start-up, like the
         # endpoints themselves (reloadconfig does not change [sockvisor]).
@@ -129,7 +159,6 @@ class ControlServer:
         self.handlers: set[asyncio.Task] = set()
         self.ipc_paths: list[str] = []
         self.authenticator: Any = None
-        self.default_dir = config.globals.endpoint is None
         self.closing = False
 
     # ------------------------------------------------------------------ start / close
@@ -138,6 +167,7 @@ class ControlServer:
         """Bind every endpoint; on failure close what was opened and raise."""
         try:
             self._open()
+            await self._open_relays()
         except BaseException:
             await self.close()
             raise
@@ -147,16 +177,57 @@ class ControlServer:
         if globals_.curve_secret_key_file:
             self._start_authenticator(globals_.curve_authorized_keys_dir)
         shared_mode = 0o660 if self.group is not None else 0o600
-        control = self._bind(zmq.ROUTER, self.endpoint, shared_mode)
+        control = self._bind(zmq.ROUTER, self.control_bind, shared_mode)
         self.routers.append(_Endpoint(control, owner=self.group is None))
         if self.admin_endpoint is not None:
             admin = self._bind(zmq.ROUTER, self.admin_endpoint, 0o600)
             self.routers.append(_Endpoint(admin, owner=True))
-        self.events = self._bind(zmq.PUB, self.events_endpoint, shared_mode)
+        if self.refused_bind is not None:
+            refused = self._bind(zmq.ROUTER, self.refused_bind, 0o600)
+            self.routers.append(_Endpoint(refused, owner=False, refuse=True))
+        self.events = self._bind(zmq.PUB, self.events_bind, shared_mode)
         self.supervisor.subscribers.append(self.publish)
         log.info("control endpoint %s%s; events on %s", self.endpoint,
                  f" (group-operable; owner endpoint {self.admin_endpoint})"
                  if self.admin_endpoint else "", self.events_endpoint)
+
+    async def _open_relays(self) -> None:
+        if self.control_bind != self.endpoint:
+            self.relays.append(relay.Relay(self.endpoint, self._route_control, "control"))
+        if self.events_bind != self.events_endpoint:
+            self.relays.append(relay.Relay(self.events_endpoint, self._route_events,
+                                           "events"))
+        for each in self.relays:
+            try:
+                await each.open()
+            except relay.RelayError as exc:
+                raise EndpointError(str(exc)) from None
+            log.info("%s: loopback tcp, each client judged by the kernel's record of "
+                     "its socket (relayed to %s)", each.endpoint,
+                     self.control_bind if each.what == "control" else self.events_bind)
+
+    async def _rights(self, uid: int | None) -> access.Caller | None:
+        if uid is None:
+            return None
+        # The user database may be remote (NSS): off the loop.
+        return await asyncio.to_thread(access.caller_for_uid, uid, self.group,
+                                       self.operator)
+
+    async def _route_control(self, uid: int | None) -> str | None:
+        """Where a tcp client of `uid` goes: the endpoint of its rights."""
+        caller = await self._rights(uid)
+        if caller is None:
+            target = self.refused_bind
+        elif caller.owner:
+            target = self.admin_endpoint or self.control_bind
+        else:
+            target = self.control_bind
+        return target[len("ipc://"):] if target else None
+
+    async def _route_events(self, uid: int | None) -> str | None:
+        if await self._rights(uid) is None:
+            return None
+        return self.events_bind[len("ipc://"):]
 
     def serve(self) -> None:
         """Start reading requests (the endpoints are open: see `open`)."""
@@ -181,8 +252,10 @@ class ControlServer:
             sock.setsockopt(zmq.SNDHWM, SNDHWM)
         else:
             sock.setsockopt(zmq.SNDHWM, 10000)
-        if endpoint.startswith("tcp://"):
+        if endpoint.startswith("tcp://"):   # with CURVE keys: relayed otherwise
             self._configure_curve(sock)
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)   # libzmq binds IPv4 only without it
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -233,12 +306,13 @@ class ControlServer:
 
     def _prepare_directory(self, directory: str) -> None:
         group_mode = self.group is not None
+        ours = directory == self.default_place
         if not os.path.isdir(directory):
-            if not self.default_dir and not os.path.isdir(os.path.dirname(directory)):
+            if not ours and not os.path.isdir(os.path.dirname(directory)):
                 raise EndpointError(f"directory {os.path.dirname(directory)} does not exist")
             os.makedirs(os.path.dirname(directory), mode=0o755, exist_ok=True)
             os.mkdir(directory, 0o700)
-        elif not self.default_dir:
+        elif not ours:
             return   # the user's own directory: theirs to set up
         # The base (/run/sockvisor, /tmp/sockvisor-UID) must be ours or root's and
         # writable by nobody else: whoever can write there can swap our directory.
@@ -260,6 +334,8 @@ class ControlServer:
 
     async def close(self) -> None:
         self.closing = True
+        for each in self.relays:
+            await each.close()
         for task in self.serve_tasks:
             task.cancel()
         for task in list(self.handlers):
@@ -277,15 +353,14 @@ class ControlServer:
                 os.unlink(path)
             except OSError:
                 pass
-        if self.default_dir:
-            # The per-config directory is ours (paths.py); gone with the endpoints,
-            # or /run/sockvisor fills with one empty folder per config ever run.
-            # rmdir removes it only if empty (someone else's file stays).
-            for directory in sorted({os.path.dirname(path) for path in self.ipc_paths}):
-                try:
-                    os.rmdir(directory)
-                except OSError:
-                    pass
+        # The per-config directory is ours (paths.py); gone with the endpoints,
+        # or /run/sockvisor fills with one empty folder per config ever run.
+        # rmdir removes it only if empty (someone else's file stays).
+        if any(os.path.dirname(path) == self.default_place for path in self.ipc_paths):
+            try:
+                os.rmdir(self.default_place)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ events
 
@@ -329,7 +404,7 @@ class ControlServer:
 
     def _run(self, endpoint: _Endpoint, peer: _Peer, frames: list[bytes]) -> None:
         peer.running += 1
-        task = asyncio.ensure_future(self._handle(endpoint.sock, endpoint.owner, frames))
+        task = asyncio.ensure_future(self._handle(endpoint, frames))
         self.handlers.add(task)
         task.add_done_callback(lambda done: self._finished(endpoint, frames[0], done))
 
@@ -343,17 +418,19 @@ class ControlServer:
         elif peer.running == 0:
             del endpoint.peers[identity]
 
-    async def _handle(self, sock: zmq.asyncio.Socket, owner: bool,
-                      frames: list[bytes]) -> None:
+    async def _handle(self, endpoint: _Endpoint, frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]
         envelope: list[bytes] = []
         if len(body) >= 2 and body[0] == b"":      # a REQ client's delimiter
             envelope, body = [b""], body[1:]
-        reply = await self.dispatch(body, owner)
+        if endpoint.refuse:
+            reply = protocol.error(_request_id(body), REFUSED, ErrNo.FORBIDDEN)
+        else:
+            reply = await self.dispatch(body, endpoint.owner)
         try:
             # A peer that does not read its replies: beyond SNDHWM, ROUTER drops.
-            await sock.send_multipart([identity, *envelope, protocol.encode(reply)],
-                                      flags=zmq.NOBLOCK)
+            await endpoint.sock.send_multipart(
+                [identity, *envelope, protocol.encode(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("control: could not reply: %s", exc)
 
@@ -377,6 +454,18 @@ async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
                               exc.reason, exc.errno)
     return await run_command(supervisor, request.command, request.properties,
                              caller=caller, request_id=request.id, commands=commands)
+
+
+REFUSED = ("not allowed: the kernel says this connection's socket belongs to a user "
+           "who is neither root, nor sockvisor's own user, nor a member of "
+           "endpoint_group (or it could not say whose it is)")
+
+
+def _request_id(body: list[bytes]) -> Any:
+    """The id of a request we refuse without reading it further (None if none)."""
+    if len(body) != 1 or len(body[0]) > protocol.MAX_REQUEST_BYTES:
+        return None
+    return protocol.request_id_of(body[0])
 
 
 def _ipc_in_use(path: str) -> bool:

@@ -7,7 +7,8 @@
   owner-only endpoint: on the group endpoint the commands that decide what runs,
   as whom, or which files root writes (`add`, `set web cmd …`) are refused with
   errno FORBIDDEN, while operating commands work.
-* A tcp:// endpoint is refused without CURVE keys; with them, only a client whose
+* A non-loopback tcp:// endpoint is refused without CURVE keys (loopback: see
+  tests/security/test_control_tcp_loopback.py); with them, only a client whose
   key is authorized gets an answer.
 
 The users run `/usr/bin/python3` (Debian's, reachable by everyone, unlike the
@@ -194,9 +195,9 @@ def test_endpoint_group_operates_but_cannot_decide_what_runs(bare_sockvisor, scr
     assert result.returncode == 0, describe(result)
 
 
-def test_tcp_endpoint_without_curve_keys_is_refused(tmp_path, scripts):
+def test_non_loopback_tcp_endpoint_without_curve_keys_is_refused(tmp_path, scripts):
     conf = tmp_path / "tcp.ini"
-    conf.write_text(f"[sockvisor]\nendpoint = tcp://127.0.0.1:{free_port()}\n"
+    conf.write_text(f"[sockvisor]\nendpoint = tcp://0.0.0.0:{free_port()}\n"
                     + WATCHER.format(cmd=scripts.cmd("worker.py")))
     for command in ("check", "start"):
         result = run_cli(command, str(conf))

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import _clean_env
+from conftest import _clean_env, free_port
 from control_client_helpers import (bare_sockvisor, describe, endpoint_of,  # noqa: F401
                                     ok, run_ctl, run_ctl_alone)
 
@@ -78,6 +78,8 @@ def test_exit_codes_and_json(sockvisor, scripts, tmp_path):
         leftover.bind(str(stale))           # a socket file nobody listens on
     result = expect(3, "--endpoint", f"ipc://{stale}", "status")
     assert "stale" in result.stderr
+    result = expect(3, "--endpoint", f"tcp://127.0.0.1:{free_port()}", "status")
+    assert "nothing listens there" in result.stderr
     assert time.monotonic() - started < 5, "unreachable endpoints waited for the timeout"
 
     # --json: the raw reply, parseable, for successes and failures alike.

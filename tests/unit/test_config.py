@@ -651,15 +651,37 @@ def test_no_warnings_for_a_plain_config(tmp_path):
 
 # --------------------------------------------------------------------------- global section
 
-def test_tcp_endpoint_needs_curve(tmp_path):
-    load_error(tmp_path, "[sockvisor]\nendpoint = tcp://127.0.0.1:5555\n",
+@pytest.mark.parametrize("host", ["0.0.0.0", "*", "192.0.2.1", "[::]", "[2001:db8::1]",
+                                  "eth0", "example.com"])
+def test_non_loopback_tcp_endpoint_needs_curve(tmp_path, host):
+    load_error(tmp_path, f"[sockvisor]\nendpoint = tcp://{host}:5555\n",
                section="sockvisor", key="endpoint",
-               says=("no access control", "curve_secret_key_file", "ipc://"))
+               says=("not loopback", "no access control", "curve_secret_key_file",
+                     "ipc://"))
 
 
-def test_tcp_pubsub_endpoint_needs_curve(tmp_path):
-    load_error(tmp_path, "[circus]\npubsub_endpoint = tcp://127.0.0.1:5556\n",
+def test_non_loopback_tcp_pubsub_endpoint_needs_curve(tmp_path):
+    load_error(tmp_path, "[circus]\npubsub_endpoint = tcp://0.0.0.0:5556\n",
                section="circus", key="pubsub_endpoint", says="no access control")
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp://127.0.0.1:5555", "tcp://127.1.2.3:5555", "tcp://localhost:5555",
+    "tcp://[::1]:5555", "tcp://[::ffff:127.0.0.1]:5555"])
+def test_loopback_tcp_endpoint_without_curve(tmp_path, endpoint):
+    """Circus's default written out: the server checks each peer with the kernel
+    (control/peer.py), so no CURVE keys are needed."""
+    cfg = load_ok(tmp_path, f"[circus]\nendpoint = {endpoint}\n"
+                  "pubsub_endpoint = tcp://127.0.0.1:5556\n" + A_WATCHER)
+    assert cfg.globals.endpoint == endpoint
+    assert cfg.globals.pubsub_endpoint == "tcp://127.0.0.1:5556"
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1", "tcp://127.0.0.1:*",
+                                      "tcp://127.0.0.1:0", "tcp://127.0.0.1:70000"])
+def test_tcp_endpoint_needs_a_port(tmp_path, endpoint):
+    load_error(tmp_path, f"[sockvisor]\nendpoint = {endpoint}\n",
+               section="sockvisor", key="endpoint", says="expected tcp://HOST:PORT")
 
 
 @pytest.mark.parametrize("endpoint, says", [
