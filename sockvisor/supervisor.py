@@ -39,10 +39,11 @@ from typing import Any, Callable
 from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import output, phase_bounds, systemd
-from sockvisor.config import Config, ConfigError
+from sockvisor.config import Config, ConfigError, WatcherConfig
 from sockvisor.http import start_console
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
+from sockvisor.reconfigure.apply import apply_config
 from sockvisor.reaper import Reaper, become_subreaper
 from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
 from sockvisor.states import WatcherState
@@ -438,8 +439,8 @@ class Supervisor:
         asyncio.ensure_future(reload())
 
     async def reload_config(self) -> dict[str, Any]:
-        """Re-read the config file and apply the difference; see `reconfigure.py`."""
-        from sockvisor.reconfigure import apply_new_config
+        """Re-read the config file and apply the difference (reconfigure/): all
+        of it, or -- if a socket cannot be bound or changed -- nothing."""
         async with self._config_lock:
             # RELOADING=1 first and READY=1 whatever happens: a manager waiting for
             # the reload to end (Type=notify-reload) must not wait until its
@@ -453,7 +454,7 @@ class Supervisor:
                 new = config_module.load(self.config.path)
                 if announce:
                     self.notifier.extend_timeout(phase_bounds.reload(self.config, new))
-                return await apply_new_config(self, new)
+                return await apply_config(self, new)
             finally:
                 if announce:
                     self.notifier.ready(self.status_line())
@@ -481,8 +482,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ watchers at run time
 
-    def add_watcher(self, watcher_config) -> Watcher:
-        watcher = Watcher(watcher_config, self._context())
+    def new_watcher(self, watcher_config: WatcherConfig) -> Watcher:
+        """A watcher on this supervisor's sockets, reaper and events, not yet in
+        `watchers` (OSError if its output cannot be set up)."""
+        return Watcher(watcher_config, self._context())
+
+    def add_watcher(self, watcher_config: WatcherConfig) -> Watcher:
+        watcher = self.new_watcher(watcher_config)
         self.watchers[watcher_config.name] = watcher
         log.info("watcher %s added", watcher_config.name)
         return watcher
