@@ -40,6 +40,8 @@ from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import output, phase_bounds, systemd
 from sockvisor.config import Config, ConfigError, WatcherConfig
+from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
+                             StartupError)
 from sockvisor.http import start_console
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
@@ -50,21 +52,6 @@ from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
 log = logging.getLogger("sockvisor")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_SOCKET = 3
-EXIT_START = 4      # an autostart watcher could not start (start_failure = exit)
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; carries the exit status to use."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
 
 class StopMode(enum.Enum):
     GRACEFUL = "graceful"
