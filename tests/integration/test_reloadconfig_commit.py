@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import textwrap
@@ -151,7 +152,6 @@ def test_a_failing_chown_leaves_config_sockets_and_workers_as_they_were(sockviso
     wait_for(lambda: fd_count(sv.pid) == fds_before, 5,
              message=lambda: f"{fd_count(sv.pid)} fds, {fds_before} before")
     with pytest.raises(ConnectionRefusedError):
-        import socket
         socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
     # The config is the old one, and its worker still serves on every socket.
     assert ok(endpoint, "get", {"name": "web", "keys": ["sockets"]})["options"] == {
@@ -168,3 +168,36 @@ def test_a_failing_chown_leaves_config_sockets_and_workers_as_they_were(sockviso
     assert summary["sockets_changed"] == ["web"]
     assert stat.S_IMODE(os.stat(app).st_mode) == 0o600
     wait_for(lambda: sv.http_get(new_port)["version"] == "2", 10)
+
+
+def test_a_socket_that_cannot_be_bound_undoes_the_chmod_done_before(sockvisor, tmp_path):
+    """In-place changes are made before the binds: a bind that fails afterwards
+    puts the socket file's mode back (and closes what was bound before it)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    app = run / "app.sock"
+    cmd = echo_worker_cmd(tmp_path / "w")
+    sv = sockvisor(config(cmd, str(app), app_extra="mode = 0660", extra=GONE))
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "echo_worker")
+    before = table(endpoint)
+    fds_before = fd_count(sv.pid)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        free = free_port()
+        # `extra` binds, then `busy` cannot: both are undone with the chmod.
+        sections = (GONE + EXTRA.replace("port = 0", f"port = {free}")
+                    + EXTRA.replace("extra", "busy").replace("port = 0", f"port = {busy}"))
+        rewrite(sv, config(cmd, str(app), app_extra="mode = 0600", extra=sections))
+        reply = call(endpoint, "reloadconfig", timeout=30)
+    assert reply["status"] == "error" and "[socket:busy]" in reply["reason"], reply
+    assert stat.S_IMODE(os.stat(app).st_mode) == 0o660
+    assert table(endpoint) == before
+    wait_for(lambda: fd_count(sv.pid) == fds_before, 5,
+             message=lambda: f"{fd_count(sv.pid)} fds, {fds_before} before")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", free), timeout=2).close()
+    assert pids_of(endpoint, "web") == [pid]
+    assert unix_http_get(str(app))["pid"] == pid
