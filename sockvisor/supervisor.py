@@ -87,6 +87,8 @@ class Supervisor:
         self._start_failure = ""       # why start-up failed: the STATUS= from then on
         self._published = asyncio.Event()   # replaced after every event
         self._config_lock = asyncio.Lock()
+        # Strong references to retire_socket's tasks (the loop keeps weak ones).
+        self._pending_closes: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ events
 
@@ -445,6 +447,71 @@ class Supervisor:
             finally:
                 if announce:
                     self.notifier.ready(self.status_line())
+
+    # ------------------------------------------------------------------ the socket table
+    # One writer: start-up (open_sockets), shut-down (close_sockets) and
+    # reloadconfig's commit point (below); the watchers read it (WatcherContext).
+
+    def commit_config(self, config: Config, sockets: dict[str, ListeningSocket],
+                      added_watchers: dict[str, Watcher]) -> dict[str, ListeningSocket]:
+        """reloadconfig's commit point (reconfigure/apply.py): `config` becomes the
+        config, `sockets` (every [socket:NAME] of it, bound and checked) the socket
+        table, `added_watchers` join the watchers.  Synchronous, and nothing in it
+        fails for the config's sake.  Returns, by their old names, the listening
+        sockets no longer in the table, for `retire_socket`.
+
+        The fd store follows the table: every name whose socket goes or changes
+        is dropped first, then every name now on a socket it was not on is stored.
+        (systemd ignores a stored fd's second FDSTORE=1 and keeps the first name,
+        so a socket taken over under a new name must leave the store under its
+        old one before it is stored under the new.)"""
+        before = dict(self.sockets)
+        kept = {id(listening) for listening in sockets.values()}
+        retired = {name: listening for name, listening in before.items()
+                   if id(listening) not in kept}
+        # In place: every watcher's context holds this very dict.
+        self.sockets.clear()
+        self.sockets.update(sockets)
+        self.config = config
+        for name, listening in before.items():
+            if self.sockets.get(name) is not listening:
+                self.unstore_socket(name)
+        for name, listening in self.sockets.items():
+            if before.get(name) is not listening:
+                self.store_socket(name)
+        for name, watcher in added_watchers.items():
+            self.watchers[name] = watcher
+            log.info("watcher %s added", name)
+        return retired
+
+    def retire_socket(self, name: str, listening: ListeningSocket,
+                      holders: list[Worker]) -> None:
+        """Close a listening socket reloadconfig took out of the table -- at once,
+        or, if `holders` (workers of a failed reload) still use it, once the last
+        of them has exited.
+
+        Kept open "until next time" instead, it stayed in the listen state for
+        ever once those workers were gone: connections to the old address queued
+        with nobody to accept them, and the address could not be bound again."""
+        if not holders:
+            log.info("socket %s (%s) closed", name, listening.address)
+            listening.close()
+            return
+        log.warning("socket %s (%s) kept open until its %d worker(s) exit", name,
+                    listening.address, len(holders))
+        self.retired_sockets.append(listening)
+
+        async def close_later() -> None:
+            await asyncio.gather(*(asyncio.shield(worker.exited) for worker in holders),
+                                 return_exceptions=True)
+            if listening in self.retired_sockets:   # not closed by a shutdown
+                self.retired_sockets.remove(listening)
+                log.info("socket %s (%s) closed: its last worker exited", name,
+                         listening.address)
+                listening.close()
+        task = asyncio.ensure_future(close_later())
+        self._pending_closes.add(task)
+        task.add_done_callback(self._pending_closes.discard)
 
     def store_socket(self, name: str) -> None:
         """Hand a (new) listening socket to the service manager's fd store.

@@ -33,10 +33,11 @@ import asyncio
 import dataclasses
 import errno
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from sockvisor import preflight
 from sockvisor.config import Config, SocketConfig, WatcherConfig
+from sockvisor.process import Worker
 from sockvisor.reconfigure.plan import Plan, plan
 from sockvisor.sockets import ListeningSocket, PermissionChange, SocketError, bind
 from sockvisor.states import WatcherState
@@ -46,23 +47,25 @@ log = logging.getLogger("sockvisor.reconfigure")
 
 
 class Host(Protocol):
-    """What reloadconfig needs of the supervisor that owns sockets and watchers."""
+    """What reloadconfig needs of the supervisor, which stays the one writer of
+    its config, socket table and watchers: this module reads them, and changes
+    them only through `commit_config`, `remove_watcher` and `retire_socket`."""
     config: Config
-    # The table every watcher reads its sockets from (WatcherContext): changed in
-    # place, never replaced.
-    sockets: dict[str, ListeningSocket]
-    retired_sockets: list[ListeningSocket]
-    watchers: dict[str, Watcher]
+    sockets: Mapping[str, ListeningSocket]
+    watchers: Mapping[str, Watcher]
     reaper: Any
 
     def new_watcher(self, config: WatcherConfig) -> Watcher:
         """A watcher for `config`, not registered (and not started) yet."""
 
+    def commit_config(self, config: Config, sockets: dict[str, ListeningSocket],
+                      added_watchers: dict[str, Watcher]) -> dict[str, ListeningSocket]:
+        """The commit point: returns the listening sockets taken out of the table."""
+
     async def remove_watcher(self, name: str) -> None: ...
 
-    def store_socket(self, name: str) -> None: ...
-
-    def unstore_socket(self, name: str) -> None: ...
+    def retire_socket(self, name: str, listening: ListeningSocket,
+                      holders: list[Worker]) -> None: ...
 
 
 async def apply_config(host: Host, new: Config) -> dict[str, Any]:
@@ -219,27 +222,19 @@ def _commit(host: Host, new: Config, the_plan: Plan, prepared: _Prepared
     """The commit point: synchronous, and nothing here fails for the config's
     sake.  Returns the listening sockets retired (by their old names)."""
     sockets = the_plan.sockets
-    retiring = {name: host.sockets.pop(name) for name in sockets.going}
-    host.sockets.update(prepared.fresh)
-    for name, old_name in sockets.take_over.items():
-        listening = retiring.pop(old_name)
-        log.info("socket %s takes over the listening socket of %s (%s)", name, old_name,
-                 listening.address)
-        host.sockets[name] = listening
+    table: dict[str, ListeningSocket] = {}
+    for name in new.sockets:
+        if name in prepared.fresh:
+            table[name] = prepared.fresh[name]
+        elif name in sockets.take_over:
+            table[name] = host.sockets[sockets.take_over[name]]
+            log.info("socket %s takes over the listening socket of %s (%s)", name,
+                     sockets.take_over[name], table[name].address)
+        else:
+            table[name] = host.sockets[name]
     for name in sockets.in_place:
-        host.sockets[name].config = new.sockets[name]
-    host.config = new
-    # The fd store: every name going away or moving is dropped *before* anything
-    # is stored.  systemd ignores a stored fd's second FDSTORE=1 (it keeps the
-    # first name), so a socket taken over under a new name must first leave the
-    # store under its old one.
-    for name in sockets.going:
-        host.unstore_socket(name)
-    for name in (*sockets.bind, *sockets.take_over):
-        host.store_socket(name)
-    for name, watcher in prepared.watchers.items():
-        host.watchers[name] = watcher
-        log.info("watcher %s added", name)
+        table[name].config = new.sockets[name]
+    retiring = host.commit_config(new, table, prepared.watchers)
     prepared.committed()
     return retiring
 
@@ -291,35 +286,4 @@ def _retire(host: Host, retiring: dict[str, ListeningSocket],
         holders = [worker for failed in failures if failed in host.watchers
                    for worker in host.watchers[failed].workers.values()
                    if name in worker.config.sockets and worker.alive]
-        if holders:
-            log.warning("socket %s (%s) kept open until its %d worker(s) exit", name,
-                        listening.address, len(holders))
-            host.retired_sockets.append(listening)
-            _close_when_unused(host, name, listening, holders)
-        else:
-            log.info("socket %s (%s) closed", name, listening.address)
-            listening.close()
-
-
-# Strong references to the tasks below (the event loop keeps only weak ones).
-_pending_closes: set[asyncio.Task] = set()
-
-
-def _close_when_unused(host: Host, name: str, listening: ListeningSocket,
-                       holders: list) -> None:
-    """Close a retired socket once every worker holding it has exited.
-
-    Kept open "until next time" instead, it stayed in the listen state for
-    ever once those workers were gone: connections to the old address queued
-    with nobody to accept them, and the address could not be bound again."""
-    async def close_later() -> None:
-        await asyncio.gather(*(asyncio.shield(worker.exited) for worker in holders),
-                             return_exceptions=True)
-        if listening in host.retired_sockets:   # not closed by a shutdown
-            host.retired_sockets.remove(listening)
-            log.info("socket %s (%s) closed: its last worker exited", name,
-                     listening.address)
-            listening.close()
-    task = asyncio.ensure_future(close_later())
-    _pending_closes.add(task)
-    task.add_done_callback(_pending_closes.discard)
+        host.retire_socket(name, listening, holders)
