@@ -9,9 +9,10 @@
    mode/owner/group through its checked fd (sockets.py): its folder is often the
    worker's, which may have swapped the name for a symlink; backlog; blocking);
    set up the added watchers (their output files).  If one fails, what was done
-   is undone in reverse -- fresh sockets closed, modes and owners put back, the
-   new watchers' outputs closed -- and the error is returned: the supervisor's
-   config, socket table and watchers are exactly as they were.
+   is undone -- fresh sockets closed, backlog, blocking, modes and owners put
+   back (all before anything awaits), then the new watchers' outputs closed --
+   and the error is returned: the supervisor's config, socket table and
+   watchers are exactly as they were.
 3. Commit, in one synchronous step (no other command runs in between): the new
    config, the socket table (fresh sockets in, taken-over ones under their new
    names, moved and removed ones out), the service manager's fd store, the added
@@ -121,6 +122,9 @@ class _Prepared:
         self.watchers: dict[str, Watcher] = {}
 
     def undo_sync(self) -> None:
+        """The kernel side (sockets, files); nothing here awaits."""
+        for listening in self.fresh.values():
+            listening.close()
         for step in reversed(self.undo_steps):
             try:
                 step()
@@ -128,8 +132,6 @@ class _Prepared:
                 log.error("reloadconfig: undoing a socket change failed: %s", exc)
         for change in reversed(self.permissions):
             change.undo()
-        for listening in self.fresh.values():
-            listening.close()
 
     async def undo_watchers(self) -> None:
         await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
