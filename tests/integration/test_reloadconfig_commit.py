@@ -24,9 +24,10 @@ import stat
 import subprocess
 import textwrap
 
+import psutil
 import pytest
 
-from conftest import free_port, unix_http_get, wait_for
+from conftest import fd_targets, free_port, unix_http_get, wait_for
 from control_client_helpers import (call, echo_worker_cmd, endpoint_of, fd_link, ok,
                                     pids_of, sockets_of)
 
@@ -101,8 +102,13 @@ class FailingChown:
         self.process.wait(10)
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def held(pid: int) -> tuple[list[str], int]:
+    """What a leak would add: sockvisor's fds other than sockets (files, O_PATH
+    fds of socket files, pipes...), and its TCP sockets.  Unix sockets are left
+    out: the control channel's ipc:// connections come and go with each request."""
+    others = sorted(target for target in fd_targets(pid).values()
+                    if not target.startswith("socket:"))
+    return others, len(psutil.Process(pid).net_connections(kind="tcp"))
 
 
 def table(endpoint: str) -> dict[str, tuple]:
@@ -122,7 +128,7 @@ def test_a_failing_chown_leaves_config_sockets_and_workers_as_they_were(sockviso
     [pid] = sv.wait_workers(1, "echo_worker")
     before = table(endpoint)
     links = {name: fd_link(sv.pid, entry[0]) for name, entry in before.items()}
-    fds_before = fd_count(sv.pid)
+    fds_before = held(sv.pid)
     app_stat = os.stat(app)
     assert stat.S_IMODE(app_stat.st_mode) == 0o660
 
@@ -149,8 +155,8 @@ def test_a_failing_chown_leaves_config_sockets_and_workers_as_they_were(sockviso
     assert (stat.S_IMODE(now.st_mode), now.st_uid, now.st_gid) == (
         0o660, app_stat.st_uid, app_stat.st_gid)
     # Nothing bound for the new config is left open: no fd leaked, the new port free.
-    wait_for(lambda: fd_count(sv.pid) == fds_before, 5,
-             message=lambda: f"{fd_count(sv.pid)} fds, {fds_before} before")
+    wait_for(lambda: held(sv.pid) == fds_before, 5,
+             message=lambda: f"{held(sv.pid)} held, {fds_before} before")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
     # The config is the old one, and its worker still serves on every socket.
@@ -181,7 +187,7 @@ def test_a_socket_that_cannot_be_bound_undoes_the_chmod_done_before(sockvisor, t
     endpoint = endpoint_of(sv)
     [pid] = sv.wait_workers(1, "echo_worker")
     before = table(endpoint)
-    fds_before = fd_count(sv.pid)
+    fds_before = held(sv.pid)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -195,8 +201,8 @@ def test_a_socket_that_cannot_be_bound_undoes_the_chmod_done_before(sockvisor, t
     assert reply["status"] == "error" and "[socket:busy]" in reply["reason"], reply
     assert stat.S_IMODE(os.stat(app).st_mode) == 0o660
     assert table(endpoint) == before
-    wait_for(lambda: fd_count(sv.pid) == fds_before, 5,
-             message=lambda: f"{fd_count(sv.pid)} fds, {fds_before} before")
+    wait_for(lambda: held(sv.pid) == fds_before, 5,
+             message=lambda: f"{held(sv.pid)} held, {fds_before} before")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", free), timeout=2).close()
     assert pids_of(endpoint, "web") == [pid]
