@@ -154,7 +154,7 @@ def test_the_running_watcher_is_compared_not_the_file(conf):
     last reloadconfig is what the new file is compared with."""
     file = conf(watcher("web", "", "numprocesses = 1"))
     running = dataclasses.replace(file, watchers={
-        "web": dataclasses.replace(file.watchers["web"], graceful_timeout=99),
+        "web": dataclasses.replace(file.watchers["web"], cmd="/bin/false"),
         "added": dataclasses.replace(file.watchers["web"], name="added")})
     p = plan(running, file)
     assert p.watchers.roll == ("web",) and p.watchers.remove == ("added",)
