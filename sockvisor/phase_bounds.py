@@ -26,7 +26,7 @@ def start(config: Config) -> float:
 
 
 def reload(old: Config, new: Config) -> float:
-    """reloadconfig from `old` to `new`, in reconfigure.py's order: removed watchers
+    """reloadconfig from `old` to `new`, in reconfigure/apply.py's order: removed watchers
     stop (graceful_timeout), then kept ones roll (per batch, the new workers get
     ready_timeout to be ready, then ready_settle to stay alive, and the old ones
     graceful_timeout to exit), then added ones start (ready_timeout, ready_settle);

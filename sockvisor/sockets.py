@@ -149,14 +149,21 @@ class ListeningSocket:
                               "changing its mode or owner")
         return fd
 
-    def set_permissions(self, config: SocketConfig, fd: int) -> None:
-        """Give the file behind `fd` (from `unix_file()`) `config`'s mode and owner:
-        through the checked fd, never through a name that may have been swapped."""
+    def change_permissions(self, config: SocketConfig) -> "PermissionChange":
+        """Give this unix socket's file `config`'s mode and owner, through its
+        checked fd (`unix_file()`), never through a name that may have been
+        swapped.  All or nothing: if chmod succeeded and chown failed, the mode is
+        put back before SocketError is raised.  The returned change can be undone
+        (a later step of the same reloadconfig failed) and must be closed."""
+        fd = self.unix_file()
+        before = os.fstat(fd)
         try:
             _chmod_chown(fd, config.mode, config.owner, config.group)
         except OSError as exc:
+            PermissionChange(self.name, fd, before).undo()
             raise SocketError(f"[socket:{self.name}] cannot set mode/owner of "
                               f"{self.config.path}: {exc.strerror}") from None
+        return PermissionChange(self.name, fd, before)
 
     def _unlink_file(self) -> None:
         """Remove the unix socket's file if the name still is the file we bound."""
@@ -237,6 +244,35 @@ class ListeningSocket:
         old, self.sock, self.unix_inode = self.sock, fresh, inode
         old.close()   # workers still holding it have a dead socket; their next start gets this one
         return "bound anew (no listen() undoes a unix socket's shutdown)"
+
+
+class PermissionChange:
+    """A unix socket file's mode/owner as they were before `change_permissions`,
+    with the checked fd that changed them (kept open until `close` or `undo`)."""
+
+    def __init__(self, name: str, fd: int, before: os.stat_result):
+        self.name, self._fd, self._before = name, fd, before
+
+    def undo(self) -> None:
+        """Put back exactly what changed (a mode, an owner), through the same fd;
+        then close it.  A failure is logged: there is nothing more to undo with."""
+        try:
+            now = os.fstat(self._fd)
+            before = self._before
+            mode = stat.S_IMODE(before.st_mode)
+            _chmod_chown(self._fd, None if stat.S_IMODE(now.st_mode) == mode else mode,
+                         None if now.st_uid == before.st_uid else before.st_uid,
+                         None if now.st_gid == before.st_gid else before.st_gid)
+        except OSError as exc:
+            log.error("socket %s: cannot put back the mode/owner of its file: %s",
+                      self.name, exc.strerror)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def format_address(family: int, sockname) -> str:

@@ -39,31 +39,19 @@ from typing import Any, Callable
 from sockvisor import cgroup
 from sockvisor import config as config_module
 from sockvisor import output, phase_bounds, systemd
-from sockvisor.config import Config, ConfigError
+from sockvisor.config import Config, ConfigError, WatcherConfig
+from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
+                             StartupError)
 from sockvisor.http import start_console
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
+from sockvisor.reconfigure.apply import apply_config
 from sockvisor.reaper import Reaper, become_subreaper
 from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
 from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
 log = logging.getLogger("sockvisor")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_SOCKET = 3
-EXIT_START = 4      # an autostart watcher could not start (start_failure = exit)
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; carries the exit status to use."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
 
 class StopMode(enum.Enum):
     GRACEFUL = "graceful"
@@ -99,6 +87,8 @@ class Supervisor:
         self._start_failure = ""       # why start-up failed: the STATUS= from then on
         self._published = asyncio.Event()   # replaced after every event
         self._config_lock = asyncio.Lock()
+        # Strong references to retire_socket's tasks (the loop keeps weak ones).
+        self._pending_closes: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ events
 
@@ -438,8 +428,8 @@ class Supervisor:
         asyncio.ensure_future(reload())
 
     async def reload_config(self) -> dict[str, Any]:
-        """Re-read the config file and apply the difference; see `reconfigure.py`."""
-        from sockvisor.reconfigure import apply_new_config
+        """Re-read the config file and apply the difference (reconfigure/): all
+        of it, or -- if a socket cannot be bound or changed -- nothing."""
         async with self._config_lock:
             # RELOADING=1 first and READY=1 whatever happens: a manager waiting for
             # the reload to end (Type=notify-reload) must not wait until its
@@ -453,10 +443,75 @@ class Supervisor:
                 new = config_module.load(self.config.path)
                 if announce:
                     self.notifier.extend_timeout(phase_bounds.reload(self.config, new))
-                return await apply_new_config(self, new)
+                return await apply_config(self, new)
             finally:
                 if announce:
                     self.notifier.ready(self.status_line())
+
+    # ------------------------------------------------------------------ the socket table
+    # One writer: start-up (open_sockets), shut-down (close_sockets) and
+    # reloadconfig's commit point (below); the watchers read it (WatcherContext).
+
+    def commit_config(self, config: Config, sockets: dict[str, ListeningSocket],
+                      added_watchers: dict[str, Watcher]) -> dict[str, ListeningSocket]:
+        """reloadconfig's commit point (reconfigure/apply.py): `config` becomes the
+        config, `sockets` (every [socket:NAME] of it, bound and checked) the socket
+        table, `added_watchers` join the watchers.  Synchronous, and nothing in it
+        fails for the config's sake.  Returns, by their old names, the listening
+        sockets no longer in the table, for `retire_socket`.
+
+        The fd store follows the table: every name whose socket goes or changes
+        is dropped first, then every name now on a socket it was not on is stored.
+        (systemd ignores a stored fd's second FDSTORE=1 and keeps the first name,
+        so a socket taken over under a new name must leave the store under its
+        old one before it is stored under the new.)"""
+        before = dict(self.sockets)
+        kept = {id(listening) for listening in sockets.values()}
+        retired = {name: listening for name, listening in before.items()
+                   if id(listening) not in kept}
+        # In place: every watcher's context holds this very dict.
+        self.sockets.clear()
+        self.sockets.update(sockets)
+        self.config = config
+        for name, listening in before.items():
+            if self.sockets.get(name) is not listening:
+                self.unstore_socket(name)
+        for name, listening in self.sockets.items():
+            if before.get(name) is not listening:
+                self.store_socket(name)
+        for name, watcher in added_watchers.items():
+            self.watchers[name] = watcher
+            log.info("watcher %s added", name)
+        return retired
+
+    def retire_socket(self, name: str, listening: ListeningSocket,
+                      holders: list[Worker]) -> None:
+        """Close a listening socket reloadconfig took out of the table -- at once,
+        or, if `holders` (workers of a failed reload) still use it, once the last
+        of them has exited.
+
+        Kept open "until next time" instead, it stayed in the listen state for
+        ever once those workers were gone: connections to the old address queued
+        with nobody to accept them, and the address could not be bound again."""
+        if not holders:
+            log.info("socket %s (%s) closed", name, listening.address)
+            listening.close()
+            return
+        log.warning("socket %s (%s) kept open until its %d worker(s) exit", name,
+                    listening.address, len(holders))
+        self.retired_sockets.append(listening)
+
+        async def close_later() -> None:
+            await asyncio.gather(*(asyncio.shield(worker.exited) for worker in holders),
+                                 return_exceptions=True)
+            if listening in self.retired_sockets:   # not closed by a shutdown
+                self.retired_sockets.remove(listening)
+                log.info("socket %s (%s) closed: its last worker exited", name,
+                         listening.address)
+                listening.close()
+        task = asyncio.ensure_future(close_later())
+        self._pending_closes.add(task)
+        task.add_done_callback(self._pending_closes.discard)
 
     def store_socket(self, name: str) -> None:
         """Hand a (new) listening socket to the service manager's fd store.
@@ -481,8 +536,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ watchers at run time
 
-    def add_watcher(self, watcher_config) -> Watcher:
-        watcher = Watcher(watcher_config, self._context())
+    def new_watcher(self, watcher_config: WatcherConfig) -> Watcher:
+        """A watcher on this supervisor's sockets, reaper and events, not yet in
+        `watchers` (OSError if its output cannot be set up)."""
+        return Watcher(watcher_config, self._context())
+
+    def add_watcher(self, watcher_config: WatcherConfig) -> Watcher:
+        watcher = self.new_watcher(watcher_config)
         self.watchers[watcher_config.name] = watcher
         log.info("watcher %s added", watcher_config.name)
         return watcher

@@ -28,7 +28,7 @@ import enum
 import resource
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from sockvisor.config.model import OutputConfig, OutputKind, ReadyKind, ReadyPolicy, WatcherConfig
 from sockvisor.config.values import (
@@ -38,8 +38,11 @@ from sockvisor.config.values import (
     _parse_rlimit, _parse_signal, _parse_start_failure, _parse_str, _parse_user,
     signal_names)
 
-if TYPE_CHECKING:
-    from sockvisor.watcher import Watcher
+class RunningWatcher(Protocol):
+    """What `shown` reads of a running watcher: its config, and the attributes an
+    option names in `live` (a count scaled at run time).  A Protocol, so that the
+    config package does not import the watcher (which imports config)."""
+    config: WatcherConfig
 
 
 class Change(enum.Enum):
@@ -92,7 +95,7 @@ class _Option:
         """The value when the config does not give it: the dataclass's."""
         return self.value_in(_DEFAULTS)
 
-    def shown(self, watcher: "Watcher") -> Any:
+    def shown(self, watcher: RunningWatcher) -> Any:
         """What `options` and `get` answer for it (JSON-friendly)."""
         if self.live is not None:
             return getattr(watcher, self.live)
@@ -398,7 +401,7 @@ PRIVILEGED_WATCHER_OPTIONS = frozenset(
     for name in (canonical, *option.aliases))
 
 
-def shown_options(watcher: "Watcher") -> dict[str, Any]:
+def shown_options(watcher: RunningWatcher) -> dict[str, Any]:
     """Every option of `watcher` that has a value of its own, as `options` shows it."""
     return {name: option.shown(watcher) for name, option in _WATCHER_OPTIONS.items()
             if option.kept}

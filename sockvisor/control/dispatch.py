@@ -18,12 +18,12 @@ from sockvisor.control.commands import load_commands
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
 
 log = logging.getLogger("sockvisor.control")
 
 
-async def run_command(supervisor: "Supervisor", name: str, properties: dict[str, Any],
+async def run_command(supervisor: "Host", name: str, properties: dict[str, Any],
                       *, caller: access.Caller, request_id: Any = None,
                       commands: dict[str, Any] | None = None) -> dict[str, Any]:
     """The reply (protocol.ok or protocol.error) to one request; never raises

@@ -66,7 +66,7 @@ from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
 
 log = logging.getLogger("sockvisor.control")
 
@@ -126,7 +126,7 @@ def _next_port(endpoint: str) -> str:
 
 
 class ControlServer:
-    def __init__(self, supervisor: "Supervisor"):
+    def __init__(self, supervisor: "Host"):
         self.supervisor = supervisor
         config = supervisor.config
         self.group = config.globals.endpoint_group
@@ -439,7 +439,7 @@ class ControlServer:
                               access.OWNER_CALLER if owner else self.operator, body)
 
 
-async def dispatch(supervisor: "Supervisor", commands: dict[str, Any],
+async def dispatch(supervisor: "Host", commands: dict[str, Any],
                    caller: access.Caller, body: list[bytes]) -> dict[str, Any]:
     """One request's frames (after the routing envelope) to its reply: never raises."""
     if len(body) != 1:

@@ -21,15 +21,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
 
 
-async def start_console(supervisor: "Supervisor") -> Any:
+async def start_console(supervisor: "Host") -> Any:
     """The running console, or None when `http` is not configured.  Raises the
     supervisor's StartupError (exit 3) when it cannot serve."""
     if supervisor.config.globals.http is None:
         return None
+    from sockvisor.http.api import make_application
     from sockvisor.http.server import ConsoleServer
-    console = ConsoleServer(supervisor)
+    console = ConsoleServer(supervisor, make_application)
     await console.start()
     return console

@@ -50,12 +50,12 @@ from sockvisor.control import protocol
 from sockvisor.control.dispatch import run_command
 from sockvisor.control.protocol import ErrNo
 from sockvisor.http import auth
-from sockvisor.http.server import HERE
 
 if TYPE_CHECKING:
     from sockvisor.http.server import ConsoleServer
 
 log = logging.getLogger("sockvisor.http")
+HERE = os.path.dirname(os.path.abspath(__file__))   # templates/, static/
 
 # What a token holder may do over HTTP, and which properties each action takes
 # from the request body (anything else in the body is ignored).

@@ -55,7 +55,7 @@ from sockvisor.http.sampler import ProcessSampler, Usage
 from sockvisor.states import WatcherState, WorkerState
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_WORKER_SERIES = 64
@@ -65,7 +65,7 @@ RELOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class Metrics:
-    def __init__(self, supervisor: "Supervisor", sampler: ProcessSampler):
+    def __init__(self, supervisor: "Host", sampler: ProcessSampler):
         self.supervisor = supervisor
         self.sampler = sampler
         self.registry = CollectorRegistry(auto_describe=False)

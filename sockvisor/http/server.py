@@ -49,9 +49,8 @@ is rebound to 127.0.0.1 (DNS rebinding) cannot read the API.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -60,6 +59,7 @@ from tornado.netutil import bind_sockets
 from sockvisor import paths, sockets
 from sockvisor.config import SocketConfig, _http_is_local, http_host_port
 from sockvisor.control import access
+from sockvisor.exits import EXIT_SOCKET, StartupError
 from sockvisor.http import auth
 from sockvisor.http.events import EventHub
 from sockvisor.http.pacing import Pacer
@@ -67,7 +67,7 @@ from sockvisor.http.sampler import ProcessSampler
 from sockvisor.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
 
 log = logging.getLogger("sockvisor.http")
 
@@ -76,7 +76,6 @@ IDLE_TIMEOUT = 30.0
 BODY_TIMEOUT = 10.0
 MAX_HEADER = 16 * 1024
 MAX_BODY = 64 * 1024
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class _BoundedHTTPServer(HTTPServer):
@@ -88,8 +87,11 @@ class _BoundedHTTPServer(HTTPServer):
 
 
 class ConsoleServer:
-    def __init__(self, supervisor: "Supervisor"):
+    def __init__(self, supervisor: "Host",
+                 make_application: "Callable[[ConsoleServer], tornado.web.Application]"):
         self.supervisor = supervisor
+        # api.py's: handed in rather than imported, since api.py knows this class.
+        self._make_application = make_application
         globals_ = supervisor.config.globals
         assert globals_.http is not None
         self.address: str = globals_.http
@@ -122,7 +124,6 @@ class ConsoleServer:
     # ------------------------------------------------------------------ start / close
 
     async def start(self) -> None:
-        from sockvisor.supervisor import EXIT_SOCKET, StartupError
         try:
             if self.token_file is not None:
                 self.token = auth.read_token_file(self.token_file)
@@ -143,10 +144,9 @@ class ConsoleServer:
         except ImportError as exc:
             log.warning("/metrics disabled: %s (pip install prometheus_client)", exc)
         self.supervisor.subscribers.append(self.hub.publish)
-        from sockvisor.http.api import make_application
         _quiet_tornado(self.errors)
         self.server = _BoundedHTTPServer(
-            make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
+            self._make_application(self), xheaders=False, idle_connection_timeout=IDLE_TIMEOUT,
             body_timeout=BODY_TIMEOUT, max_header_size=MAX_HEADER, max_body_size=MAX_BODY)
         self.server.add_sockets(self.sockets)
         log.info("web console on %s (actions need the token: sockvisorctl console-token)",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sockvisor.control.protocol import CommandError, ErrNo
 
 if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+    from sockvisor.control.host import Host
     from sockvisor.watcher import Watcher
 
 
@@ -41,7 +41,7 @@ class Command:
         """The request, for a refusal message."""
         return repr(self.name)
 
-    async def execute(self, supervisor: "Supervisor", props: dict[str, Any]) -> dict[str, Any]:
+    async def execute(self, supervisor: "Host", props: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def format(self, reply: dict[str, Any]) -> str:
@@ -114,7 +114,7 @@ def watcher_argument(parser: argparse.ArgumentParser, optional: bool = False) ->
         parser.add_argument("name", metavar="NAME", help="a watcher")
 
 
-def get_watcher(supervisor: "Supervisor", props: dict[str, Any]) -> "Watcher":
+def get_watcher(supervisor: "Host", props: dict[str, Any]) -> "Watcher":
     name = props.get("name")
     if not isinstance(name, str) or not name:
         raise CommandError("'name' (a watcher) is required")

@@ -13,12 +13,14 @@ class ReloadConfig(Command):
 
     sockvisorctl reloadconfig
 
-    A broken file changes nothing and the error is returned.  Added watchers
-    start, removed ones stop, changed ones get a rolling reload unless every
-    change applies in place (a new numprocesses scales them, a new
-    graceful_timeout, signal or restart policy is just taken).  Unchanged
-    sockets stay open untouched; a socket whose address changed is bound anew
-    and the old one closed once no worker uses it; a backlog change is applied
+    A broken file changes nothing and the error is returned; so does a socket
+    that cannot be bound, or whose file's mode/owner cannot be changed: what
+    was done for it is undone.  Added watchers start, removed ones stop,
+    changed ones get a rolling reload unless every change applies in place (a
+    new numprocesses scales them, a new graceful_timeout, signal or restart
+    policy is just taken).  Unchanged sockets stay open untouched; a socket
+    whose address changed is bound anew and the old one closed once no worker
+    uses it; a backlog, blocking or unix mode/owner change is applied
     in place.
     """
     name = "reloadconfig"
