@@ -23,6 +23,7 @@ Substitutions:
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
 import enum
 import grp
@@ -37,7 +38,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from sockvisor import logdir, wholenumber
+from sockvisor import circus_plugins, logdir, wholenumber
 
 
 class ConfigError(Exception):
@@ -215,6 +216,8 @@ class Config:
     sockets: Mapping[str, SocketConfig]
     watchers: Mapping[str, WatcherConfig]
     warnings: tuple[str, ...] = ()   # Circus keys accepted but meaningless here
+    # [plugin:NAME] sections, max_age, flapping: see circus_plugins.py.
+    plugins: circus_plugins.PluginSetup = circus_plugins.PluginSetup()
 
 
 # --------------------------------------------------------------------------- parsers
@@ -532,6 +535,8 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "httpd_port": _Option(_parse_int(0, 65535)),
     "cgroup": _Option(_parse_cgroup),
     "start_failure": _Option(_parse_start_failure),
+    # Circus's circusd-stats switch: read by circus_plugins.py (a warning if true).
+    "statsd": _Option(_parse_bool),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -540,7 +545,6 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "debug": _Ignored("use loglevel = debug"),
     "debug_gc": _Ignored("not applicable"),
     "stats_endpoint": _Ignored("use the `stats` command"),
-    "statsd": _Unsupported("statsd is not supported"),
     "endpoint_owner": _Unsupported("use endpoint_group: sockvisor's endpoint is 0600 "
                                    "and a group can be given operator rights"),
     "pidfile": _Unsupported("sockvisor does not daemonize; use systemd or a container"),
@@ -552,7 +556,7 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
                             "files into it"),
     "include_dir": _Unsupported("sockvisor reads one config file; merge the included "
                                 "files into it"),
-    "statsd_close_outputs": _Ignored("statsd is not supported"),
+    "statsd_close_outputs": _Ignored("circusd-stats is not run (see statsd)"),
     "httpd_close_outputs": _Ignored("the console runs inside sockvisor: nothing to close"),
     "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "
                                    "discovery"),
@@ -622,6 +626,12 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "autostart": _Option(_parse_bool),
     "shell": _Option(_parse_bool),
     "priority": _Option(_parse_int()),
+    # Read by circus_plugins.py: recycling by age, and the flapping plugin's
+    # per-watcher overrides (mapped onto the restart policy, apply_flapping).
+    "max_age": _Option(_parse_float(0.0)),
+    "max_age_variance": _Option(_parse_float(0.0)),
+    **{f"flapping.{key}": _Option(_parse_str)
+       for key in ("attempts", "window", "retry_in", "max_retry", "active")},
 }
 def _parse_rlimit(raw: str) -> int:
     # As in Circus, an empty value is no limit (RLIM_INFINITY), as is -1.
@@ -637,8 +647,6 @@ for _resource in RLIMITS:
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
-    "max_age": _Unsupported("periodic recycling of workers is not supported"),
-    "max_age_variance": _Unsupported("periodic recycling of workers is not supported"),
     "hooks": _Unsupported("hooks are not supported"),
     "virtualenv": _Unsupported("set cmd to the virtualenv's interpreter instead"),
     "virtualenv_py_ver": _Unsupported("set cmd to the virtualenv's interpreter instead"),
@@ -658,9 +666,10 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     # Read by no part of Circus 0.19; its flapping plugin is refused anyway.
     "check_flapping": _Ignored("sockvisor's flapping limit is max_restarts within "
                                "restart_window"),
-    # The flapping plugin's per-watcher overrides (flapping.attempts, ...).
-    "flapping": _Unsupported("the flapping plugin is not supported; use max_restarts "
-                             "and restart_window"),
+    # A flapping.* key the plugin does not read (the known ones are options).
+    "flapping": _Unsupported("unknown flapping option; Circus's are flapping.attempts, "
+                             "flapping.window, flapping.retry_in, flapping.max_retry "
+                             "and flapping.active"),
 }
 for _stream in ("stdout", "stderr"):
     _WATCHER_CIRCUS.update({
@@ -734,6 +743,7 @@ class _Loader:
         self.parser = parser
         self.environ = environ
         self.warnings: list[str] = []
+        self.plugins = circus_plugins.PluginSetup()
 
     def error(self, message: str, section: str | None = None,
               key: str | None = None) -> ConfigError:
@@ -744,7 +754,9 @@ class _Loader:
         socket_sections: dict[str, str] = {}
         watcher_sections: dict[str, str] = {}
         env_sections: dict[str, str] = {}
-        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
+        plugin_sections: dict[str, str] = {}
+        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections,
+                 "plugin": plugin_sections}
         for section in self.parser.sections():
             self.check_lengths(section)
             if section in ("sockvisor", "circus"):
@@ -773,10 +785,6 @@ class _Loader:
             if not sep and section.strip() in kinds:
                 raise self.error(f"a {section.strip()} section needs a name: "
                                  f"[{section.strip()}:NAME]", section)
-            if sep and kind.strip() == "plugin":
-                raise self.error("Circus plugins are not supported; sockvisor has "
-                                 "flapping detection built in (max_restarts, restart_window)",
-                                 section)
             hint = _did_you_mean(kind if sep else section,
                                  ["sockvisor", "circus", "socket", "watcher", "env"])
             raise self.error("unknown section; expected [sockvisor], [socket:NAME], "
@@ -797,6 +805,13 @@ class _Loader:
         sockets = {name: self.build_socket(name, section)
                    for name, section in socket_sections.items()}
         self.check_addresses(sockets, socket_sections)
+        try:
+            self.plugins = circus_plugins.load(
+                self.path, self.parser, global_sections[0] if global_sections else None,
+                plugin_sections, watcher_sections)
+        except circus_plugins.PluginConfigError as exc:
+            raise self.error(str(exc), exc.section, exc.key) from None
+        self.warnings.extend(self.plugins.warnings)
         watchers = {name: self.build_watcher(name, section,
                                              tuple(envs_of[name]), sockets)
                     for name, section in watcher_sections.items()}
@@ -812,7 +827,8 @@ class _Loader:
                    "serving them" if held else "")
                 + ".  To start with nothing running and `add` or `start` watchers at "
                 "run time, give a watcher with autostart = false")
-        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
+        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings),
+                      self.plugins)
 
     def check_lengths(self, section: str) -> None:
         """Refuse over-long names and values before any of them is parsed."""
@@ -1185,6 +1201,7 @@ class _Loader:
             max_restarts=values.get("max_restarts", RestartPolicy.max_restarts),
             window=values.get("restart_window", RestartPolicy.window),
         )
+        restart = self.apply_flapping(name, restart, keys)
         if restart.backoff_max < restart.backoff_base:
             raise self.error("must not be less than backoff_base", section,
                              keys.get("backoff_max", "backoff_max"))
@@ -1211,6 +1228,23 @@ class _Loader:
             autostart=values.get("autostart", True),
             rlimits=rlimits,
         )
+
+    def apply_flapping(self, name: str, restart: RestartPolicy,
+                       keys: Mapping[str, str]) -> RestartPolicy:
+        """Circus's flapping plugin as this watcher's restart policy (the mapping is
+        in circus_plugins.py); what the watcher sets itself wins."""
+        flapping = self.plugins.flapping.get(name)
+        if flapping is None:
+            return restart
+        mapped = circus_plugins.flapping_restart_values(flapping, RestartPolicy.min_uptime)
+        fields = {"max_restarts": "max_restarts", "restart_window": "window",
+                  "backoff_max": "backoff_max", "min_uptime": "min_uptime"}
+        changes = {fields[key]: value for key, value in mapped.items() if key not in keys}
+        if "backoff_max" in changes:
+            changes["backoff_max"] = max(changes["backoff_max"], restart.backoff_base)
+        if "window" in changes:
+            changes["window"] = min(changes["window"], MAX_SECONDS)
+        return dataclasses.replace(restart, **changes)
 
     def split_words(self, text: str, section: str, key: str | None) -> list[str]:
         try:
