@@ -278,13 +278,13 @@ def test_watchdog_replaces_a_worker_that_stops_sending_heartbeats(
         [plugin:watchdog]
         use = circus.plugins.watchdog.WatchDog
         loop_rate = 0.3
-        max_count = 3
+        max_count = 5
         port = {port}
     """)
     sv.wait_log(rf"watchdog listening on 127.0.0.1:{port}")
     old = sv.wait_workers(1)[0]
     # Heartbeats arrive: well past loop_rate * max_count, it is still the same worker.
-    deadline = time.monotonic() + 2.5
+    deadline = time.monotonic() + 3.0
     wait_for(lambda: time.monotonic() > deadline, timeout=5, interval=0.1)
     assert sv.worker_pids() == [old]
     flag.touch()
