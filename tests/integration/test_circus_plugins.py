@@ -21,12 +21,14 @@ from conftest import free_port, is_gone, wait_for
 # GET /health answers 500 once F exists, but only in a worker that started
 # before F existed (a fresh one is healthy).  --heartbeat PORT --hb-flag F:
 # send Circus's watchdog heartbeat "PID;TIME" every 0.1 s until F exists, if
-# F did not exist at start.
+# F did not exist at start.  --die-if F: exit 3 at once if F exists.
 PLUGIN_WORKER = r'''
 import json, os, socket, sys, threading, time
 args = sys.argv[1:]
 def option(name):
     return args[args.index(name) + 1] if name in args else None
+if option("--die-if") and os.path.exists(option("--die-if")):
+    sys.exit(3)
 hold = None
 if option("--alloc-mb") and not os.path.exists(option("--once-flag")):
     open(option("--once-flag"), "w").close()
@@ -204,6 +206,29 @@ def test_max_age_recycles_under_load_without_a_failed_request(sockvisor, scripts
     assert statuses and set(statuses) == {200}
     assert answered - first, answered
     assert sv.log_count(r"replaced by web\[\d+\] \(max_age") >= 2
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_recycle_keeps_the_old_worker_serving(sockvisor, plugin_worker, tmp_path):
+    broken = tmp_path / "broken-release"
+    sv = sockvisor(f"""
+        [socket:web]
+        port = 0
+        [watcher:web]
+        cmd = {plugin_worker} --die-if {broken}
+        sockets = web
+        max_age = 1
+        max_age_variance = 0
+    """)
+    first = sv.wait_workers(1)
+    broken.touch()   # from now on a new worker dies at once
+    sv.wait_log(r"recycling web\[\d+\] \(max_age: [\d.]+s old\) failed: .*; it keeps "
+                "serving", timeout=20)
+    survivor = sv.wait_workers(1)
+    assert sv.http_get(sv.port("web"))["pid"] == survivor[0]
+    assert "FATAL" not in sv.log()   # a failed replacement is not a crash of the watcher
+    broken.unlink()
+    sv.wait_workers(1, exclude=survivor + first, timeout=30)
 
 
 @pytest.mark.timeout(60)
