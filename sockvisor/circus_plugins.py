@@ -22,8 +22,13 @@ Every bundled plugin keeps Circus's option names and defaults.  A key no plugin
 reads is an error with a did-you-mean (Circus passes it on and the plugin ignores
 it, so a typo silently changed nothing).  `use` must be a full dotted name, as
 Circus's `resolve_name` needs (`module.Class` or `module:Class`).  Anything else
-(`use = mypkg.MyPlugin`) is a third-party plugin: refused, naming the section
-(see `THIRD_PARTY`).
+(`use = mypkg.MyPlugin`, a `circus.plugins.CircusPlugin` subclass) is a
+third-party plugin, run as Circus runs it: its own process, `python -c 'from
+circus import plugins; plugins.main()' --endpoint … --pubsub … --config … FQN`,
+as sockvisor's user, speaking Circus's protocol to sockvisor's control and
+events endpoints (which sockvisor speaks), restarted if it exits.  That needs
+the circus package and the plugin's own importable here: without either, the
+section is refused, saying what to install.
 
 **Flapping → restart policy.**  Circus's Flapping stops a watcher when `attempts`
 processes die within `window` seconds, starts it again after `retry_in` seconds,
@@ -70,12 +75,9 @@ WATCHDOG = "circus.plugins.watchdog.WatchDog"
 STATSD_EMITTER = "circus.plugins.statsd.StatsdEmitter"
 FULL_STATS = "circus.plugins.statsd.FullStats"
 
-THIRD_PARTY = ("third-party Circus plugins are not run by sockvisor (only Circus's "
-               "bundled ones are built in: {known}); run {use} next to sockvisor as "
-               "its own process with `python -c 'from circus import plugins; "
-               "plugins.main()' --endpoint ENDPOINT --pubsub PUBSUB_ENDPOINT {use}` "
-               "(needs `pip install circus` and the plugin's package), or remove "
-               "the section")
+THIRD_PARTY = ("{use} is a third-party Circus plugin: sockvisor runs it as Circus "
+               "does, which needs {missing} (install it for {python}), or remove the "
+               "section (Circus's bundled plugins are built in: {known})")
 
 _COMMON = ("use", "priority", "active")
 _STATSD_KEYS = ("host", "port", "sample_rate", "application_name")
@@ -164,6 +166,14 @@ class FullStats:
     section: str
     statsd: Statsd
     loop_rate: float = 60.0
+
+
+@dataclass(frozen=True)
+class ThirdParty:
+    """A `circus.plugins.CircusPlugin` subclass, run as Circus's plugin runner does."""
+    section: str
+    use: str                               # as written: resolve_name's spelling
+    options: tuple[tuple[str, str], ...]   # its --config, Circus's name included
 
 
 @dataclass(frozen=True)
@@ -305,6 +315,8 @@ def load(path: str, parser: configparser.ConfigParser, global_section: str | Non
             except ValueError as exc:
                 raise PluginConfigError(str(exc), section, "priority") from None
         plugin = _build(use, section, items, watcher_sections)
+        if isinstance(plugin, ThirdParty):
+            plugin = replace(plugin, use=items["use"].strip())
         if isinstance(plugin, Flapping):
             if flapping_default is not None:
                 raise PluginConfigError("a second flapping plugin: give one", section)
@@ -376,7 +388,7 @@ def _build(use: str, section: str, items: Mapping[str, str],
             raise PluginConfigError(f"{use!r} is not one of Circus's bundled plugins "
                                     f"built into sockvisor ({short}){_hint(use, known)}",
                                     section, "use")
-        raise PluginConfigError(THIRD_PARTY.format(known=short, use=use), section, "use")
+        return _third_party(use, section, items, short)
     statsd_keys = _STATSD_KEYS if use in (RESOURCE_WATCHER, HTTP_OBSERVER,
                                           STATSD_EMITTER, FULL_STATS) else ()
     allowed: dict[str, Any] = {}
@@ -459,6 +471,31 @@ def _build(use: str, section: str, items: Mapping[str, str],
         return FullStats(section=section, statsd=statsd,
                          loop_rate=values.get("loop_rate", 60.0))
     return StatsdEmitter(section=section, statsd=statsd)
+
+
+def _third_party(use: str, section: str, items: Mapping[str, str],
+                 known: str) -> ThirdParty:
+    """Circus's plugin runner needs circus, and imports the plugin's module: find
+    both (without running the plugin's code: only the top-level package is
+    looked up, as `check` must not execute what the config names)."""
+    import importlib.util
+    import sys
+    module = use.partition(":")[0] if ":" in use else use.rpartition(".")[0]
+    if not module or not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+        raise PluginConfigError(f"expected use = module.Class, got {use!r}", section, "use")
+    for top, what in (("circus", "the circus package (`pip install circus`)"),
+                      (module.partition(".")[0], f"the package that provides {module}")):
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise PluginConfigError(THIRD_PARTY.format(use=use, missing=what, known=known,
+                                                       python=sys.executable),
+                                    section, "use")
+    options = {key: value.strip() for key, value in items.items() if key != "use"}
+    options["name"] = section   # what Circus adds to a plugin's config
+    return ThirdParty(section, use, tuple(sorted(options.items())))
 
 
 def _check_watcher(name: str, watcher_sections: Mapping[str, str], section: str,

@@ -8,6 +8,16 @@ change goes through the watchers' own serialised methods: a worker is replaced
 by `Watcher.recycle` (the replacement ready and settled first), a watcher by its
 rolling `reload` -- never by stopping first, as Circus does.
 
+A third-party plugin (a `circus.plugins.CircusPlugin` subclass) runs as Circus
+runs it: a process of its own, `python -c 'from circus import plugins;
+plugins.main()' … FQN`, as sockvisor's user with sockvisor's environment and
+import path (Circus's copy_env and copy_path), its output on sockvisor's; it
+talks to sockvisor's control and events endpoints.  It is forked with
+process.fork_exec and reaped by the one reaper (nothing else may wait for a
+child), restarted after an exit with a doubling delay (0.1 s to 10 s; back to
+0.1 s after it ran a minute), and stopped -- SIGTERM, then SIGKILL after 5 s --
+before the watchers when sockvisor stops.
+
 Never blocking the loop: psutil samples and stat() calls run in a worker thread
 (`asyncio.to_thread`: /proc reads are fast but a busy machine can stall them);
 statsd lines go out of a non-blocking UDP socket, fire and forget (a full buffer
@@ -29,7 +39,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
+import sys
 import time
 from typing import Any, Callable
 
@@ -133,7 +145,8 @@ class PluginRunner:
                    cp.CommandReloader: self._command_reloader,
                    cp.WatchDog: self._watchdog,
                    cp.StatsdEmitter: self._statsd_emitter,
-                   cp.FullStats: self._full_stats}[type(plugin)]
+                   cp.FullStats: self._full_stats,
+                   cp.ThirdParty: self._third_party}[type(plugin)]
             self._task(run(plugin), plugin.section)
         for name, age in setup.max_age.items():
             self._task(self._max_age(name, age), f"watcher:{name} max_age")
@@ -481,3 +494,63 @@ class PluginRunner:
             for pid in list(last):
                 if pid not in self.supervisor.workers_by_pid:
                     del last[pid]
+
+    # ------------------------------------------------------------------ third-party plugins
+
+    async def _third_party(self, spec: cp.ThirdParty) -> None:
+        from sockvisor import process
+        control = self.supervisor.control
+        if control is None:
+            log.error("[%s] not started: the control channel is disabled", spec.section)
+            return
+        argv = [sys.executable, "-c", "from circus import plugins; plugins.main()",
+                "--endpoint", control.endpoint, "--pubsub", control.events_endpoint,
+                "--log-level", self.supervisor.config.globals.loglevel]
+        if spec.options:
+            # Circus's own serialisation (plugins._cfg2str); its main() reads it back.
+            argv += ["--config", ":::".join(f"{key}:{value}" for key, value in spec.options)]
+        argv.append(spec.use)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            exited: asyncio.Future[int] = loop.create_future()
+            pid, status_r = process.fork_exec(process.SpawnSpec(argv=argv, env=env, fds=[]))
+            self.supervisor.reaper.register(
+                pid, lambda status: exited.done() or exited.set_result(status))
+            log.info("[%s] started %s (pid %d)", spec.section, spec.use, pid)
+            started = time.monotonic()
+            try:
+                status = await asyncio.shield(exited)
+            except asyncio.CancelledError:
+                await self._stop_plugin_process(pid, exited)
+                raise
+            finally:
+                try:
+                    error = process.read_spawn_status(status_r)
+                finally:
+                    os.close(status_r)
+            from sockvisor.reaper import describe_status
+            what = (process.describe_spawn_error(error, argv[0]) if error is not None
+                    else describe_status(status))
+            delay = 0.1 if time.monotonic() - started > 60 else min(delay * 2, 10.0)
+            log.warning("[%s] %s exited (%s); starting it again in %.1fs", spec.section,
+                        spec.use, what, delay)
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    async def _stop_plugin_process(pid: int, exited: "asyncio.Future[int]") -> None:
+        if exited.done():
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+            await asyncio.wait_for(asyncio.shield(exited), 5.0)
+        except ProcessLookupError:
+            pass
+        except asyncio.TimeoutError:
+            try:
+                os.killpg(pid, signal.SIGKILL)   # fork_exec made it a group leader
+            except ProcessLookupError:
+                pass
+            await asyncio.shield(exited)

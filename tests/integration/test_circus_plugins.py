@@ -331,3 +331,89 @@ def test_flapping_plugin_becomes_the_restart_limit(sockvisor, scripts):
     # attempts * (max_retry + 1) = 4 failed starts allowed: FATAL at the 5th.
     sv.wait_log(r"watcher crash is FATAL: 5 failed starts within [\d.]+s "
                 r"\(max_restarts = 4\)", timeout=30)
+
+
+THIRD_PARTY_PLUGIN = '''
+import json
+from circus.plugins import CircusPlugin
+from circus.util import AsyncPeriodicCallback
+
+
+class Scaler(CircusPlugin):
+    """Asks for the watcher list, scales `watcher` up by one, records the events."""
+    name = "scaler"
+
+    def __init__(self, *args, **config):
+        super().__init__(*args, **config)
+        self.out = config["out"]
+        self.watcher = config["watcher"]
+        self.done = False
+
+    def handle_init(self):
+        self.period = AsyncPeriodicCallback(self.look, 100)
+        self.period.start()
+
+    def look(self):
+        if not self.done:
+            self.done = True
+            listing = self.call("list")
+            with open(self.out, "w") as handle:
+                json.dump({"list": listing, "config": self.config}, handle)
+            self.cast("incr", name=self.watcher)
+
+    def handle_recv(self, data):
+        with open(self.out + ".events", "a") as handle:
+            handle.write(data[0].decode() + "\\n")
+
+    def handle_stop(self):
+        self.period.stop()
+'''
+
+
+@pytest.mark.timeout(60)
+def test_third_party_plugin_runs_as_circus_runs_it(sockvisor, scripts, tmp_path,
+                                                   monkeypatch):
+    pytest.importorskip("circus")
+    package = tmp_path / "site" / "acme_plugins"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "scaler.py").write_text(THIRD_PARTY_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    out = tmp_path / "plugin.json"
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {scripts.cmd("worker.py", "--no-serve")}
+        numprocesses = 1
+        [plugin:scaler]
+        use = acme_plugins.scaler.Scaler
+        watcher = web
+        out = {out}
+    """)
+    # Its cast("incr") reached sockvisor: a second worker.
+    sv.wait_workers(2, match="worker.py", timeout=20)
+    seen = __import__("json").loads(out.read_text())
+    assert seen["list"]["status"] == "ok" and seen["list"]["watchers"] == ["web"]
+    assert seen["config"]["name"] == "plugin:scaler"   # Circus's --config, as Circus builds it
+    wait_for(lambda: (tmp_path / "plugin.json.events").exists()
+             and "watcher.web.spawn" in (tmp_path / "plugin.json.events").read_text())
+    plugin_pid = int(sv.wait_log(r"\[plugin:scaler\] started \S+ \(pid (\d+)\)")[0].group(1))
+    assert sv.stop() == 0
+    assert is_gone(plugin_pid)
+
+
+def test_third_party_plugin_that_is_not_installed_is_refused(tmp_path):
+    from conftest import run_cli
+    conf = tmp_path / "circus.ini"
+    conf.write_text(textwrap.dedent(f"""
+        [circus]
+        endpoint = ipc://{tmp_path}/ctl
+        [watcher:web]
+        cmd = /bin/sleep 1
+        [plugin:mine]
+        use = no_such_package_here.plugins.Mine
+    """))
+    result = run_cli("check", str(conf))
+    assert result.returncode != 0
+    assert "[plugin:mine]: use:" in result.stderr
+    assert "the package that provides no_such_package_here.plugins" in result.stderr

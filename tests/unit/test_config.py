@@ -263,7 +263,8 @@ def test_third_party_circus_plugin_is_refused_with_what_to_do(tmp_path):
     # Circus's bundled plugins are built in (test_config_circus_plugins.py).
     text = watcher("cmd = sleep 1") + "\n[plugin:mine]\nuse = mypkg.plugins.Mine\n"
     load_error(tmp_path, text, section="plugin:mine", key="use",
-               says=("third-party", "mypkg.plugins.Mine", "pip install circus"))
+               says=("third-party", "the package that provides mypkg.plugins",
+                     "install it for"))
 
 
 # --------------------------------------------------------------------------- keys and types
