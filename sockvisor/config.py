@@ -1389,6 +1389,11 @@ def watcher_from_options(path: str, name: str, options: Mapping[str, Any],
     parser.optionxform = str
     section = f"watcher:{name}"
     parser.add_section(section)
+    for key in options:
+        # Read from the file by circus_plugins.py, not kept in WatcherConfig.
+        if key in ("max_age", "max_age_variance") or str(key).startswith("flapping."):
+            raise ConfigError("set in the config file and applied by reloadconfig",
+                              path="<control>", section=section, key=str(key))
     for key, value in options.items():
         if isinstance(value, (list, tuple)):
             value = " ".join(shlex.quote(str(item)) for item in value)

@@ -417,3 +417,23 @@ def test_third_party_plugin_that_is_not_installed_is_refused(tmp_path):
     assert result.returncode != 0
     assert "[plugin:mine]: use:" in result.stderr
     assert "the package that provides no_such_package_here.plugins" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_max_age_added_by_reloadconfig_and_refused_by_set(sockvisor, scripts):
+    import signal as signals
+    import subprocess
+    body = f"""
+        [watcher:web]
+        cmd = {scripts.cmd("worker.py", "--no-serve")}
+    """
+    sv = sockvisor(body)
+    old = sv.wait_workers(1)
+    result = subprocess.run([sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint",
+                             f"ipc://{sv.directory}/ctl", "set", "web", "max_age", "1"],
+                            capture_output=True, text=True, timeout=15)
+    assert result.returncode != 0 and "reloadconfig" in result.stdout + result.stderr
+    sv.conf.write_text(sv.conf.read_text() + "max_age = 1\nmax_age_variance = 0\n")
+    sv.signal(signals.SIGHUP)
+    sv.wait_log(r"replaced by web\[\d+\] \(max_age", timeout=20)
+    sv.wait_workers(1, exclude=old)
