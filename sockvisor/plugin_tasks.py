@@ -102,7 +102,7 @@ class StatsdClient:
             self._sock = None
 
 
-def circus_actions(topic: str, data: dict[str, Any], names: Any) -> tuple[str, list[str]]:
+def circus_actions(topic: str, data: dict[str, Any]) -> tuple[str, list[str]]:
     """sockvisor's event → (watcher, Circus's action names for it): spawn, reap,
     kill (a process stopped on purpose), start, stop, reload."""
     if not topic.startswith("watcher."):
@@ -218,13 +218,18 @@ class PluginRunner:
     # ------------------------------------------------------------------ StatsdEmitter
 
     async def _statsd_emitter(self, spec: cp.StatsdEmitter) -> None:
-        client = await self._statsd(spec.statsd)
+        client = StatsdClient(spec.statsd)
+        self.clients.append(client)
 
         def on_event(topic: str, data: dict[str, Any]) -> None:
-            watcher, actions = circus_actions(topic, data, self.watchers)
+            watcher, actions = circus_actions(topic, data)
             for action in actions:
                 client.increment(f"{watcher}.{action}")
+        # Subscribed before the first await: this runs before the watchers'
+        # start-up spawns anything, so the first spawns are counted once the
+        # address is resolved (until then lines are dropped, as UDP would).
         self._subscribe(on_event)
+        await client.open()
 
     # ------------------------------------------------------------------ max_age
 
@@ -374,22 +379,28 @@ class PluginRunner:
         while True:
             await asyncio.sleep(spec.loop_rate)
             started = time.monotonic()
-            response = await http.fetch(spec.check_url, raise_error=False,
-                                        request_timeout=spec.timeout,
-                                        connect_timeout=spec.timeout)
-            if response.error is None:
+            try:
+                # raise_error=False spares only HTTP statuses: a refused
+                # connection or a timeout still raises.
+                response = await http.fetch(spec.check_url, raise_error=False,
+                                            request_timeout=spec.timeout,
+                                            connect_timeout=spec.timeout)
+                error, code = response.error, response.code
+            except Exception as exc:   # OSError, HTTPClientError(599), ssl errors
+                error, code = exc, getattr(exc, "code", 599)
+            if error is None:
                 client.timed("http_stats.request_time",
                              int((time.monotonic() - started) * 1000))
                 continue
             client.increment("http_stats.error")
-            client.increment(f"http_stats.error.{response.code}")
-            log.warning("[%s] %s: %s", spec.section, spec.check_url, response.error)
+            client.increment(f"http_stats.error.{code}")
+            log.warning("[%s] %s: %s", spec.section, spec.check_url, error)
             target = self.watchers.get(spec.restart_on_error or "")
             if target is not None and target.state == WatcherState.ACTIVE:
                 client.increment("http_stats.restart_on_error")
                 self._reload_in_background((spec.section, target.name), target,
                                            f"[{spec.section}] {spec.check_url} failed: "
-                                           f"{response.error}")
+                                           f"{error}")
 
     # ------------------------------------------------------------------ CommandReloader
 

@@ -126,14 +126,24 @@ def test_statsd_emitter_sends_circus_counters(sockvisor, scripts, statsd_server)
         host = 127.0.0.1
         port = {port}
         application_name = shop
+        [plugin:full]
+        use = circus.plugins.statsd.FullStats
+        host = 127.0.0.1
+        port = {port}
+        loop_rate = 0.2
     """)
     pid = sv.wait_workers(1)[0]
     os.kill(pid, 9)
     sv.wait_workers(1, exclude=[pid])
     lines = receive_lines(statsd_server, [r"circus\.shop\.watcher\.web\.spawn:1\|c",
-                                          r"circus\.shop\.watcher\.web\.reap:1\|c"])
+                                          r"circus\.shop\.watcher\.web\.reap:1\|c",
+                                          r"circus\.app\.watcher\._stats\.web\."
+                                          r"watchers_num:1\|g",
+                                          r"circus\.app\.watcher\._stats\.web\."
+                                          r"mem_max:\d+\|g"])
+    counters = [line for line in lines if line.startswith("circus.shop.")]
     assert all(re.fullmatch(r"circus\.shop\.watcher\.web\.[a-z_]+:1\|c", line)
-               for line in lines), lines
+               for line in counters), counters
 
 
 @pytest.mark.timeout(60)
@@ -437,3 +447,21 @@ def test_max_age_added_by_reloadconfig_and_refused_by_set(sockvisor, scripts):
     sv.signal(signals.SIGHUP)
     sv.wait_log(r"replaced by web\[\d+\] \(max_age", timeout=20)
     sv.wait_workers(1, exclude=old)
+
+
+@pytest.mark.timeout(60)
+def test_http_observer_counts_a_refused_connection_as_a_failure(sockvisor, scripts):
+    nobody_listens = free_port()
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {scripts.cmd("worker.py", "--no-serve")}
+        [plugin:http]
+        use = circus.plugins.http_observer.HttpObserver
+        check_url = http://127.0.0.1:{nobody_listens}/
+        loop_rate = 0.2
+        timeout = 1
+        restart_on_error = web
+    """)
+    # It keeps checking after a failure (a second reload), and never dies of it.
+    sv.wait_log(r"watcher web: rolling reload \(\[plugin:http\]", count=2, timeout=20)
+    assert "stopped by an error" not in sv.log()
