@@ -107,3 +107,62 @@ def test_human_bytes_is_circus_human2bytes():
     assert cp.human_bytes("2MB") == 2 << 20
     with pytest.raises(ValueError):
         cp.human_bytes("12 parsecs")
+
+
+@pytest.mark.parametrize("topic, data, expected", [
+    ("watcher.web.spawn", {"pid": 1}, ("web", ["spawn"])),
+    ("watcher.my.app.exit", {"expected": False}, ("my.app", ["reap"])),
+    ("watcher.web.exit", {"expected": True}, ("web", ["kill", "reap"])),
+    ("watcher.web.state", {"from": "active", "to": "stopped"}, ("web", ["stop"])),
+    ("watcher.web.state", {"from": "starting", "to": "active"}, ("web", ["start"])),
+    ("watcher.web.state", {"from": "reloading", "to": "active"}, ("", [])),
+    ("watcher.web.reload.finished", {}, ("web", ["reload"])),
+    ("watcher.web.ready", {}, ("", [])),
+    ("socket.web.relisten", {}, ("", [])),
+])
+def test_events_become_circus_statsd_actions(topic, data, expected):
+    from sockvisor.plugin_tasks import circus_actions
+    assert circus_actions(topic, data) == expected
+
+
+def test_statsd_lines_and_sampling():
+    """Circus's line format; a sample rate below 1 marks the line and sends about
+    that share of them (Circus marks every line and sends them all)."""
+    import asyncio
+    import random
+    import socket
+    from sockvisor.plugin_tasks import StatsdClient
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.5)
+
+    async def send() -> None:
+        client = StatsdClient(cp.Statsd("127.0.0.1", server.getsockname()[1], 1.0,
+                                        "circus.app.watcher"))
+        await client.open()
+        client.increment("web.spawn")
+        client.timed("http_stats.request_time", 12)
+        sampled = StatsdClient(cp.Statsd("127.0.0.1", server.getsockname()[1], 0.5,
+                                         "circus.app.watcher"))
+        await sampled.open()
+        random.seed(1)
+        for _ in range(200):
+            sampled.increment("web.reap")
+        client.close()
+        sampled.close()
+    try:
+        asyncio.run(send())
+        lines = []
+        while True:
+            try:
+                lines.append(server.recv(1000).decode())
+            except socket.timeout:
+                break
+    finally:
+        server.close()
+    assert lines[:2] == ["circus.app.watcher.web.spawn:1|c",
+                         "circus.app.watcher.http_stats.request_time:12|ms"]
+    reaps = lines[2:]
+    assert set(reaps) == {"circus.app.watcher.web.reap:1|c|@0.5"}
+    assert 60 < len(reaps) < 140
