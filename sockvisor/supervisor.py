@@ -43,6 +43,7 @@ from sockvisor.config import Config, ConfigError, WatcherConfig
 from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
                              StartupError)
 from sockvisor.http import start_console
+from sockvisor.plugin_tasks import PluginRunner
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reconfigure.apply import apply_config
@@ -80,6 +81,7 @@ class Supervisor:
         self.readiness: ReadinessListener | None = None
         self.control: Any = None
         self.http: Any = None   # the web console (sockvisor/http/), when `http` is set
+        self.plugins = PluginRunner(self)   # Circus's bundled plugins, max_age
         self._stop_requested: asyncio.Future[StopMode] | None = None
         self._status_pending = False
         self._watchdog_task: asyncio.Task | None = None
@@ -243,6 +245,7 @@ class Supervisor:
             return EXIT_FAILURE
         if self.control is not None:
             self.control.serve()
+        self.plugins.start(self.config.plugins)
         startup = asyncio.ensure_future(self._start_watchers())
         stop_or_started = await asyncio.wait({startup, self._stop_requested},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -395,6 +398,7 @@ class Supervisor:
             self.notifier.extend_timeout(phase_bounds.stop(self.config))
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
+        await self.plugins.close()   # nothing recycles or reloads while we stop
         if mode == StopMode.IMMEDIATE:
             await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
         await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
@@ -441,9 +445,14 @@ class Supervisor:
                 self.notifier.reloading()
             try:
                 new = config_module.load(self.config.path)
+                old_plugins = self.config.plugins
                 if announce:
                     self.notifier.extend_timeout(phase_bounds.reload(self.config, new))
-                return await apply_config(self, new)
+                result = await apply_config(self, new)
+                if self.config.plugins != old_plugins:
+                    await self.plugins.close(shutting_down=False)
+                    self.plugins.start(self.config.plugins)
+                return result
             finally:
                 if announce:
                     self.notifier.ready(self.status_line())

@@ -249,6 +249,54 @@ class Watcher:
                 sent.append(worker.pid)
         return sent
 
+    async def recycle(self, worker: process.Worker, reason: str) -> process.Worker | None:
+        """Replace one worker gracefully (max_age, a resource limit, a missed
+        heartbeat): spawn a replacement of the current generation, wait until it
+        is ready and settled (`_await_ready`, the rule a reload uses), and only
+        then retire `worker` with its stop signal and graceful_timeout -- the
+        ready count never drops.  If the replacement fails, it is stopped, `worker`
+        keeps serving, and None is returned (logged and published as
+        `watcher.NAME.recycle.failed`).  Serialised with the commands; the old
+        worker's stop goes on in the background, so a long graceful_timeout does
+        not hold the next command back.  Does nothing (None) if `worker` is gone
+        or being stopped, or the watcher is not ACTIVE."""
+        async def operation() -> process.Worker | None:
+            if (self.state != WatcherState.ACTIVE or not worker.alive
+                    or worker.stop_requested or self.workers.get(worker.pid) is not worker):
+                return None
+            replacement = self._spawn()
+            failure = "cannot fork" if replacement is None else ""
+            if replacement is not None:
+                # Its death before it settled is this method's to handle (keep the
+                # old one), not the restart policy's (`_replace` skips the batch).
+                self._reloading_batch.add(replacement)
+                try:
+                    await self._await_ready([replacement])
+                except process.WorkerNotReady as exc:
+                    failure = str(exc)
+                    await self._stop_workers([replacement])
+                finally:
+                    self._reloading_batch.discard(replacement)
+            if failure:
+                log.error("watcher %s: recycling %s (%s) failed: %s; it keeps serving",
+                          self.name, worker.label, reason, failure)
+                self.context.publish(f"watcher.{self.name}.recycle.failed",
+                                     {"pid": worker.pid, "reason": reason,
+                                      "error": failure})
+                return None
+            assert replacement is not None
+            log.info("watcher %s: %s replaced by %s (%s)", self.name, worker.label,
+                     replacement.label, reason)
+            self.context.publish(f"watcher.{self.name}.recycle",
+                                 {"pid": worker.pid, "replacement": replacement.pid,
+                                  "reason": reason})
+            if worker.alive and not worker.stop_requested:
+                worker.stop_requested = True
+                self._in_background(self._stop_workers([worker]))
+            self._reconcile()   # the old one may have died meanwhile and been replaced
+            return replacement
+        return await self._serialised(operation)
+
     async def replace_config(self, new_config: WatcherConfig) -> dict[str, Any]:
         """New settings that need no new processes (timeouts, signals, policy)."""
         async def operation() -> dict[str, Any]:

@@ -27,13 +27,14 @@ which does it as Circus does.  Substitutions:
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import ipaddress
 import os
 import re
 import socket
 from typing import Any, Callable, Iterable, Mapping
 
-from sockvisor import circus_ini, logdir
+from sockvisor import circus_ini, circus_plugins, logdir
 from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputConfig,
                                     OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
                                     SocketConfig, WatcherConfig)
@@ -41,8 +42,8 @@ from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_C
                                       _SOCKET_OPTIONS, _WATCHER_CIRCUS, _WATCHER_OPTIONS,
                                       _Ignored, _Option, _Unsupported)
 from sockvisor.config.substitutions import _SUBSTITUTION
-from sockvisor.config.values import (_ENV_KEY, _NAME, _did_you_mean, _http_is_local,
-                                     _switched_off, split_words)
+from sockvisor.config.values import (MAX_SECONDS, _ENV_KEY, _NAME, _did_you_mean,
+                                     _http_is_local, _switched_off, split_words)
 
 
 # Longest value any key may have.  execve refuses a single argument or environment
@@ -92,6 +93,7 @@ class _Loader:
         # Which included file gave a key or section (circus_ini.Ini.origins).
         self.origins = origins or {}
         self.warnings: list[str] = []
+        self.plugins = circus_plugins.PluginSetup()
 
     def error(self, message: str, section: str | None = None,
               key: str | None = None) -> ConfigError:
@@ -103,7 +105,9 @@ class _Loader:
         socket_sections: dict[str, str] = {}
         watcher_sections: dict[str, str] = {}
         env_sections: dict[str, str] = {}
-        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections}
+        plugin_sections: dict[str, str] = {}
+        kinds = {"socket": socket_sections, "watcher": watcher_sections, "env": env_sections,
+                 "plugin": plugin_sections}
         shared_env: list[str] = []
         for section in self.parser.sections():
             self.check_lengths(section)
@@ -137,10 +141,6 @@ class _Loader:
             if not sep and section.strip() in kinds:
                 raise self.error(f"a {section.strip()} section needs a name: "
                                  f"[{section.strip()}:NAME]", section)
-            if sep and kind.strip() == "plugin":
-                raise self.error("Circus plugins are not supported; sockvisor has "
-                                 "flapping detection built in (max_restarts, restart_window)",
-                                 section)
             hint = _did_you_mean(kind if sep else section,
                                  ["sockvisor", "circus", "socket", "watcher", "env"])
             raise self.error("unknown section; expected [sockvisor], [socket:NAME], "
@@ -161,6 +161,13 @@ class _Loader:
         sockets = {name: self.build_socket(name, section)
                    for name, section in socket_sections.items()}
         self.check_addresses(sockets, socket_sections)
+        try:
+            self.plugins = circus_plugins.load(
+                self.path, self.parser, global_sections[0] if global_sections else None,
+                plugin_sections, watcher_sections)
+        except circus_plugins.PluginConfigError as exc:
+            raise self.error(str(exc), exc.section, exc.key) from None
+        self.warnings.extend(self.plugins.warnings)
         watchers = {name: self.build_watcher(name, section,
                                              tuple(envs_of[name]), sockets)
                     for name, section in watcher_sections.items()}
@@ -176,7 +183,8 @@ class _Loader:
                    "serving them" if held else "")
                 + ".  To start with nothing running and `add` or `start` watchers at "
                 "run time, give a watcher with autostart = false")
-        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings))
+        return Config(self.path, globals_, sockets, watchers, tuple(self.warnings),
+                      self.plugins)
 
     def check_lengths(self, section: str) -> None:
         """Refuse over-long names and values before any of them is parsed."""
@@ -583,6 +591,7 @@ class _Loader:
             max_restarts=_default_or(values, "max_restarts"),
             window=_default_or(values, "restart_window"),
         )
+        restart = self.apply_flapping(name, restart, keys)
         if restart.backoff_max < restart.backoff_base:
             raise self.error("must not be less than backoff_base", section,
                              keys.get("backoff_max", "backoff_max"))
@@ -609,6 +618,23 @@ class _Loader:
             autostart=_default_or(values, "autostart"),
             rlimits=rlimits,
         )
+
+    def apply_flapping(self, name: str, restart: RestartPolicy,
+                       keys: Mapping[str, str]) -> RestartPolicy:
+        """Circus's flapping plugin as this watcher's restart policy (the mapping is
+        in circus_plugins.py); what the watcher sets itself wins."""
+        flapping = self.plugins.flapping.get(name)
+        if flapping is None:
+            return restart
+        mapped = circus_plugins.flapping_restart_values(flapping, RestartPolicy.min_uptime)
+        fields = {"max_restarts": "max_restarts", "restart_window": "window",
+                  "backoff_max": "backoff_max", "min_uptime": "min_uptime"}
+        changes = {fields[key]: value for key, value in mapped.items() if key not in keys}
+        if "backoff_max" in changes:
+            changes["backoff_max"] = max(changes["backoff_max"], restart.backoff_base)
+        if "window" in changes:
+            changes["window"] = min(changes["window"], MAX_SECONDS)
+        return dataclasses.replace(restart, **changes)
 
     def split_words(self, text: str, section: str, key: str | None) -> list[str]:
         try:

@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from sockvisor import circus_plugins
+
 
 class ConfigError(Exception):
     """A config problem, located as precisely as we know: file, section, key."""
@@ -189,4 +191,6 @@ class Config:
     sockets: Mapping[str, SocketConfig]
     watchers: Mapping[str, WatcherConfig]
     warnings: tuple[str, ...] = ()   # Circus keys accepted but meaningless here
+    # [plugin:NAME] sections, max_age, flapping: see circus_plugins.py.
+    plugins: circus_plugins.PluginSetup = circus_plugins.PluginSetup()
 

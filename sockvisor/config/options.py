@@ -140,6 +140,8 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "httpd_port": _Option(_parse_int(0, 65535)),
     "cgroup": _Option(_parse_cgroup),
     "start_failure": _Option(_parse_start_failure),
+    # Circus's circusd-stats switch: read by circus_plugins.py (a warning if true).
+    "statsd": _Option(_parse_bool),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
@@ -148,7 +150,6 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "debug": _Ignored("use loglevel = debug"),
     "debug_gc": _Ignored("not applicable"),
     "stats_endpoint": _Ignored("use the `stats` command"),
-    "statsd": _Unsupported("statsd is not supported"),
     "endpoint_owner": _Unsupported("use endpoint_group: sockvisor's endpoint is 0600 "
                                    "and a group can be given operator rights"),
     "pidfile": _Unsupported("sockvisor does not daemonize; use systemd or a container"),
@@ -156,7 +157,7 @@ _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "loggerconfig": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
     "papa_endpoint": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "fqdn_prefix": _Ignored("not applicable"),
-    "statsd_close_outputs": _Ignored("statsd is not supported"),
+    "statsd_close_outputs": _Ignored("circusd-stats is not run (see statsd)"),
     "httpd_close_outputs": _Ignored("the console runs inside sockvisor: nothing to close"),
     "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "
                                    "discovery"),
@@ -298,6 +299,19 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "priority": _Option(_parse_int(), change=_IN_PLACE,
                         ini_only="Circus's start order; accepted, without effect: "
                                  "sockvisor starts watchers together"),
+    # Read from the file by circus_plugins.py: recycling by age, and the flapping
+    # plugin's per-watcher overrides (mapped onto the restart policy by the loader's
+    # apply_flapping).  Not kept in a WatcherConfig: `set`/`add` refuse them, and
+    # reloadconfig applies them by restarting the plugins.
+    "max_age": _Option(_parse_float(0.0), change=_IN_PLACE,
+                       ini_only="read by circus_plugins.py; applied by reloadconfig"),
+    "max_age_variance": _Option(_parse_float(0.0), change=_IN_PLACE,
+                                ini_only="read by circus_plugins.py; applied by "
+                                         "reloadconfig"),
+    **{f"flapping.{key}": _Option(_parse_str, change=_IN_PLACE,
+                                  ini_only="the flapping plugin's, mapped onto the "
+                                           "restart policy; applied by reloadconfig")
+       for key in ("attempts", "window", "retry_in", "max_retry", "active")},
 }
 for _stream in ("stdout", "stderr"):
     # Where output goes is a file root opens and appends to: privileged.  Its
@@ -333,8 +347,6 @@ for _resource in RLIMITS:
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
-    "max_age": _Unsupported("periodic recycling of workers is not supported"),
-    "max_age_variance": _Unsupported("periodic recycling of workers is not supported"),
     "hooks": _Unsupported("hooks are not supported"),
     "virtualenv": _Unsupported("set cmd to the virtualenv's interpreter instead"),
     "virtualenv_py_ver": _Unsupported("set cmd to the virtualenv's interpreter instead"),
@@ -351,12 +363,13 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "stream_backend": _Ignored("not applicable"),
     "stdin_socket": _Unsupported("stdin sockets are not supported"),
     "shell_args": _Ignored("only used with shell = true, which sockvisor refuses"),
-    # Read by no part of Circus 0.19; its flapping plugin is refused anyway.
+    # Read by no part of Circus 0.19 (its flapping plugin reads flapping.*).
     "check_flapping": _Ignored("sockvisor's flapping limit is max_restarts within "
                                "restart_window"),
-    # The flapping plugin's per-watcher overrides (flapping.attempts, ...).
-    "flapping": _Unsupported("the flapping plugin is not supported; use max_restarts "
-                             "and restart_window"),
+    # A flapping.* key the plugin does not read (the known ones are options).
+    "flapping": _Unsupported("unknown flapping option; Circus's are flapping.attempts, "
+                             "flapping.window, flapping.retry_in, flapping.max_retry "
+                             "and flapping.active"),
 }
 for _stream in ("stdout", "stderr"):
     _WATCHER_CIRCUS.update({

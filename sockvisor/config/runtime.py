@@ -80,6 +80,10 @@ def _read(loader: _Loader, section: str, options: Mapping[str, Any]) -> dict[str
     """Control-channel options, checked as the loader checks a section's keys."""
     for key, value in options.items():
         _check_text(loader, section, str(key), value)
+        if key in ("max_age", "max_age_variance") or str(key).startswith("flapping."):
+            # Read from the file by circus_plugins.py, not kept in a WatcherConfig.
+            raise ConfigError("set in the config file and applied by reloadconfig",
+                              path=_WHERE, section=section, key=str(key))
     return loader.read_options(section, _WATCHER_OPTIONS, _WATCHER_CIRCUS,
                                items=[(str(key), value) for key, value in options.items()],
                                parse=_parse_value)

@@ -259,11 +259,12 @@ def test_bad_section_name(tmp_path):
                key=None, says="names may use letters")
 
 
-def test_circus_plugin_section_is_not_supported(tmp_path):
-    text = watcher("cmd = sleep 1") + (
-        "\n[plugin:flapping]\nuse = circus.plugins.flapping.Flapping\nmax_retry = 5\n")
-    load_error(tmp_path, text, section="plugin:flapping", key=None,
-               says=("not supported", "max_restarts"))
+def test_third_party_circus_plugin_is_refused_with_what_to_do(tmp_path):
+    # Circus's bundled plugins are built in (test_config_circus_plugins.py).
+    text = watcher("cmd = sleep 1") + "\n[plugin:mine]\nuse = mypkg.plugins.Mine\n"
+    load_error(tmp_path, text, section="plugin:mine", key="use",
+               says=("third-party", "the package that provides mypkg.plugins",
+                     "install it for"))
 
 
 # --------------------------------------------------------------------------- keys and types
@@ -573,12 +574,11 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
      "stdout_stream.class", "'mypkg.FileStream' is not supported"),
     (watcher("cmd = sleep 1\nstderr_stream.class = TimedRotatingFileStream"),
      "watcher:web", "stderr_stream.class", "not supported"),
-    ("[circus]\nstatsd = true\n", "circus", "statsd", "statsd"),
     ("[circus]\npidfile = /run/circus.pid\n", "circus", "pidfile", "daemonize"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
      "interface", "SO_BINDTODEVICE"),
-    (watcher("cmd = sleep 1\nflapping.max_retry = 3"), "watcher:web",
-     "flapping.max_retry", "use max_restarts"),
+    (watcher("cmd = sleep 1\nflapping.max_retries = 3"), "watcher:web",
+     "flapping.max_retries", "flapping.max_retry"),
     (watcher("cmd = sleep 1\nstderr_stream.rotate_when = H"), "watcher:web",
      "stderr_stream.rotate_when", "use stderr_max_bytes"),
 ])
@@ -1256,9 +1256,7 @@ def test_stdout_and_stream_filename_together(tmp_path):
 
 
 @pytest.mark.parametrize("section,key,off,on", [
-    ("circus", "statsd", "False", "True"),
     ("watcher:web", "singleton", "false", "true"),
-    ("watcher:web", "max_age", "0", "60"),
 ])
 def test_circus_feature_switched_off_is_accepted(tmp_path, section, key, off, on):
     """A Circus config that spells out a disabled feature loads; enabling it does not."""
