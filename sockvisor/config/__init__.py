@@ -6,6 +6,8 @@
   * loader.py: `load(path)`: the INI file, checked, to a `Config`;
   * runtime.py: watchers built or changed at run time (`add`, `set`);
   * substitutions.py: `$(sockvisor.wid)`, `$(sockvisor.sockets.NAME)` at spawn time.
+  * virtualenv.py: Circus's `virtualenv` and `copy_path`: the worker's PATH and
+    PYTHONPATH, computed at load.
 
 Everything other modules use is importable from here: `from sockvisor.config import X`.
 """
