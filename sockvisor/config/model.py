@@ -12,7 +12,9 @@ import shlex
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterable, Mapping, TypeVar
+
+_T = TypeVar("_T")
 
 
 class ConfigError(Exception):
@@ -166,6 +168,17 @@ class WatcherConfig:
     def ready_settle(self) -> float:
         """Seconds a worker must stay alive after it is ready to count as settled."""
         return self.restart.min_uptime if self.ready.settle is None else self.ready.settle
+
+
+def priority_groups(items: Iterable[_T],
+                    config_of: Callable[[_T], WatcherConfig]) -> list[list[_T]]:
+    """`items` (watchers, or their configs) in Circus's start order: by
+    `priority`, highest first; equal priorities together, in config order.
+    Shut-down goes through the groups in reverse."""
+    groups: dict[int, list[_T]] = {}
+    for item in items:
+        groups.setdefault(config_of(item).priority, []).append(item)
+    return [groups[priority] for priority in sorted(groups, reverse=True)]
 
 
 @dataclass(frozen=True)
