@@ -292,3 +292,33 @@ def test_control_channel_add_takes_the_circus_options(tmp_path):
         "cmd": "/bin/sleep 1", "singleton": True, "priority": 3, "shell": True}, {},
         environ=ENVIRON)
     assert config.singleton and config.priority == 3 and config.argv()[0] == "/bin/sh"
+
+
+# Each [socket:NAME] key, given a value other than its default, changes the socket
+# sockvisor binds (or is refused): none is parsed and dropped.
+SOCKET_VALUES = {"host": "127.0.0.2", "port": "8081", "family": "AF_INET", "backlog": "7",
+                 "mode": "600", "owner": "nobody", "group": "nogroup", "blocking": "false",
+                 "reuseport": "true", "type": "SOCK_STREAM", "umask": "077", "path": None}
+
+
+def test_every_socket_option_is_in_this_test():
+    from sockvisor.config.options import _SOCKET_OPTIONS
+    assert set(_SOCKET_OPTIONS) == set(SOCKET_VALUES)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owner/group need root")
+@pytest.mark.parametrize("key", sorted(k for k, v in SOCKET_VALUES.items() if v))
+def test_no_socket_option_is_dropped(tmp_path, key):
+    unix = key in ("mode", "owner", "group", "umask")
+    head = f"path = {tmp_path}/s.sock\n" if unix else "host = 127.0.0.1\nport = 8080\n"
+    base = load_text(tmp_path, f"[socket:s]\n{head}[watcher:w]\ncmd = /bin/sleep 1\n")
+    if key in ("family", "type"):   # the default spelled out: accepted, same socket
+        given = load_text(tmp_path, f"[socket:s]\n{head}{key} = {SOCKET_VALUES[key]}\n"
+                                    "[watcher:w]\ncmd = /bin/sleep 1\n")
+        assert given.sockets == base.sockets
+        return
+    head = head.replace(f"{key} = ", f"old_{key} = ") if key in ("host", "port") else head
+    head = "\n".join(line for line in head.splitlines() if not line.startswith("old_"))
+    given = load_text(tmp_path, f"[socket:s]\n{head}\n{key} = {SOCKET_VALUES[key]}\n"
+                                "[watcher:w]\ncmd = /bin/sleep 1\n")
+    assert given.sockets["s"] != base.sockets["s"], key
