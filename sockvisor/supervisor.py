@@ -47,8 +47,8 @@ from sockvisor import config as config_module
 from sockvisor import log as log_setup
 from sockvisor import output, phase_bounds, systemd
 from sockvisor.config import Config, ConfigError, priority_groups
-from sockvisor.pidfile import PidFile
 from sockvisor.http import start_console
+from sockvisor.pidfile import PidFile
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reaper import Reaper, become_subreaper

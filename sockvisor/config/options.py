@@ -3,9 +3,10 @@
 Each section kind has one table (`_GLOBAL_OPTIONS`, `_SOCKET_OPTIONS`,
 `_WATCHER_OPTIONS`) listing every key, how it is parsed and the Circus names
 that mean the same thing (`aliases`), and one table of the Circus keys sockvisor
-knows and refuses (`_Unsupported`) or accepts without effect (`_Ignored`), each
-with its reason.  An unknown key is an error with a did-you-mean, never silently
-kept.
+knows and refuses (`_Unsupported`) or accepts without effect (`_Ignored`: a
+warning at `check` and `start`, unless the key is a knob of Circus's own
+internals), each with its reason.  An unknown key is an error with a
+did-you-mean, never silently kept: every key is used, refused or warned about.
 
 A watcher option also declares what the rest of sockvisor needs to know about
 it, so that no fact about an option is written anywhere else:
