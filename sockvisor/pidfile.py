@@ -4,7 +4,8 @@ Written once the listening sockets are bound (a pid in the file means sockvisor
 got that far), atomically: to a temporary name in the same folder, then renamed
 over the final name, so a reader sees the old content or the whole new one,
 never an empty or half-written file.  Removed at exit, if it is still the file
-we wrote.
+we wrote: the same inode, holding our pid (an inode number alone can be reused
+by another instance's file).
 
 Root writes it, so the folder must be one only root can write (the config check,
 logdir.check_log_path): otherwise another user could plant the name.  The folder
@@ -29,6 +30,7 @@ class PidFile:
         self._dir_fd: int | None = None
         self._name = os.path.basename(path)
         self._written: tuple[int, int] | None = None   # (st_dev, st_ino)
+        self._content = b""
 
     def write(self, pid: int) -> None:
         """Write `pid`; OSError (LogPathError's message says why) if we cannot."""
@@ -43,7 +45,8 @@ class PidFile:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
             try:
-                os.write(fd, f"{pid}\n".encode())
+                self._content = f"{pid}\n".encode()
+                os.write(fd, self._content)
                 os.fsync(fd)
                 st = os.fstat(fd)
             finally:
@@ -64,8 +67,15 @@ class PidFile:
         if self._dir_fd is None:
             return
         try:
-            st = os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) == self._written:
+            fd = os.open(self._name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            try:
+                st = os.fstat(fd)
+                ours = ((st.st_dev, st.st_ino) == self._written
+                        and os.read(fd, 64) == self._content)
+            finally:
+                os.close(fd)
+            if ours:
                 os.unlink(self._name, dir_fd=self._dir_fd)
         except FileNotFoundError:
             pass
