@@ -231,3 +231,21 @@ def test_socket_umask_sets_the_socket_files_mode(sockvisor, probe, tmp_path):
         sockets = web
     """)
     assert stat.S_IMODE(path.stat().st_mode) == 0o770
+
+
+def test_stop_and_start_of_all_watchers_follow_priority(sockvisor, probe, tmp_path):
+    """`stop` and `start` with no name, as circusctl sends them: Circus's order too."""
+    order = tmp_path / "order"
+    sections = "".join(textwrap.dedent(f"""
+        [watcher:{name}]
+        cmd = {probe} --name {name} --order {order}
+        priority = {priority}
+        ready = notify
+        min_uptime = 0.2
+        """) for name, priority in (("low", 1), ("high", 10)))
+    sv = sockvisor(sections)
+    order.write_text("")
+    assert ctl(sv, "stop").returncode == 0
+    assert order.read_text().split("\n")[:2] == ["stop low", "stop high"]
+    assert ctl(sv, "start").returncode == 0
+    assert order.read_text().split("\n")[2:4] == ["start high", "start low"]
