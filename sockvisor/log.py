@@ -4,6 +4,11 @@ Under journald (stderr is the stream named by $JOURNAL_STREAM) each line starts 
 the sd-daemon priority prefix `<N>` so the journal records the level, and carries no
 timestamp of its own (journald adds one).  No colour anywhere: logs are read by
 machines as often as by people.
+
+Circus's `logoutput` sends the log elsewhere: `-` to stdout, or a file that
+root appends to, opened as worker log files are (logdir.py: a folder only root
+may write, no link, FIFO or foreign file at the name) and reopened by path on
+SIGUSR1 (`reopen`), after logrotate has moved it away.
 """
 
 from __future__ import annotations
@@ -44,9 +49,62 @@ def stderr_is_journal() -> bool:
     return is_journal_stream(sys.stderr)
 
 
-def setup(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if stderr_is_journal():
+class _LogFile(logging.StreamHandler):
+    """sockvisor's log appended to a file, reopened by path on `reopen()`."""
+
+    def __init__(self, path: str):
+        super().__init__(self._open(path))
+        self.path = path
+
+    @staticmethod
+    def _open(path: str) -> IO[str]:
+        from sockvisor import logdir
+        trust = logdir.Trust(None, None)
+        directory, name = os.path.split(path)
+        dir_fd = logdir.open_directory(directory or "/", trust)
+        try:
+            fd = logdir.open_file(dir_fd, name, path, trust)
+        finally:
+            os.close(dir_fd)
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
+
+    def reopen(self) -> None:
+        try:
+            stream = self._open(self.path)
+        except OSError as exc:   # keep writing where we were: better than nowhere
+            logging.getLogger("sockvisor").error("cannot reopen the log %s: %s",
+                                                 self.path, exc)
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        old.close()
+
+
+_log_file: _LogFile | None = None
+
+
+def reopen() -> None:
+    """SIGUSR1: reopen `logoutput`'s file by its path (after logrotate moved it)."""
+    if _log_file is not None:
+        _log_file.reopen()
+
+
+def setup(level: str = "info", output: str | None = None) -> None:
+    """Log at `level` to stderr, or to `output` (`-`: stdout; else a file path,
+    opened here: OSError if it cannot be)."""
+    global _log_file
+    journal = False
+    if output is not None and output != "-":
+        handler: logging.Handler = _LogFile(output)
+        _log_file = handler   # type: ignore[assignment]
+    else:
+        stream = sys.stdout if output == "-" else sys.stderr
+        handler = logging.StreamHandler(stream)
+        journal = is_journal_stream(stream)
+    if journal:
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter(

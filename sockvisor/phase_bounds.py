@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from sockvisor.config import Config, WatcherConfig
+from sockvisor.config import Config, WatcherConfig, priority_groups
 
 # For what no option bounds: forking, reaping, the control round trip, one
 # backoff step.  Generous, since the cost of too little is a killed supervisor.
@@ -21,8 +21,9 @@ MARGIN = 10.0
 
 
 def start(config: Config) -> float:
-    """First generation of every autostart watcher ready and settled (in parallel)."""
-    return _readiness(config.watchers.values()) + MARGIN
+    """First generation of every autostart watcher ready and settled: in
+    parallel within a priority, one priority after the other."""
+    return sum(_readiness(group) for group in _groups(config)) + MARGIN
 
 
 def reload(old: Config, new: Config) -> float:
@@ -39,8 +40,13 @@ def reload(old: Config, new: Config) -> float:
 
 
 def stop(config: Config) -> float:
-    """Every watcher stopped (in parallel): graceful_timeout, then SIGKILL."""
-    return _stopping(config.watchers.values()) + MARGIN
+    """Every watcher stopped (graceful_timeout, then SIGKILL): in parallel
+    within a priority, one priority after the other."""
+    return sum(_stopping(group) for group in _groups(config)) + MARGIN
+
+
+def _groups(config: Config) -> list[list[WatcherConfig]]:
+    return priority_groups(config.watchers.values(), lambda w: w)
 
 
 def _readiness(watchers: Iterable[WatcherConfig]) -> float:

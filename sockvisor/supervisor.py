@@ -15,6 +15,12 @@ reverse: STOPPING=1, every watcher stops its workers (stop_signal,
 graceful_timeout, SIGKILL), the control channel closes, and the listening
 sockets close last.
 
+Circus's `priority`: watchers start by priority, highest first, each group
+started (as start-up counts it: see `_start_watcher`) before the next one
+begins; equal priorities start together.  Shut-down stops them in the reverse
+order, each group stopped before the next.  With Circus's `pidfile`, sockvisor's
+pid is written once the sockets are bound and removed at exit (pidfile.py).
+
 Process containment (cgroup.py: a cgroup per worker where cgroup v2 is usable,
 else process groups and, with `subreaper`, adopted orphans) is set up first —
 clearing what a SIGKILLed predecessor left, which may hold our ports — and torn
@@ -38,11 +44,13 @@ from typing import Any, Callable
 
 from sockvisor import cgroup
 from sockvisor import config as config_module
+from sockvisor import log as log_setup
 from sockvisor import output, phase_bounds, systemd
-from sockvisor.config import Config, ConfigError, WatcherConfig
+from sockvisor.config import Config, ConfigError, WatcherConfig, priority_groups
 from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
                              StartupError)
 from sockvisor.http import start_console
+from sockvisor.pidfile import PidFile
 from sockvisor.plugin_tasks import PluginRunner
 from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
@@ -91,6 +99,7 @@ class Supervisor:
         self._config_lock = asyncio.Lock()
         # Strong references to retire_socket's tasks (the loop keeps weak ones).
         self._pending_closes: set[asyncio.Task] = set()
+        self.pidfile: PidFile | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -220,6 +229,16 @@ class Supervisor:
             if self.cgroups is not None:
                 self.cgroups.close_unused()
             return exc.status
+        if self.config.globals.pidfile is not None:
+            self.pidfile = PidFile(self.config.globals.pidfile)
+            try:
+                self.pidfile.write(os.getpid())
+            except OSError as exc:
+                log.error("[sockvisor] pidfile: cannot write %s: %s",
+                          self.config.globals.pidfile, exc)
+                self.pidfile = None
+                await self._teardown(StopMode.IMMEDIATE)
+                return EXIT_FAILURE
         self.reaper = Reaper(loop)
         self.reaper.stops_orphans = adopts_orphans and self.cgroups is None
         self.reaper.start()
@@ -232,7 +251,7 @@ class Supervisor:
                              (signal.SIGQUIT, StopMode.IMMEDIATE)):
             loop.add_signal_handler(signum, self.request_stop, mode)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_signal_handler(signal.SIGUSR1, output.reopen_files)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
         self.notifier.mainpid(os.getpid())
         self.notifier.extend_timeout(phase_bounds.start(self.config))
         context = self._context()
@@ -276,9 +295,15 @@ class Supervisor:
                      "`subreaper = true`, or make cgroup v2 writable)", why_not)
         return tree
 
+    def _on_sigusr1(self) -> None:
+        """logrotate's postrotate: every worker log file, and sockvisor's own."""
+        log_setup.reopen()   # first: what reopen_files logs goes to the new file
+        output.reopen_files()
+
     async def _start_watchers(self) -> None:
-        await asyncio.gather(*(self._start_watcher(w) for w in self.watchers.values()
-                               if w.config.autostart))
+        autostart = [w for w in self.watchers.values() if w.config.autostart]
+        for group in priority_groups(autostart, lambda w: w.config):
+            await asyncio.gather(*(self._start_watcher(w) for w in group))
 
     async def _start_watcher(self, watcher: Watcher) -> None:
         """Start one watcher for sockvisor's start-up.
@@ -401,7 +426,9 @@ class Supervisor:
         await self.plugins.close()   # nothing recycles or reloads while we stop
         if mode == StopMode.IMMEDIATE:
             await asyncio.gather(*(w.kill_now() for w in self.watchers.values()))
-        await asyncio.gather(*(w.shutdown() for w in self.watchers.values()))
+        for group in reversed(priority_groups(list(self.watchers.values()),
+                                              lambda w: w.config)):
+            await asyncio.gather(*(w.shutdown() for w in group))
         # Nothing a worker started may outlive sockvisor (cgroup.py, reaper.py).
         if self.reaper is not None:
             await self.reaper.stop_orphans()
@@ -417,6 +444,8 @@ class Supervisor:
             self.reaper.reap()
             self.reaper.close()
         self.close_sockets()
+        if self.pidfile is not None:
+            self.pidfile.remove()
         log.info("sockvisor stopped")
 
     # ------------------------------------------------------------------ reloadconfig

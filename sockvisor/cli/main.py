@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.path}: OK ({len(config.sockets)} sockets, "
               f"{len(config.watchers)} watchers)")
         return 0
-    log.setup(args.log_level or config.globals.loglevel)
+    try:
+        log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)
+    except OSError as exc:   # logoutput's file (checked at load; changed since)
+        print(f"sockvisor: {config.path}: logoutput: {exc}", file=sys.stderr)
+        return 2
     from sockvisor.supervisor import Supervisor
     return asyncio.run(Supervisor(config).run())
 

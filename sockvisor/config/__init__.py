@@ -6,6 +6,8 @@
   * loader.py: `load(path)`: the INI file, checked, to a `Config`;
   * runtime.py: watchers built or changed at run time (`add`, `set`);
   * substitutions.py: `$(sockvisor.wid)`, `$(sockvisor.sockets.NAME)` at spawn time.
+  * virtualenv.py: Circus's `virtualenv` and `copy_path`: the worker's PATH and
+    PYTHONPATH, computed at load.
 
 Everything other modules use is importable from here: `from sockvisor.config import X`.
 """
@@ -17,7 +19,7 @@ import os  # noqa: F401  (tests patch `config.os.geteuid`: the one os module)
 from sockvisor.config.model import (UNLIMITED_RESTARTS, Config, ConfigError,
                                     GlobalConfig, OutputConfig, OutputKind, ReadyKind,
                                     ReadyPolicy, RestartPolicy, SocketConfig,
-                                    WatcherConfig)
+                                    WatcherConfig, priority_groups)
 from sockvisor.config.values import (ENDPOINT_GROUP_GRANTS, MAX_SECONDS, _http_is_local,
                                      http_host_port, signal_names, split_words)
 from sockvisor.config.options import (OPERATOR_OPTIONS, PRIVILEGED_WATCHER_OPTIONS,
@@ -37,5 +39,5 @@ __all__ = [
     "has_worker_substitution", "MAX_KEY_LENGTH", "MAX_VALUE_LENGTH", "load",
     "OPERATOR_OPTIONS", "PRIVILEGED_WATCHER_OPTIONS", "Change", "Who", "change_kind",
     "changes", "shown_options", "watcher_option", "current_values",
-    "watcher_from_options", "with_options",
+    "watcher_from_options", "with_options", "priority_groups",
 ]

@@ -41,6 +41,7 @@ from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputCon
 from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
                                       _SOCKET_OPTIONS, _WATCHER_CIRCUS, _WATCHER_OPTIONS,
                                       _Ignored, _Option, _Unsupported)
+from sockvisor.config import virtualenv
 from sockvisor.config.substitutions import _SUBSTITUTION
 from sockvisor.config.values import (MAX_SECONDS, _ENV_KEY, _NAME, _did_you_mean,
                                      _http_is_local, _switched_off, split_words)
@@ -275,6 +276,8 @@ class _Loader:
                 if isinstance(entry, _Unsupported):
                     raise self.error(f"not supported by sockvisor: {entry.reason}",
                                      section, key)
+                if entry.meaningless:
+                    continue
                 self.warnings.append(f"{self.path}: [{section}] {key}: ignored: {entry.reason}")
                 continue
             canonical = by_name.get(key)
@@ -314,6 +317,17 @@ class _Loader:
         if ("curve_secret_key_file" in values) != ("curve_authorized_keys_dir" in values):
             raise self.error("CURVE needs both curve_secret_key_file and "
                              "curve_authorized_keys_dir", section)
+        keys = values["__keys__"]
+        logoutput = values.get("logoutput")
+        if logoutput == "stdout":   # Circus's other spelling of "-"
+            logoutput = "-"
+        if logoutput is not None and logoutput.startswith("syslog:"):
+            raise self.error("syslog is not supported: sockvisor logs to stderr, which "
+                             "journald records under systemd (with priorities); or give "
+                             "a file, or - for stdout", section, keys["logoutput"])
+        for key, path in (("logoutput", logoutput), ("pidfile", values.get("pidfile"))):
+            if path is not None and path != "-":
+                self.check_root_file(path, section, keys[key])
         return GlobalConfig(
             endpoint=endpoint,
             pubsub_endpoint=pubsub,
@@ -331,7 +345,19 @@ class _Loader:
             http_token_file=values.get("http_token_file"),
             cgroup=values.get("cgroup", "auto"),
             start_failure=values.get("start_failure", "exit"),
+            pidfile=values.get("pidfile"),
+            logoutput=logoutput,
         )
+
+    def check_root_file(self, path: str, section: str, key: str) -> None:
+        """A file sockvisor (root) writes for itself (pidfile, logoutput): in a
+        folder only root can write, so nobody can plant the name (logdir.py)."""
+        if not os.path.isabs(path):
+            raise self.error("expected an absolute path", section, key)
+        try:
+            logdir.check_log_path(path, None, None)
+        except OSError as exc:
+            raise self.error(str(exc), section, key) from None
 
     def http_address(self, values: dict[str, Any], section: str) -> str | None:
         """`http`, or Circus's `httpd = true` + `httpd_host`/`httpd_port` (its
@@ -424,15 +450,23 @@ class _Loader:
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
                 raise self.error(f"directory {parent} does not exist", section, keys["path"])
+            mode = values.get("mode")
+            if "umask" in values:
+                # Circus binds under this umask: the file gets 0777 & ~umask.
+                # sockvisor sets that mode through the file it bound (sockets.py).
+                if mode is not None:
+                    raise self.error("give either mode or umask (Circus's: the file "
+                                     "gets mode 0777 & ~umask)", section, keys["umask"])
+                mode = 0o777 & ~values["umask"]
             return SocketConfig(
                 name=name, family=socket.AF_UNIX, path=path,
-                backlog=values.get("backlog", 2048), mode=values.get("mode"),
+                backlog=values.get("backlog", 2048), mode=mode,
                 owner=values["owner"].pw_uid if "owner" in values else None,
                 group=values.get("group"), blocking=values.get("blocking", True))
-        for key in ("mode", "owner", "group"):
+        for key in ("mode", "owner", "group", "umask"):
             if key in values:
-                raise self.error("only unix sockets (path = ...) take mode, owner, group",
-                                 section, keys[key])
+                raise self.error("only unix sockets (path = ...) take mode, owner, "
+                                 "group, umask", section, keys[key])
         if family_name == "AF_UNIX":
             raise self.error("an AF_UNIX socket needs path", section, keys["family"])
         if "port" not in values:
@@ -481,10 +515,6 @@ class _Loader:
         keys = values["__keys__"]
         if "cmd" not in values:
             raise self.error("a watcher needs cmd", section, "cmd")
-        if values.get("shell"):
-            raise self.error("shell = true is not supported: sockets and signals must "
-                             "reach the program itself; put the program in cmd",
-                             section, keys["shell"])
 
         env: dict[str, str] = {}
         if isinstance(values.get("env"), Mapping):
@@ -507,6 +537,10 @@ class _Loader:
         # resolves the way it does in the shell that wrote the config.
         base_env = (dict(self.environ) if copy_env
                     else {"PATH": self.environ.get("PATH", os.defpath)})
+        copy_path = _default_or(values, "copy_path")
+        if copy_path:
+            # Circus: before the watcher's env, so an explicit PYTHONPATH wins.
+            base_env["PYTHONPATH"] = virtualenv.copied_path()
         if "uid" in values:
             # A copied HOME, USER and LOGNAME describe sockvisor's user; a worker run
             # as another gets its own at spawn, unless the config sets them.
@@ -516,6 +550,17 @@ class _Loader:
         env = {key: self.expand_env_refs(value, section, key) for key, value in env.items()}
         full_env = {**base_env, **env}
         lookup_env = {**self.environ, **env}
+        venv = values.get("virtualenv")
+        if venv is not None:
+            # After env, as Circus: the virtualenv's paths go around the worker's.
+            try:
+                full_env = virtualenv.with_virtualenv(full_env, venv,
+                                                      values.get("virtualenv_py_ver"))
+            except ValueError as exc:
+                raise self.error(str(exc), section, keys["virtualenv"]) from None
+        elif "virtualenv_py_ver" in values and self.parser is not None:
+            self.warnings.append(f"{self.path}: [{section}] {keys['virtualenv_py_ver']}: "
+                                 "ignored: no virtualenv is given")
 
         # Which sockets: an explicit list, all (use_sockets), or those named in
         # $(sockvisor.sockets.NAME) substitutions.
@@ -547,8 +592,19 @@ class _Loader:
             for arg in (self.split_words(raw_args, section, keys.get("args"))
                         if isinstance(raw_args, str) else raw_args)]
         args = tuple(cmd_parts[1:]) + tuple(extra_args)
+        shell = _default_or(values, "shell")
+        raw_shell_args = values.get("shell_args", "")
+        shell_args = tuple(
+            self.expand_static(arg, lookup_env, section, keys["shell_args"])
+            for arg in (self.split_words(raw_shell_args, section, keys.get("shell_args"))
+                        if isinstance(raw_shell_args, str) else raw_shell_args))
+        if shell_args and not shell and self.parser is not None:
+            # Circus warns too: "shell_args is defined but won't be used".
+            self.warnings.append(f"{self.path}: [{section}] {keys['shell_args']}: "
+                                 "ignored: only used with shell = true")
         for text, key in ([(part, keys["cmd"]) for part in cmd_parts]
-                          + [(arg, keys["args"]) for arg in extra_args]):
+                          + [(arg, keys["args"]) for arg in extra_args]
+                          + [(arg, keys["shell_args"]) for arg in shell_args]):
             for match in _SUBSTITUTION.finditer(text):
                 ref = match.group(2)
                 if ref.startswith("sockets."):
@@ -604,9 +660,15 @@ class _Loader:
                              section, keys["ready"])
         rlimits = {key[len("rlimit_"):]: value for key, value in values.items()
                    if key.startswith("rlimit_")}
+        singleton = _default_or(values, "singleton")
+        numprocesses = _default_or(values, "numprocesses")
+        if singleton and numprocesses > 1:
+            raise self.error(f"singleton = true runs exactly one worker, numprocesses = "
+                             f"{numprocesses} asks for more: give one of them",
+                             section, keys.get("numprocesses", "numprocesses"))
         return WatcherConfig(
             name=name, cmd=cmd_parts[0], args=args,
-            numprocesses=_default_or(values, "numprocesses"), sockets=tuple(wanted),
+            numprocesses=numprocesses, sockets=tuple(wanted),
             uid=uid, gid=gid, user=user, home=home, working_dir=working_dir,
             env=full_env, copy_env=copy_env, explicit_env=env, umask=values.get("umask"),
             stop_signal=_default_or(values, "stop_signal"),
@@ -617,6 +679,10 @@ class _Loader:
             stderr=self.build_output("stderr", values, section, uid, gid),
             autostart=_default_or(values, "autostart"),
             rlimits=rlimits,
+            copy_path=copy_path, virtualenv=venv,
+            virtualenv_py_ver=values.get("virtualenv_py_ver"),
+            shell=shell, shell_args=shell_args, singleton=singleton,
+            priority=_default_or(values, "priority"),
         )
 
     def apply_flapping(self, name: str, restart: RestartPolicy,

@@ -8,10 +8,13 @@ runtime.py from control-channel options; options.py says what each option is.
 from __future__ import annotations
 
 import enum
+import shlex
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterable, Mapping, TypeVar
+
+_T = TypeVar("_T")
 
 from sockvisor import circus_plugins
 
@@ -140,14 +143,44 @@ class WatcherConfig:
     stderr: OutputConfig = OutputConfig()
     autostart: bool = True
     rlimits: Mapping[str, int] = field(default_factory=dict)
+    # Circus's options, used as Circus uses them (options.py says how):
+    copy_path: bool = False        # sockvisor's sys.path in PYTHONPATH (in `env`)
+    virtualenv: str | None = None  # its bin in PATH, its packages in PYTHONPATH
+    virtualenv_py_ver: str | None = None
+    shell: bool = False            # cmd + args run by /bin/sh -c, as Circus builds it
+    shell_args: tuple[str, ...] = ()
+    singleton: bool = False        # at most one worker: incr and scaling refused
+    priority: int = 0              # start order: higher first; stop in reverse
 
     def argv(self) -> list[str]:
+        """What the worker is exec'ed with (before $(sockvisor.wid) and
+        $(sockvisor.sockets.NAME) are resolved, which give digits only, so
+        resolving them inside the shell's quoted words is safe).
+
+        With `shell`, as Circus 0.19 builds it (circus/process.py): every word of
+        cmd and args quoted and joined into the one script `/bin/sh -c` runs,
+        `shell_args` after it (the script's $0, $1...).  Quoted: shell syntax in
+        cmd (`|`, `&&`, `$VAR`) is passed literally, in Circus as here."""
+        if self.shell:
+            script = " ".join(shlex.quote(word) for word in (self.cmd, *self.args))
+            return ["/bin/sh", "-c", script, *self.shell_args]
         return [self.cmd, *self.args]
 
     @property
     def ready_settle(self) -> float:
         """Seconds a worker must stay alive after it is ready to count as settled."""
         return self.restart.min_uptime if self.ready.settle is None else self.ready.settle
+
+
+def priority_groups(items: Iterable[_T],
+                    config_of: Callable[[_T], WatcherConfig]) -> list[list[_T]]:
+    """`items` (watchers, or their configs) in Circus's start order: by
+    `priority`, highest first; equal priorities together, in config order.
+    Shut-down goes through the groups in reverse."""
+    groups: dict[int, list[_T]] = {}
+    for item in items:
+        groups.setdefault(config_of(item).priority, []).append(item)
+    return [groups[priority] for priority in sorted(groups, reverse=True)]
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,11 @@ class GlobalConfig:
     # start-up is over): "exit" fails the start (no READY=1, exit status 4) rather
     # than hold a port nobody serves; "continue" serves the other watchers.
     start_failure: str = "exit"
+    # Circus's: sockvisor's pid, written (atomically) once the sockets are bound
+    # and removed at exit; and where sockvisor's own log goes ("-": stdout; a
+    # file, reopened on SIGUSR1; None: stderr).
+    pidfile: str | None = None
+    logoutput: str | None = None
 
 
 @dataclass(frozen=True)

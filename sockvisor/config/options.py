@@ -3,9 +3,10 @@
 Each section kind has one table (`_GLOBAL_OPTIONS`, `_SOCKET_OPTIONS`,
 `_WATCHER_OPTIONS`) listing every key, how it is parsed and the Circus names
 that mean the same thing (`aliases`), and one table of the Circus keys sockvisor
-knows and refuses (`_Unsupported`) or accepts without effect (`_Ignored`), each
-with its reason.  An unknown key is an error with a did-you-mean, never silently
-kept.
+knows and refuses (`_Unsupported`) or accepts without effect (`_Ignored`: a
+warning at `check` and `start`, unless the key is a knob of Circus's own
+internals), each with its reason.  An unknown key is an error with a
+did-you-mean, never silently kept: every key is used, refused or warned about.
 
 A watcher option also declares what the rest of sockvisor needs to know about
 it, so that no fact about an option is written anywhere else:
@@ -33,7 +34,8 @@ from typing import Any, Callable, Mapping, Protocol
 from sockvisor.config.model import OutputConfig, OutputKind, ReadyKind, ReadyPolicy, WatcherConfig
 from sockvisor.config.values import (
     _ENV_KEY, _operator_signals_of, _parse_bool, _parse_cgroup, _parse_circus_stream_class,
-    _parse_float, _parse_grants, _parse_group, _parse_int, _parse_list, _parse_max_restarts,
+    _parse_float, _parse_grants, _parse_group, _parse_int, _parse_list, _parse_loggerconfig,
+    _parse_max_restarts,
     _parse_nonempty, _parse_octal, _parse_operator_signals, _parse_output, _parse_ready,
     _parse_rlimit, _parse_signal, _parse_start_failure, _parse_str, _parse_user,
     signal_names)
@@ -115,8 +117,12 @@ class _Unsupported:
 
 @dataclass(frozen=True)
 class _Ignored:
-    """A Circus key that has no meaning here; accepted so Circus configs load."""
+    """A Circus key accepted without effect, so Circus configs load.  It is
+    warned about at `check` and `start` (what it asked for is not done, or done
+    differently: the reason says how), unless it is `meaningless`: a knob of
+    Circus's own internals whose every value means the same here."""
     reason: str
+    meaningless: bool = False
 
 
 _GLOBAL_OPTIONS: dict[str, _Option] = {
@@ -142,26 +148,30 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     "start_failure": _Option(_parse_start_failure),
     # Circus's circusd-stats switch: read by circus_plugins.py (a warning if true).
     "statsd": _Option(_parse_bool),
+    # Circus's: a file root writes, so its folder must be root's (logdir.py).
+    "pidfile": _Option(_parse_nonempty),
+    "logoutput": _Option(_parse_nonempty),
+    # Only Circus's default: see _parse_loggerconfig for why a file is refused.
+    "loggerconfig": _Option(_parse_loggerconfig),
 }
 
 _GLOBAL_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "check_delay": _Ignored("sockvisor does not poll: child exits are events"),
     "warmup_delay": _Ignored("sockvisor starts workers without a fixed delay"),
     "debug": _Ignored("use loglevel = debug"),
-    "debug_gc": _Ignored("not applicable"),
+    # Circus's own garbage-collector debugging: nothing of it exists here.
+    "debug_gc": _Ignored("Circus's own garbage-collector debugging", meaningless=True),
     "stats_endpoint": _Ignored("use the `stats` command"),
     "endpoint_owner": _Unsupported("use endpoint_group: sockvisor's endpoint is 0600 "
                                    "and a group can be given operator rights"),
-    "pidfile": _Unsupported("sockvisor does not daemonize; use systemd or a container"),
-    "logoutput": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
-    "loggerconfig": _Unsupported("sockvisor logs to stderr (journald under systemd)"),
     "papa_endpoint": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "fqdn_prefix": _Ignored("not applicable"),
     "statsd_close_outputs": _Ignored("circusd-stats is not run (see statsd)"),
     "httpd_close_outputs": _Ignored("the console runs inside sockvisor: nothing to close"),
     "multicast_endpoint": _Ignored("sockvisor does not announce itself for cluster "
                                    "discovery"),
-    "stream_backend": _Ignored("not applicable"),
+    # Which threading library Circus's own output streams use: internals only.
+    "stream_backend": _Ignored("Circus's stream threading", meaningless=True),
 }
 
 _SOCKET_OPTIONS: dict[str, _Option] = {
@@ -176,11 +186,15 @@ _SOCKET_OPTIONS: dict[str, _Option] = {
     "blocking": _Option(_parse_bool),
     "reuseport": _Option(_parse_bool, aliases=("so_reuseport",)),
     "type": _Option(_parse_str),
+    # Circus's umask at bind(): the unix socket file gets mode 0777 & ~umask.
     "umask": _Option(_parse_octal),
-    "replace": _Option(_parse_bool),
 }
 
 _SOCKET_CIRCUS: dict[str, _Unsupported | _Ignored] = {
+    # Circus: unlink whatever is at the path (else fail if it exists).
+    "replace": _Ignored("sockvisor always replaces a stale socket file (one nobody "
+                        "listens on) and never removes a socket in use or a file that "
+                        "is not a socket"),
     "interface": _Unsupported("SO_BINDTODEVICE is not supported; bind to the interface's address"),
     "proto": _Unsupported("only the default protocol is supported"),
 }
@@ -262,8 +276,13 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
                    value=lambda c: dict(c.explicit_env), show=lambda c: dict(c.env),
                    structured=_env_mapping),
     "copy_env": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED, field="copy_env"),
-    "copy_path": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED,
-                         ini_only="Circus's; accepted, without effect"),
+    # Circus's: sockvisor's sys.path as the worker's PYTHONPATH (under env).
+    "copy_path": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED, field="copy_path"),
+    # Circus's load_virtualenv: its bin first in PATH, its packages in PYTHONPATH.
+    "virtualenv": _Option(_parse_nonempty, change=_RESTART, who=_PRIVILEGED,
+                          field="virtualenv"),
+    "virtualenv_py_ver": _Option(_parse_nonempty, change=_RESTART, who=_PRIVILEGED,
+                                 field="virtualenv_py_ver"),
     "umask": _Option(_parse_octal, change=_RESTART, who=_PRIVILEGED, field="umask",
                      show=lambda c: None if c.umask is None else oct(c.umask)),
     "stop_signal": _Option(_parse_signal, change=_IN_PLACE, field="stop_signal",
@@ -294,11 +313,16 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
                             field="restart.max_restarts"),
     "restart_window": _Option(_parse_float(0.0), change=_IN_PLACE, field="restart.window"),
     "autostart": _Option(_parse_bool, change=_IN_PLACE, field="autostart"),
-    "shell": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED,
-                     ini_only="Circus's; only shell = false is accepted"),
-    "priority": _Option(_parse_int(), change=_IN_PLACE,
-                        ini_only="Circus's start order; accepted, without effect: "
-                                 "sockvisor starts watchers together"),
+    # What runs: /bin/sh -c with cmd and args quoted (WatcherConfig.argv).
+    "shell": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED, field="shell"),
+    "shell_args": _Option(_parse_str, change=_RESTART, who=_PRIVILEGED,
+                          value=lambda c: tuple(c.shell_args),
+                          show=lambda c: list(c.shell_args), structured=_words),
+    # At most one worker: numprocesses > 1 is refused in the file, by `set`, `incr`.
+    "singleton": _Option(_parse_bool, change=_IN_PLACE, field="singleton"),
+    # Start-up starts watchers by priority, highest first (Circus's order), each
+    # group ready before the next; shut-down stops them in reverse (supervisor.py).
+    "priority": _Option(_parse_int(), change=_IN_PLACE, field="priority"),
     # Read from the file by circus_plugins.py: recycling by age, and the flapping
     # plugin's per-watcher overrides (mapped onto the restart policy by the loader's
     # apply_flapping).  Not kept in a WatcherConfig: `set`/`add` refuse them, and
@@ -348,9 +372,6 @@ for _resource in RLIMITS:
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
     "hooks": _Unsupported("hooks are not supported"),
-    "virtualenv": _Unsupported("set cmd to the virtualenv's interpreter instead"),
-    "virtualenv_py_ver": _Unsupported("set cmd to the virtualenv's interpreter instead"),
-    "singleton": _Unsupported("use numprocesses = 1"),
     "on_demand": _Unsupported("on-demand start is not supported"),
     "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
     "close_child_stdout": _Unsupported("use stdout = null"),
@@ -360,9 +381,8 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "executable": _Unsupported("put the program in cmd"),
     "send_hup": _Unsupported("use stop_signal or the signal command"),
     "use_papa": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
-    "stream_backend": _Ignored("not applicable"),
+    "stream_backend": _Ignored("Circus's stream threading", meaningless=True),
     "stdin_socket": _Unsupported("stdin sockets are not supported"),
-    "shell_args": _Ignored("only used with shell = true, which sockvisor refuses"),
     # Read by no part of Circus 0.19 (its flapping plugin reads flapping.*).
     "check_flapping": _Ignored("sockvisor's flapping limit is max_restarts within "
                                "restart_window"),

@@ -563,10 +563,6 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
      "hooks are not supported"),
     (watcher("cmd = sleep 1\nhooks.before_start = mymodule.hook"), "watcher:web",
      "hooks.before_start", "hooks are not supported"),
-    (watcher("cmd = sleep 1\nvirtualenv = /opt/venv"), "watcher:web", "virtualenv",
-     "interpreter"),
-    (watcher("cmd = sleep 1\nshell = true"), "watcher:web", "shell",
-     "shell = true is not supported"),
     (watcher("cmd = sleep 1\nstdout_stream.class = some.Custom"), "watcher:web",
      "stdout_stream.class", "'some.Custom' is not supported"),
     (watcher("cmd = sleep 1\nstdout_stream.class = mypkg.FileStream\n"
@@ -574,7 +570,6 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
      "stdout_stream.class", "'mypkg.FileStream' is not supported"),
     (watcher("cmd = sleep 1\nstderr_stream.class = TimedRotatingFileStream"),
      "watcher:web", "stderr_stream.class", "not supported"),
-    ("[circus]\npidfile = /run/circus.pid\n", "circus", "pidfile", "daemonize"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
      "interface", "SO_BINDTODEVICE"),
     (watcher("cmd = sleep 1\nflapping.max_retries = 3"), "watcher:web",
@@ -606,7 +601,6 @@ def test_ignored_circus_options_warn(tmp_path):
     ("circus", "statsd_close_outputs", "true"),
     ("circus", "httpd_close_outputs", "true"),
     ("circus", "multicast_endpoint", "udp://237.219.251.97:12027"),
-    ("circus", "stream_backend", "thread"),
     ("watcher:web", "stdout_stream.time_format", "%Y-%m-%d %H:%M:%S"),
     ("watcher:web", "stdout_stream.refresh_time", "0.3"),
     ("watcher:web", "stderr_stream.time_format", "%H:%M:%S"),
@@ -1256,7 +1250,7 @@ def test_stdout_and_stream_filename_together(tmp_path):
 
 
 @pytest.mark.parametrize("section,key,off,on", [
-    ("watcher:web", "singleton", "false", "true"),
+    ("watcher:web", "use_papa", "false", "true"),
 ])
 def test_circus_feature_switched_off_is_accepted(tmp_path, section, key, off, on):
     """A Circus config that spells out a disabled feature loads; enabling it does not."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +45,9 @@ NEW_VALUES: dict[str, object] = {
     "stdout": "null", "stderr": "prefix", "stdout_max_bytes": "1000",
     "stdout_backup_count": "2", "stderr_max_bytes": "1000", "stderr_backup_count": "2",
     "uid": "nobody", "gid": "nogroup",
+    # Circus's (issue 11): the virtualenv is made by the test (VENV).
+    "copy_path": "true", "virtualenv": "{venv}", "virtualenv_py_ver": "2.7",
+    "shell": "true", "shell_args": "x", "singleton": "true", "priority": "5",
     **{key: "100" for key in _WATCHER_OPTIONS if key.startswith("rlimit_")},
 }
 
@@ -100,10 +104,15 @@ def test_options_and_get_show_every_kept_option(base):
 
 @pytest.mark.skipif(not IS_ROOT, reason="uid/gid need root")
 @pytest.mark.parametrize("key", sorted(NEW_VALUES))
-def test_a_change_of_each_option_is_classified_as_declared(base, key):
+def test_a_change_of_each_option_is_classified_as_declared(base, key, tmp_path):
     """reloadconfig's split (change_kind) and set's (changes) agree with the
     declaration; and with_options takes the one option, changing nothing else."""
-    changed = with_options(base, {key: NEW_VALUES[key]}, SOCKETS, environ=ENVIRON)
+    new_value = NEW_VALUES[key]
+    if new_value == "{venv}":
+        new_value = str(tmp_path / "venv")
+        (tmp_path / ("venv/lib/python%d.%d/site-packages" % sys.version_info[:2])).mkdir(
+            parents=True)
+    changed = with_options(base, {key: new_value}, SOCKETS, environ=ENVIRON)
     declared = _WATCHER_OPTIONS[key].change
     assert change_kind(base, changed) == {declared}, key
     assert changes({key}) == {declared}

@@ -88,3 +88,31 @@ graceful_timeout = 4
     empty = dataclasses.replace(cfg, watchers={})
     assert (phase_bounds.start(empty), phase_bounds.reload(empty, empty),
             phase_bounds.stop(empty)) == (phase_bounds.MARGIN,) * 3
+
+
+def test_priorities_start_and_stop_one_after_another(tmp_path):
+    """Circus's priority: each priority starts (and stops) after the other, so
+    the bounds add up; equal priorities run together."""
+    cfg = config(tmp_path, """
+[watcher:db]
+cmd = sleep 1
+priority = 10
+ready_timeout = 30
+ready_settle = 2
+graceful_timeout = 20
+
+[watcher:web]
+cmd = sleep 1
+ready_timeout = 5
+ready_settle = 1
+graceful_timeout = 3
+
+[watcher:worker]
+cmd = sleep 1
+ready_timeout = 7
+ready_settle = 1
+graceful_timeout = 4
+""")
+    margin = phase_bounds.MARGIN
+    assert phase_bounds.start(cfg) == (30 + 2) + (7 + 1) + margin
+    assert phase_bounds.stop(cfg) == 20 + 4 + margin

@@ -64,10 +64,14 @@ class Command:
 
 
 class WatcherLifecycleCommand(Command):
-    """start / stop / restart: one watcher (NAME) or all of them, each a Watcher method."""
+    """start / stop / restart: one watcher (NAME) or all of them, each a Watcher method.
+
+    All of them go by Circus's `priority`, as start-up and shut-down do: highest
+    first, each priority done before the next; `stop` lowest first."""
     long_running = True
     method = ""
     fatal_is_failure = False   # a start that ends FATAL fails the command
+    lowest_priority_first = False
 
     def add_arguments(self, parser):
         watcher_argument(parser, optional=True)
@@ -77,9 +81,18 @@ class WatcherLifecycleCommand(Command):
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         import asyncio
+
+        from sockvisor.config import priority_groups
         watchers = ([get_watcher(supervisor, props)] if "name" in props
                     else list(supervisor.watchers.values()))
-        results = list(await asyncio.gather(*(getattr(w, self.method)() for w in watchers)))
+        groups = priority_groups(watchers, lambda w: w.config)
+        if self.lowest_priority_first:
+            groups.reverse()
+        done: dict[int, Any] = {}
+        for group in groups:
+            replies = await asyncio.gather(*(getattr(w, self.method)() for w in group))
+            done.update(zip(map(id, group), replies))
+        results = [done[id(w)] for w in watchers]
         if self.fatal_is_failure:
             raise_if_fatal(results)
         return {"watcher": results[0]} if "name" in props else {"watchers": results}

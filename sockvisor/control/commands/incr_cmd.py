@@ -6,6 +6,7 @@ from typing import Any
 
 from sockvisor.control.commands.base import (MAX_NUMPROCESSES, Command, get_watcher,
                                              int_property, watcher_argument, whole_number)
+from sockvisor.control.protocol import CommandError
 
 
 class Incr(Command):
@@ -15,7 +16,8 @@ class Incr(Command):
 
     In a watcher that is stopped or FATAL only the desired count changes.  During
     a backoff the new workers start when the backoff ends.  On the group
-    endpoint, up to endpoint_group_max_numprocesses workers.
+    endpoint, up to endpoint_group_max_numprocesses workers.  A watcher with
+    `singleton = true` is refused above one worker.
     """
     name = "incr"
     access = "operate"
@@ -31,6 +33,9 @@ class Incr(Command):
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
         from sockvisor.control import access
         watcher = get_watcher(supervisor, props)
+        if watcher.config.singleton and watcher.numprocesses >= 1:
+            raise CommandError(f"{watcher.name} is a singleton (singleton = true): "
+                               "it runs exactly one worker")
         # Bounded like numprocesses in the file: {"nb": 10**30} would otherwise
         # fork until the machine runs out, with the event loop stuck in the loop.
         room = MAX_NUMPROCESSES - watcher.numprocesses

@@ -83,6 +83,10 @@ class Set(Command):
                 await preflight.require([new_config], "<control>", supervisor.reaper)
         except ConfigError as exc:
             raise CommandError(f"{exc.key or ''}: {exc.message}".lstrip(": ")) from None
+        if new_config.singleton and watcher.numprocesses > 1 and Change.SCALE not in kinds:
+            # The config's count is 1, but `incr` scaled the watcher since.
+            raise CommandError(f"singleton: {watcher.name} runs {watcher.numprocesses} "
+                               "workers; scale it to 1 first")
         if Change.SCALE in kinds:
             async with access.scaling(watcher, lambda _: new_config.numprocesses):
                 await watcher.set_numprocesses(new_config.numprocesses)

@@ -16,6 +16,7 @@ class Stop(WatcherLifecycleCommand):
     name = "stop"
     access = "stop"
     method = "stop"
+    lowest_priority_first = True
 
 
 COMMAND = Stop()

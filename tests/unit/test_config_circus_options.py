@@ -1,0 +1,324 @@
+"""Circus watcher and global options that real circus.ini files use (issue 11,
+items 4, 10, 13): each one is used as Circus uses it, or refused with the
+reason -- never parsed and dropped.
+
+What a worker receives is checked end to end in
+tests/integration/test_e2e_circus_options.py; here, the parsing: what the
+WatcherConfig says the worker will get (argv, env), and the errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sockvisor.config import ConfigError, load, watcher_from_options, with_options
+from sockvisor.config.options import _GLOBAL_CIRCUS, _SOCKET_CIRCUS, _WATCHER_CIRCUS, _Ignored
+
+pytestmark = pytest.mark.timeout(20)
+
+ENVIRON = {"PATH": "/usr/bin:/bin", "HOME": "/root", "PYTHONPATH": "/from/env"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "circus.ini"
+    path.write_text(textwrap.dedent(text).replace("{tmp}", str(tmp_path)))
+    return path
+
+
+def load_text(tmp_path: Path, text: str):
+    return load(str(write(tmp_path, text)), environ=ENVIRON)
+
+
+def error_of(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    return info.value
+
+
+def web(tmp_path: Path, body: str):
+    return load_text(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\n"
+                     + textwrap.dedent(body)).watchers["web"]
+
+
+# --------------------------------------------------------------------------- singleton
+
+def test_singleton_runs_one_worker(tmp_path):
+    config = web(tmp_path, "singleton = true\n")
+    assert config.singleton and config.numprocesses == 1
+
+
+def test_singleton_with_numprocesses_1_or_0(tmp_path):
+    assert web(tmp_path, "singleton = true\nnumprocesses = 1\n").numprocesses == 1
+    assert web(tmp_path, "singleton = true\nnumprocesses = 0\n").numprocesses == 0
+
+
+def test_singleton_refuses_more_workers_naming_both_keys(tmp_path):
+    error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\nsingleton = true\n"
+                               "numprocesses = 3\n")
+    assert error.section == "watcher:web" and error.key == "numprocesses"
+    assert "singleton" in error.message and "numprocesses" in str(error)
+
+
+def test_set_cannot_scale_a_singleton(tmp_path):
+    config = web(tmp_path, "singleton = true\n")
+    with pytest.raises(ConfigError, match="singleton") as info:
+        with_options(config, {"numprocesses": "2"}, {}, environ=ENVIRON)
+    assert info.value.key == "numprocesses"
+
+
+# --------------------------------------------------------------------------- copy_path
+
+def test_copy_path_gives_sockvisors_sys_path(tmp_path):
+    config = web(tmp_path, "copy_env = true\ncopy_path = true\n")
+    assert config.env["PYTHONPATH"] == os.pathsep.join(sys.path)
+
+
+def test_copy_path_env_wins_as_in_circus(tmp_path):
+    # Circus sets PYTHONPATH from sys.path, then applies the watcher's env on top.
+    config = web(tmp_path, "copy_env = true\ncopy_path = true\n"
+                           "[env:web]\nPYTHONPATH = /mine\n")
+    assert config.env["PYTHONPATH"] == "/mine"
+
+
+def test_copy_path_off_leaves_pythonpath_alone(tmp_path):
+    assert "PYTHONPATH" not in web(tmp_path, "copy_path = false\n").env
+    assert web(tmp_path, "copy_env = true\n").env["PYTHONPATH"] == "/from/env"
+
+
+def test_copy_path_survives_set(tmp_path):
+    config = web(tmp_path, "copy_env = true\ncopy_path = true\n")
+    after = with_options(config, {"graceful_timeout": "3"}, {}, environ=ENVIRON)
+    assert after.env["PYTHONPATH"] == os.pathsep.join(sys.path)
+
+
+# --------------------------------------------------------------------------- virtualenv
+
+def make_venv(root: Path, version: str = "%d.%d" % sys.version_info[:2]) -> Path:
+    site = root / "lib" / f"python{version}" / "site-packages"
+    site.mkdir(parents=True)
+    (root / "bin").mkdir()
+    (root / "src" / "pkg").mkdir(parents=True)
+    (site / "pkg.pth").write_text(f"# a comment\nimport os\n{root}/src/pkg\n/does/not/exist\n")
+    return site
+
+
+def test_virtualenv_as_circus_loads_it(tmp_path):
+    venv = tmp_path / "venv"
+    site = make_venv(venv)
+    config = web(tmp_path, f"copy_env = true\nvirtualenv = {venv}\n")
+    # Circus: the .pth packages, then the existing PYTHONPATH, then site-packages.
+    assert config.env["PYTHONPATH"].split(os.pathsep) == [
+        f"{venv}/src/pkg", "/from/env", str(site)]
+    assert config.env["PATH"] == f"{venv}/bin:/usr/bin:/bin"
+
+
+def test_virtualenv_py_ver(tmp_path):
+    venv = tmp_path / "venv"
+    site = make_venv(venv, "2.7")
+    config = web(tmp_path, f"virtualenv = {venv}\nvirtualenv_py_ver = 2.7\n")
+    assert config.env["PYTHONPATH"].split(os.pathsep)[-1] == str(site)
+
+
+def test_virtualenv_that_does_not_exist(tmp_path):
+    error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\n"
+                               f"virtualenv = {tmp_path}/nope\n")
+    assert (error.section, error.key) == ("watcher:web", "virtualenv")
+    assert "does not exist" in error.message and str(write(tmp_path, "")) == error.path
+
+
+def test_virtualenv_without_site_packages(tmp_path):
+    (tmp_path / "venv").mkdir()
+    error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\n"
+                               f"virtualenv = {tmp_path}/venv\nvirtualenv_py_ver = 3.99\n")
+    assert error.key == "virtualenv" and "python3.99/site-packages" in error.message
+
+
+def test_virtualenv_pth_fifo_does_not_block(tmp_path):
+    """A worker that can write its venv plants a FIFO as x.pth: root's load
+    must not block on it."""
+    site = make_venv(tmp_path / "venv")
+    os.mkfifo(site / "evil.pth")
+    config = web(tmp_path, f"virtualenv = {tmp_path}/venv\n")
+    assert str(site) in config.env["PYTHONPATH"]
+
+
+# --------------------------------------------------------------------------- shell
+
+def test_shell_runs_cmd_and_args_as_circus_builds_them(tmp_path):
+    config = web(tmp_path, "shell = true\nargs = --name 'a b' $(circus.wid)\n")
+    assert config.cmd == "/bin/sleep"
+    words = ["/bin/sleep", "1", "--name", "a b", "$(circus.wid)"]
+    assert config.argv() == ["/bin/sh", "-c", " ".join(shlex.quote(w) for w in words)]
+
+
+def test_shell_args_follow_the_command(tmp_path):
+    config = web(tmp_path, "shell = true\nshell_args = x 'y z'\n")
+    assert config.argv() == ["/bin/sh", "-c", "/bin/sleep 1", "x", "y z"]
+
+
+def test_shell_args_without_shell_warns(tmp_path):
+    config = load_text(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\nshell_args = -x\n")
+    assert config.watchers["web"].argv() == ["/bin/sleep", "1"]
+    assert any("shell_args" in w and "shell" in w for w in config.warnings)
+
+
+def test_shell_survives_set(tmp_path):
+    config = web(tmp_path, "shell = true\n")
+    after = with_options(config, {"graceful_timeout": "3"}, {}, environ=ENVIRON)
+    assert after.argv() == ["/bin/sh", "-c", "/bin/sleep 1"]
+
+
+# --------------------------------------------------------------------------- priority
+
+def test_priority_is_kept(tmp_path):
+    assert web(tmp_path, "priority = 7\n").priority == 7
+    assert web(tmp_path, "").priority == 0
+
+
+# --------------------------------------------------------------------------- globals
+
+def test_pidfile_in_a_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    error = error_of(tmp_path, f"[circus]\npidfile = {shared}/circus.pid\n"
+                               "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert (error.section, error.key) == ("circus", "pidfile")
+    assert "writable by everyone" in error.message
+
+
+def test_pidfile_and_logoutput_are_kept(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    config = load_text(tmp_path, f"[circus]\npidfile = {run}/circus.pid\n"
+                                 f"logoutput = {run}/circus.log\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.pidfile == f"{run}/circus.pid"
+    assert config.globals.logoutput == f"{run}/circus.log"
+
+
+def test_logoutput_dash_is_stdout(tmp_path):
+    config = load_text(tmp_path, "[circus]\nlogoutput = -\n[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.logoutput == "-"
+
+
+def test_logoutput_in_a_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    error = error_of(tmp_path, f"[circus]\nlogoutput = {shared}/circus.log\n"
+                               "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert (error.section, error.key) == ("circus", "logoutput")
+
+
+def test_logoutput_syslog_is_refused_with_the_reason(tmp_path):
+    error = error_of(tmp_path, "[circus]\nlogoutput = syslog:///dev/log?local0\n"
+                               "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert error.key == "logoutput" and "syslog" in error.message
+
+
+def test_loggerconfig_default_is_accepted_and_a_file_refused_with_why(tmp_path):
+    load_text(tmp_path, "[circus]\nloggerconfig = default\n[watcher:web]\ncmd = /bin/sleep 1\n")
+    error = error_of(tmp_path, "[circus]\nloggerconfig = /etc/circus/logging.ini\n"
+                               "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert error.key == "loggerconfig"
+    assert "logoutput" in error.message and "code" in error.message
+
+
+# --------------------------------------------------------------------------- sockets
+
+def test_socket_umask_gives_the_file_mode(tmp_path):
+    config = load_text(tmp_path, f"[socket:web]\npath = {tmp_path}/web.sock\numask = 007\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\nsockets = web\n")
+    assert config.sockets["web"].mode == 0o770
+
+
+def test_socket_umask_and_mode_together_are_refused(tmp_path):
+    error = error_of(tmp_path, f"[socket:web]\npath = {tmp_path}/web.sock\numask = 007\n"
+                               "mode = 600\n[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert (error.section, error.key) == ("socket:web", "umask")
+
+
+def test_socket_umask_on_a_tcp_socket_is_refused(tmp_path):
+    error = error_of(tmp_path, "[socket:web]\nport = 0\numask = 007\n"
+                               "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert error.key == "umask"
+
+
+def test_socket_replace_warns_what_sockvisor_does(tmp_path):
+    config = load_text(tmp_path, f"[socket:web]\npath = {tmp_path}/web.sock\nreplace = true\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert any("replace" in w and "stale" in w for w in config.warnings), config.warnings
+
+
+# --------------------------------------------------------------------------- no silent drops
+
+IGNORED = ([("circus", key) for key, entry in _GLOBAL_CIRCUS.items()
+            if isinstance(entry, _Ignored)]
+           + [("socket:web", key) for key, entry in _SOCKET_CIRCUS.items()
+              if isinstance(entry, _Ignored)]
+           + [("watcher:web", key) for key, entry in _WATCHER_CIRCUS.items()
+              if isinstance(entry, _Ignored)])
+
+
+@pytest.mark.parametrize("section, key", IGNORED)
+def test_every_ignored_circus_key_warns_or_is_declared_meaningless(tmp_path, section, key):
+    sections = {"circus": "", "socket:web": f"path = {tmp_path}/web.sock\n",
+                "watcher:web": "cmd = /bin/sleep 1\n"}
+    sections[section] += f"{key} = 1\n"
+    config = load_text(tmp_path, "".join(f"[{name}]\n{body}" for name, body in sections.items()))
+    table = {"circus": _GLOBAL_CIRCUS, "socket:web": _SOCKET_CIRCUS,
+             "watcher:web": _WATCHER_CIRCUS}[section]
+    warned = [w for w in config.warnings if f"[{section}] {key}:" in w]
+    if table[key].meaningless:
+        assert not warned
+    else:
+        assert len(warned) == 1 and table[key].reason in warned[0]
+
+
+def test_a_typo_circus_would_ignore_is_an_error(tmp_path):
+    error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\nworkding_dir = /tmp\n")
+    assert error.key == "workding_dir" and "did you mean 'working_dir'" in error.message
+
+
+def test_control_channel_add_takes_the_circus_options(tmp_path):
+    config = watcher_from_options("<test>", "one", {
+        "cmd": "/bin/sleep 1", "singleton": True, "priority": 3, "shell": True}, {},
+        environ=ENVIRON)
+    assert config.singleton and config.priority == 3 and config.argv()[0] == "/bin/sh"
+
+
+# Each [socket:NAME] key, given a value other than its default, changes the socket
+# sockvisor binds (or is refused): none is parsed and dropped.
+SOCKET_VALUES = {"host": "127.0.0.2", "port": "8081", "family": "AF_INET", "backlog": "7",
+                 "mode": "600", "owner": "nobody", "group": "nogroup", "blocking": "false",
+                 "reuseport": "true", "type": "SOCK_STREAM", "umask": "077", "path": None}
+
+
+def test_every_socket_option_is_in_this_test():
+    from sockvisor.config.options import _SOCKET_OPTIONS
+    assert set(_SOCKET_OPTIONS) == set(SOCKET_VALUES)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owner/group need root")
+@pytest.mark.parametrize("key", sorted(k for k, v in SOCKET_VALUES.items() if v))
+def test_no_socket_option_is_dropped(tmp_path, key):
+    unix = key in ("mode", "owner", "group", "umask")
+    head = f"path = {tmp_path}/s.sock\n" if unix else "host = 127.0.0.1\nport = 8080\n"
+    base = load_text(tmp_path, f"[socket:s]\n{head}[watcher:w]\ncmd = /bin/sleep 1\n")
+    if key in ("family", "type"):   # the default spelled out: accepted, same socket
+        given = load_text(tmp_path, f"[socket:s]\n{head}{key} = {SOCKET_VALUES[key]}\n"
+                                    "[watcher:w]\ncmd = /bin/sleep 1\n")
+        assert given.sockets == base.sockets
+        return
+    head = head.replace(f"{key} = ", f"old_{key} = ") if key in ("host", "port") else head
+    head = "\n".join(line for line in head.splitlines() if not line.startswith("old_"))
+    given = load_text(tmp_path, f"[socket:s]\n{head}\n{key} = {SOCKET_VALUES[key]}\n"
+                                "[watcher:w]\ncmd = /bin/sleep 1\n")
+    assert given.sockets["s"] != base.sockets["s"], key
