@@ -288,6 +288,15 @@ class Worker:
         if not self.ready.done():
             self.ready.set_result(None)
 
+    def expect_exit(self) -> None:
+        """Its exit is expected from now on (it is being retired): no replacement."""
+        self.stop_requested = True
+
+    def fail_ready(self, reason: str) -> None:
+        """It missed its ready_timeout: its exit will count as a failed start."""
+        self.ready_failed = True
+        self.fail_readiness(reason)
+
     def fail_readiness(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(WorkerNotReady(self, reason))
@@ -339,7 +348,7 @@ class Worker:
         policy), e.g. a worker that missed its ready_timeout.
         """
         if expected:
-            self.stop_requested = True
+            self.expect_exit()
         if self.state in (WorkerState.STARTING, WorkerState.RUNNING):
             self.transition(WorkerState.STOPPING)
             self.fail_readiness("stopped before it was ready")
