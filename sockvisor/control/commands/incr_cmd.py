@@ -6,6 +6,7 @@ from typing import Any
 
 from sockvisor.control.commands.base import (MAX_NUMPROCESSES, Command, get_watcher,
                                              int_property, watcher_argument, whole_number)
+from sockvisor.control.protocol import CommandError
 
 
 class Incr(Command):
@@ -37,7 +38,12 @@ class Incr(Command):
         nb = int_property(props, "nb", 1, minimum=1, maximum=room,
                           what="the number of workers to add")
         async with access.scaling(watcher, lambda current: current + nb):
-            result = await watcher.incr(nb)
+            # Checked again under the watcher's lock: incrs queued behind a running
+            # command all saw the same room above.
+            try:
+                result = await watcher.incr(nb, limit=MAX_NUMPROCESSES)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         return {"numprocesses": result["numprocesses"]}
 
     def format(self, reply):
