@@ -31,17 +31,29 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from sockvisor import process
+from sockvisor.cgroup import CgroupTree
 from sockvisor.config import ReadyKind, WatcherConfig, expand_worker_args
+from sockvisor.reaper import Reaper
 from sockvisor.sockets import ListeningSocket, keep_listening
 from sockvisor.states import WorkerState
 
 if TYPE_CHECKING:
     from sockvisor.output import OutputSink
-    from sockvisor.watcher import WatcherContext
 
 log = logging.getLogger("sockvisor.watcher")
 
 FIRST_SOCKET_FD = 3   # sd_listen_fds: SD_LISTEN_FDS_START
+
+
+@dataclass
+class WatcherContext:
+    """What a watcher and its launcher need from the supervisor that owns them."""
+    reaper: Reaper
+    sockets: Mapping[str, ListeningSocket]   # the supervisor's table, by name
+    notify_address: str | None
+    publish: Callable[[str, dict[str, Any]], None]
+    workers_by_pid: dict[int, process.Worker]   # shared index for readiness messages
+    cgroups: CgroupTree | None = None           # a cgroup per worker, if usable
 
 
 class LaunchError(Exception):
@@ -70,11 +82,10 @@ class WorkerHooks:
     on_state: Callable[[process.Worker, WorkerState, WorkerState], None]
     on_exit: Callable[[process.Worker, int], None]        # after the worker is reaped
     on_ready_timeout: Callable[[process.Worker], None]
-    publish: Callable[[str, dict[str, Any]], None]
 
 
 class Launcher:
-    def __init__(self, name: str, context: "WatcherContext", hooks: WorkerHooks):
+    def __init__(self, name: str, context: WatcherContext, hooks: WorkerHooks):
         self.name = name
         self.context = context
         self.hooks = hooks
@@ -203,9 +214,9 @@ class Launcher:
                       process.describe_spawn_error(error, worker.config.cmd))
             return
         worker.exec_ok = True
-        self.hooks.publish(f"watcher.{self.name}.spawn",
-                           {"pid": worker.pid, "wid": worker.wid,
-                            "generation": worker.generation})
+        self.context.publish(f"watcher.{self.name}.spawn",
+                             {"pid": worker.pid, "wid": worker.wid,
+                              "generation": worker.generation})
         ready = worker.config.ready
         loop = asyncio.get_running_loop()
         if ready.kind == ReadyKind.STARTED:

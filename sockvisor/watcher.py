@@ -36,17 +36,14 @@ import heapq
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from sockvisor import process
 from sockvisor.backoff import RestartTracker
-from sockvisor.cgroup import CgroupTree
 from sockvisor.config import WatcherConfig
-from sockvisor.launcher import Generation, Launcher, WorkerHooks
+from sockvisor.launcher import Generation, Launcher, WatcherContext, WorkerHooks
 from sockvisor.output import OutputRing, OutputSink, stderr_fallback, stdout_fallback
-from sockvisor.reaper import Reaper, describe_status
-from sockvisor.sockets import ListeningSocket
+from sockvisor.reaper import describe_status
 from sockvisor.states import (WATCHER_WANTS_WORKERS, Kind, WatcherEvent, WatcherState,
                               WorkerState, decide, row)
 
@@ -58,17 +55,6 @@ S, E = WatcherState, WatcherEvent
 
 class ReloadError(Exception):
     """A rolling reload was aborted or stopped; the command fails with this."""
-
-
-@dataclass
-class WatcherContext:
-    """What a watcher needs from the supervisor that owns it."""
-    reaper: Reaper
-    sockets: Mapping[str, ListeningSocket]
-    notify_address: str | None
-    publish: Callable[[str, dict[str, Any]], None]
-    workers_by_pid: dict[int, process.Worker]   # shared index for readiness messages
-    cgroups: CgroupTree | None = None           # a cgroup per worker, if usable
 
 
 class Watcher:
@@ -97,6 +83,7 @@ class Watcher:
         self._backoff_timer: asyncio.TimerHandle | None = None   # only in BACKOFF
         self._backoff_until = 0.0   # no spawning before (set by a delayed restart)
         self._reconcile_scheduled = False
+        self._started_check_pending = False
         self._background: set[asyncio.Task] = set()
         self._changed = asyncio.Event()
         self._candidates: set[process.Worker] = set()   # the reload batch in flight
@@ -106,7 +93,7 @@ class Watcher:
         self._sinks_released = False
         self.launcher = make_launcher(self.name, context, WorkerHooks(
             on_state=self._on_worker_state, on_exit=self._on_exit,
-            on_ready_timeout=self._ready_timeout, publish=context.publish))
+            on_ready_timeout=self._ready_timeout))
 
     # ------------------------------------------------------------------ state
 
@@ -159,6 +146,14 @@ class Watcher:
         """Wake everything waiting for a change in this watcher's workers or state."""
         self._changed.set()
         self._changed = asyncio.Event()
+        if self.state is S.STARTING and not self._started_check_pending:
+            # Once per loop turn, not per pulse: starting 1,000 workers pulses
+            # 1,000 times, and each check counts the ready ones.
+            self._started_check_pending = True
+            asyncio.get_running_loop().call_soon(self._check_started)
+
+    def _check_started(self) -> None:
+        self._started_check_pending = False
         if self.state is S.STARTING and self._start_over():
             self._dispatch(E.STARTED)
 
