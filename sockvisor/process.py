@@ -320,10 +320,16 @@ class Worker:
         if not self.exited.done():
             self.exited.set_result(status)
 
-    def signal(self, signum: int) -> bool:
-        if self.state == WorkerState.EXITED:
-            return False
+    def signal(self, signum: int, process_group: bool = False) -> bool:
+        """Send `signum` to the worker (or its whole process group): False if it
+        is gone.  (A group signal still reaches the group while the leader is a
+        zombie not yet reaped, as before.)"""
         try:
+            if process_group:
+                os.killpg(self.pid, signum)
+                return True
+            if self.state == WorkerState.EXITED:
+                return False
             os.kill(self.pid, signum)
             return True
         except ProcessLookupError:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -301,13 +300,7 @@ class Watcher:
             raise LookupError(f"pid {pid} is not a worker of {self.name}")
         sent = []
         for worker in targets:
-            if process_group:
-                try:
-                    os.killpg(worker.pid, signum)
-                    sent.append(worker.pid)
-                except ProcessLookupError:
-                    pass
-            elif worker.signal(signum):
+            if worker.signal(signum, process_group):
                 sent.append(worker.pid)
         return sent
 

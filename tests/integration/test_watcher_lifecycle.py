@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import textwrap
 import threading
 
@@ -22,7 +23,7 @@ import pytest
 
 from control_helpers import (ServeWorker, control, request_once, socket_section,
                              watcher_section, worker_pids)
-from conftest import wait_for
+from conftest import is_gone, wait_for
 
 
 def rewrite(sv, body: str) -> None:
@@ -133,3 +134,39 @@ def test_watcher_going_fatal_during_a_reload_answers_clearly(sockvisor, tmp_path
         client.call("start", name="web", timeout=30)
         client.wait_ready("web", 2)
         assert request_once(port)["pid"]
+
+
+GROUP_WORKER = r'''
+import os, signal, sys, time
+child = os.fork()
+if child == 0:                  # stays in the worker's process group
+    signal.signal(signal.SIGUSR1, lambda *a: os._exit(7))
+    while True:
+        signal.pause()
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # the worker itself ignores it
+with open(sys.argv[1], "w") as out:
+    out.write(str(child))
+os.waitpid(child, 0)
+while True:
+    time.sleep(60)
+'''
+
+
+@pytest.mark.timeout(30)
+def test_signal_to_the_process_group_reaches_what_the_worker_started(sockvisor, tmp_path):
+    """`signal NAME SIG --children` goes to each worker's process group (through
+    the Worker's own method): the worker's child gets it, and the worker, which
+    ignores it, stays."""
+    script = tmp_path / "group.py"
+    script.write_text(GROUP_WORKER)
+    child_file = tmp_path / "child"
+    sv = sockvisor(socket_section() + f"[watcher:web]\ncmd = {sys.executable} {script} "
+                   f"{child_file}\nsockets = web\nnumprocesses = 1\n\n")
+    with control(sv) as client:
+        before = client.wait_ready("web", 1)
+        child = int(wait_for(lambda: child_file.exists() and child_file.read_text(), 5))
+        sv.track(child)
+        reply = client.call("signal", name="web", signum="USR1", children=True)
+        assert worker_pids(before) <= set(reply.get("pids", worker_pids(before))), reply
+        wait_for(lambda: is_gone(child), 5, message="the worker's child to get SIGUSR1")
+        assert worker_pids(client.status("web")) == worker_pids(before)

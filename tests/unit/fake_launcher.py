@@ -27,7 +27,7 @@ _PIDS = itertools.count(1 << 30)   # beyond any pid_max: never a real process
 class FakeWorker(process.Worker):
     launcher: "FakeLauncher"
 
-    def signal(self, signum: int) -> bool:
+    def signal(self, signum: int, process_group: bool = False) -> bool:
         if self.state == WorkerState.EXITED:
             return False
         self.signals.append(signum)
