@@ -65,7 +65,6 @@ class Watcher:
         self.context = context
         self.numprocesses = config.numprocesses
         self.state = WatcherState.STOPPED
-        self.last_event: WatcherEvent | None = None
         self.generation = 0
         self._current: Generation | None = None   # what new workers are started from
         self.workers: dict[int, process.Worker] = {}
@@ -101,7 +100,6 @@ class Watcher:
         """Send `event` through the table: the only place a watcher's state changes.
         Returns the state that follows (TransitionError if the cell is impossible)."""
         cell, new = decide(self.state, event, choice)
-        self.last_event = event
         if cell.kind is Kind.IGNORED:
             log.debug("watcher %s: %s ignored in %s (%s)", self.name, event.value,
                       self.state.value, cell.why)
