@@ -288,6 +288,15 @@ class Worker:
         if not self.ready.done():
             self.ready.set_result(None)
 
+    def expect_exit(self) -> None:
+        """Its exit is expected from now on (it is being retired): no replacement."""
+        self.stop_requested = True
+
+    def fail_ready(self, reason: str) -> None:
+        """It missed its ready_timeout: its exit will count as a failed start."""
+        self.ready_failed = True
+        self.fail_readiness(reason)
+
     def fail_readiness(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(WorkerNotReady(self, reason))
@@ -311,10 +320,16 @@ class Worker:
         if not self.exited.done():
             self.exited.set_result(status)
 
-    def signal(self, signum: int) -> bool:
-        if self.state == WorkerState.EXITED:
-            return False
+    def signal(self, signum: int, process_group: bool = False) -> bool:
+        """Send `signum` to the worker (or its whole process group): False if it
+        is gone.  (A group signal still reaches the group while the leader is a
+        zombie not yet reaped, as before.)"""
         try:
+            if process_group:
+                os.killpg(self.pid, signum)
+                return True
+            if self.state == WorkerState.EXITED:
+                return False
             os.kill(self.pid, signum)
             return True
         except ProcessLookupError:
@@ -339,7 +354,7 @@ class Worker:
         policy), e.g. a worker that missed its ready_timeout.
         """
         if expected:
-            self.stop_requested = True
+            self.expect_exit()
         if self.state in (WorkerState.STARTING, WorkerState.RUNNING):
             self.transition(WorkerState.STOPPING)
             self.fail_readiness("stopped before it was ready")

@@ -124,7 +124,7 @@ class Supervisor:
         for watcher in self.watchers.values():
             text = f"{watcher.name}: {watcher.ready_count()}/{watcher.numprocesses} ready"
             if watcher.state in (WatcherState.FATAL, WatcherState.RELOADING,
-                                 WatcherState.STOPPED):
+                                 WatcherState.STOPPED, WatcherState.BACKOFF):
                 text += f" ({watcher.state.value})"
             parts.append(text)
         return "; ".join(parts) or "no watchers"
@@ -340,7 +340,8 @@ class Supervisor:
         does); None: not until something happens (a worker is missing or not ready).
         Started means every worker settled (Worker.settle_remaining), the rule a
         reload uses before it retires anything."""
-        if watcher.state not in (WatcherState.STARTING, WatcherState.ACTIVE):
+        if watcher.state not in (WatcherState.STARTING, WatcherState.ACTIVE,
+                                 WatcherState.BACKOFF):
             return 0.0   # stopped or reloading by command: the operator decides
         workers = watcher.live_workers()
         if len(workers) < watcher.numprocesses:

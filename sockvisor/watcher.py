@@ -1,19 +1,22 @@
-"""A watcher: N workers of one program on its sockets — desired count, generations,
+"""A watcher: N workers of one program on its sockets -- desired count, generations,
 restarts, and the zero-downtime rolling reload.
 
-What each command does in each state (commands on one watcher are serialised by
-`self._lock`, FIFO, never rejected as busy; a worker's death is handled at once,
-outside the lock):
+Its lifecycle is the (state, event) table in states.py: every command, every
+unexpected exit the restart policy answers, the backoff timer, a ready_timeout,
+and the milestones a waiting command reaches go through `_dispatch`, the only
+place the state changes.  BACKOFF is a state: entering it arms the one backoff
+timer, leaving it cancels the timer.  A command that awaits anything sends its
+next event when it wakes up and goes by the state that comes back: a reload that
+finds the watcher FATAL stops there and says so.
 
-| state \\ command | start            | stop        | reload                 | incr / decr / numprocesses |
-|-----------------|------------------|-------------|------------------------|----------------------------|
-| STOPPED         | spawn, wait ready| no-op       | start with new config  | set the count only         |
-| STARTING/ACTIVE | no-op            | stop all    | rolling replacement    | spawn / retire at once     |
-| RELOADING       | (queued behind the reload, like every command)                                     |
-| FATAL           | reset, spawn     | stop all    | start with new config  | set the count only         |
+Commands on one watcher are serialised by `self._lock`, FIFO, never rejected as
+busy; a worker's death is handled at once, outside the lock.  `signal` is not
+serialised: it goes to the processes at once, in any state.  Shutting sockvisor
+down cancels whatever command is running and then stops.
 
-`signal` is not serialised: it goes to the processes at once, in any state.
-Shutting sockvisor down cancels whatever command is running and then stops.
+How a worker is started -- argv, environment, fds, fork/exec, readiness timers --
+is the launcher's (launcher.py); the watcher decides how many, of which
+`Generation` (a config with the sockets it was started with), and when.
 
 Readiness (`ready = started | notify | delay:N`) decides when a new worker counts as
 serving.  A rolling reload spawns a batch of the new generation on the same
@@ -21,8 +24,9 @@ sockets, waits until every one of them is ready *and settled* -- still alive
 `ready_settle` seconds (default `min_uptime`) after it was ready -- and only then
 retires as many old workers; a new worker that dies before it is settled, or is
 not ready within `ready_timeout`, aborts the reload: the new ones are stopped, the
-old configuration stays, the command fails.  (gunicorn says READY=1 before its
-workers import the app; a release that cannot import dies just after.)
+previous generation (config *and* sockets) stays, the command fails.  (gunicorn
+says READY=1 before its workers import the app; a release that cannot import
+dies just after.)
 """
 
 from __future__ import annotations
@@ -30,49 +34,39 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from sockvisor import process
 from sockvisor.backoff import RestartTracker
-from sockvisor.cgroup import CgroupTree
-from sockvisor.config import ReadyKind, WatcherConfig, expand_worker_args
+from sockvisor.config import WatcherConfig
+from sockvisor.launcher import Generation, Launcher, WatcherContext, WorkerHooks
 from sockvisor.output import OutputRing, OutputSink, stderr_fallback, stdout_fallback
-from sockvisor.reaper import Reaper, describe_status
-from sockvisor.sockets import ListeningSocket, keep_listening
-from sockvisor.states import (WATCHER_TRANSITIONS, WATCHER_WANTS_WORKERS, WatcherState,
-                              WorkerState, check_transition)
+from sockvisor.reaper import describe_status
+from sockvisor.states import (WATCHER_WANTS_WORKERS, Kind, WatcherEvent, WatcherState,
+                              WorkerState, decide, row)
 
 log = logging.getLogger("sockvisor.watcher")
 
 SPAWN_BATCH = 32   # workers forked per event-loop turn
+S, E = WatcherState, WatcherEvent
 
 
 class ReloadError(Exception):
-    """A rolling reload was aborted; the previous generation keeps serving."""
-
-
-@dataclass
-class WatcherContext:
-    """What a watcher needs from the supervisor that owns it."""
-    reaper: Reaper
-    sockets: Mapping[str, ListeningSocket]
-    notify_address: str | None
-    publish: Callable[[str, dict[str, Any]], None]
-    workers_by_pid: dict[int, process.Worker]   # shared index for readiness messages
-    cgroups: CgroupTree | None = None           # a cgroup per worker, if usable
+    """A rolling reload was aborted or stopped; the command fails with this."""
 
 
 class Watcher:
-    def __init__(self, config: WatcherConfig, context: WatcherContext):
+    def __init__(self, config: WatcherConfig, context: WatcherContext,
+                 make_launcher: Callable[[str, WatcherContext, WorkerHooks],
+                                         Launcher] = Launcher):
         self.config = config
         self.name = config.name
         self.context = context
         self.numprocesses = config.numprocesses
         self.state = WatcherState.STOPPED
         self.generation = 0
+        self._current: Generation | None = None   # what new workers are started from
         self.workers: dict[int, process.Worker] = {}
         self.restarts = RestartTracker(config.restart)
         self.fatal_reason = ""
@@ -84,38 +78,88 @@ class Watcher:
         self._wid_high = 0
         self._lock = asyncio.Lock()
         self._current_command: asyncio.Task | None = None
-        self._backoff: asyncio.TimerHandle | None = None
+        self._backoff_timer: asyncio.TimerHandle | None = None   # only in BACKOFF
+        self._backoff_until = 0.0   # no spawning before (set by a delayed restart)
         self._reconcile_scheduled = False
+        self._started_check_pending = False
         self._background: set[asyncio.Task] = set()
-        self._groups_cache: tuple[WatcherConfig, list[int] | None] | None = None
-        self._backoff_until = 0.0
         self._changed = asyncio.Event()
-        self._reloading_batch: set[process.Worker] = set()
+        self._candidates: set[process.Worker] = set()   # the reload batch in flight
         # Outlives the sinks, which set/reload/reloadconfig replace (output.py).
         self.output = OutputRing()
         self._stdout, self._stderr = self._sinks(config)
         self._sinks_released = False
-        self._env_cache: dict[str, str] | None = None
+        self.launcher = make_launcher(self.name, context, WorkerHooks(
+            on_state=self._on_worker_state, on_exit=self._on_exit,
+            on_ready_timeout=self._ready_timeout))
 
     # ------------------------------------------------------------------ state
 
-    def transition(self, new: WatcherState, reason: str = "") -> None:
-        """The only place a watcher's state changes."""
+    def _dispatch(self, event: WatcherEvent, reason: str = "",
+                  choice: WatcherState | None = None) -> WatcherState:
+        """Send `event` through the table: the only place a watcher's state changes.
+        Returns the state that follows (TransitionError if the cell is impossible)."""
+        cell, new = decide(self.state, event, choice)
+        if cell.kind is Kind.IGNORED:
+            log.debug("watcher %s: %s ignored in %s (%s)", self.name, event.value,
+                      self.state.value, cell.why)
+        elif cell.kind is Kind.GO:
+            self._enter(new, reason)
+        return self.state
+
+    def _would(self, event: WatcherEvent) -> tuple[Kind, tuple[WatcherState, ...]]:
+        cell, _ = decide(self.state, event, None)
+        return cell.kind, cell.to
+
+    def _enter(self, new: WatcherState, reason: str) -> None:
         old = self.state
-        if old == new:
-            return
-        check_transition(WATCHER_TRANSITIONS, old, new)
+        # The backoff timer belongs to the BACKOFF state: (re)armed on entering it,
+        # gone on leaving it; entering any other state drops the pending delay.
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
+        if new is S.BACKOFF:
+            delay = max(0.0, self._backoff_until - time.monotonic())
+            self._backoff_timer = asyncio.get_running_loop().call_later(
+                delay, self._backoff_elapsed)
+            log.info("watcher %s: next start in %.2fs (backoff)", self.name, delay)
+        else:
+            self._backoff_until = 0.0
         self.state = new
-        log.info("watcher %s: %s -> %s%s", self.name, old.value, new.value,
-                 f" ({reason})" if reason else "")
-        self.context.publish(f"watcher.{self.name}.state",
-                             {"from": old.value, "to": new.value, "reason": reason})
+        if old is not new:
+            log.info("watcher %s: %s -> %s%s", self.name, old.value, new.value,
+                     f" ({reason})" if reason else "")
+            self.context.publish(f"watcher.{self.name}.state",
+                                 {"from": old.value, "to": new.value, "reason": reason})
         self._pulse()
+
+    def _backoff_elapsed(self) -> None:
+        self._backoff_timer = None
+        self._backoff_until = 0.0
+        if self._dispatch(E.BACKOFF_ELAPSED) is S.STARTING:
+            self._reconcile()
 
     def _pulse(self) -> None:
         """Wake everything waiting for a change in this watcher's workers or state."""
         self._changed.set()
         self._changed = asyncio.Event()
+        if self.state is S.STARTING and not self._started_check_pending:
+            # Once per loop turn, not per pulse: starting 1,000 workers pulses
+            # 1,000 times, and each check counts the ready ones.
+            self._started_check_pending = True
+            asyncio.get_running_loop().call_soon(self._check_started)
+
+    def _check_started(self) -> None:
+        self._started_check_pending = False
+        if self.state is S.STARTING and self._start_over():
+            self._dispatch(E.STARTED)
+
+    def _start_over(self) -> bool:
+        """Is a start over: every worker ready, or none alive nor coming back?"""
+        if self.ready_count() >= self.numprocesses:
+            return True
+        return not self.config.restart.respawn and not any(
+            w.state == WorkerState.STARTING for w in self.workers.values())
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
@@ -146,37 +190,40 @@ class Watcher:
         return await self._serialised(self._start_locked)
 
     async def _start_locked(self) -> dict[str, Any]:
-        if self.state in (WatcherState.ACTIVE, WatcherState.STARTING):
-            return self.summary()
-        self.restarts.reset()
-        self.fatal_reason = ""
-        self.generation += 1
-        self.transition(WatcherState.STARTING)
-        self._reconcile()
-        await self._wait_until(self._start_settled)
-        if self.state == WatcherState.STARTING:
-            self.transition(WatcherState.ACTIVE)
+        kind, _ = self._would(E.START)
+        if kind is Kind.GO:
+            self._begin_start(E.START)
+        else:
+            self._dispatch(E.START)
+            if kind is not Kind.STAY:
+                return self.summary()
+        await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
         return self.summary()
 
-    def _start_settled(self) -> bool:
-        if self.state != WatcherState.STARTING:
-            return True
-        if self.ready_count(self.generation) >= self.numprocesses:
-            return True
-        # Nothing alive and nothing coming back: do not wait forever.
-        return not self.config.restart.respawn and not any(
-            w.state == WorkerState.STARTING for w in self.workers.values())
+    def _begin_start(self, event: WatcherEvent, choice: WatcherState | None = None) -> None:
+        """START (or RESTART/RELOAD leading to STARTING): a fresh generation, the
+        restart policy starts over, spawn numprocesses."""
+        self.restarts.reset()
+        self.fatal_reason = ""
+        self._new_generation()
+        self._dispatch(event, choice=choice)
+        self._reconcile()
+
+    def _new_generation(self) -> None:
+        self.generation += 1
+        self._current = self.launcher.generation(self.generation, self.config,
+                                                 previous=self._current)
 
     async def stop(self) -> dict[str, Any]:
         return await self._serialised(self._stop_locked)
 
-    async def _stop_locked(self) -> dict[str, Any]:
-        if self.state == WatcherState.STOPPED and not self.workers:
+    async def _stop_locked(self, event: WatcherEvent = E.STOP) -> dict[str, Any]:
+        if self.state is S.STOPPED:
             return self.summary()
-        self.transition(WatcherState.STOPPING)
-        self._cancel_backoff()
+        self._dispatch(event)
         await self._stop_workers(list(self.workers.values()))
-        self.transition(WatcherState.STOPPED)
+        if self.state is S.STOPPING:
+            self._dispatch(E.ALL_EXITED)
         return self.summary()
 
     async def shutdown(self) -> None:
@@ -193,44 +240,56 @@ class Watcher:
         command = self._current_command
         if command is not None and not command.done():
             command.cancel()
-        self._cancel_backoff()
-        if self.state != WatcherState.STOPPED:
-            self.transition(WatcherState.STOPPING, "immediate stop")
+        if self.state is not S.STOPPED:
+            self._dispatch(E.STOP, "immediate stop")
         for worker in list(self.workers.values()):
-            worker.stop_requested = True
+            worker.expect_exit()
             worker.kill_group()
         await asyncio.gather(*(asyncio.shield(w.exited) for w in list(self.workers.values())))
+        if self.state is S.STOPPING:
+            self._dispatch(E.ALL_EXITED)
 
     async def restart(self) -> dict[str, Any]:
         """Stop every worker, then start again (not zero-downtime: use reload)."""
         async def operation() -> dict[str, Any]:
-            await self._stop_locked()
+            kind, to = self._would(E.RESTART)
+            if kind is Kind.GO and to[0] is S.STARTING:   # nothing to stop
+                self._begin_start(E.RESTART)
+                await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
+                return self.summary()
+            if kind is not Kind.GO:
+                self._dispatch(E.RESTART)
+                return self.summary()
+            await self._stop_locked(E.RESTART)
             return await self._start_locked()
         return await self._serialised(operation)
 
     async def set_numprocesses(self, count: int) -> dict[str, Any]:
         if count < 0:
             raise ValueError("numprocesses must be 0 or more")
+        return await self._serialised(lambda: self._scale(lambda current: count))
 
-        async def operation() -> dict[str, Any]:
-            self.numprocesses = count
-            self._reconcile()
-            return self.summary()
-        return await self._serialised(operation)
-
-    async def incr(self, by: int = 1) -> dict[str, Any]:
-        async def operation() -> dict[str, Any]:
-            self.numprocesses += by
-            self._reconcile()
-            return self.summary()
-        return await self._serialised(operation)
+    async def incr(self, by: int = 1, limit: int | None = None) -> dict[str, Any]:
+        """`by` more workers; ValueError if that passes `limit` -- checked under the
+        lock, against the count the commands queued before this one left."""
+        def target(current: int) -> int:
+            if limit is not None and current + by > limit:
+                raise ValueError(f"the number of workers to add must be at most "
+                                 f"{max(limit - current, 0)} ({self.name} is set to "
+                                 f"{current}, the maximum is {limit})")
+            return current + by
+        return await self._serialised(lambda: self._scale(target))
 
     async def decr(self, by: int = 1) -> dict[str, Any]:
-        async def operation() -> dict[str, Any]:
-            self.numprocesses = max(0, self.numprocesses - by)
-            self._reconcile()
-            return self.summary()
-        return await self._serialised(operation)
+        return await self._serialised(
+            lambda: self._scale(lambda current: max(0, current - by)))
+
+    async def _scale(self, target: Callable[[int], int]) -> dict[str, Any]:
+        count = target(self.numprocesses)
+        self._dispatch(E.SCALE)
+        self.numprocesses = count
+        self._reconcile()
+        return self.summary()
 
     def send_signal(self, signum: int, pid: int | None = None,
                     process_group: bool = False) -> list[int]:
@@ -239,13 +298,7 @@ class Watcher:
             raise LookupError(f"pid {pid} is not a worker of {self.name}")
         sent = []
         for worker in targets:
-            if process_group:
-                try:
-                    os.killpg(worker.pid, signum)
-                    sent.append(worker.pid)
-                except ProcessLookupError:
-                    pass
-            elif worker.signal(signum):
+            if worker.signal(signum, process_group):
                 sent.append(worker.pid)
         return sent
 
@@ -261,22 +314,22 @@ class Watcher:
         not hold the next command back.  Does nothing (None) if `worker` is gone
         or being stopped, or the watcher is not ACTIVE."""
         async def operation() -> process.Worker | None:
-            if (self.state != WatcherState.ACTIVE or not worker.alive
+            if (self.state is not S.ACTIVE or not worker.alive
                     or worker.stop_requested or self.workers.get(worker.pid) is not worker):
                 return None
             replacement = self._spawn()
             failure = "cannot fork" if replacement is None else ""
             if replacement is not None:
                 # Its death before it settled is this method's to handle (keep the
-                # old one), not the restart policy's (`_replace` skips the batch).
-                self._reloading_batch.add(replacement)
+                # old one), not the restart policy's (`_replace` skips candidates).
+                self._candidates.add(replacement)
                 try:
                     await self._await_ready([replacement])
                 except process.WorkerNotReady as exc:
                     failure = str(exc)
                     await self._stop_workers([replacement])
                 finally:
-                    self._reloading_batch.discard(replacement)
+                    self._candidates.discard(replacement)
             if failure:
                 log.error("watcher %s: recycling %s (%s) failed: %s; it keeps serving",
                           self.name, worker.label, reason, failure)
@@ -290,8 +343,11 @@ class Watcher:
             self.context.publish(f"watcher.{self.name}.recycle",
                                  {"pid": worker.pid, "replacement": replacement.pid,
                                   "reason": reason})
-            if worker.alive and not worker.stop_requested:
-                worker.stop_requested = True
+            # Re-checked after the await: a watcher that left ACTIVE meanwhile (a
+            # stop queued behind us cannot, but other workers' crashes can) keeps
+            # both, and _reconcile decides what is surplus.
+            if self.state is S.ACTIVE and worker.alive and not worker.stop_requested:
+                worker.expect_exit()
                 self._in_background(self._stop_workers([worker]))
             self._reconcile()   # the old one may have died meanwhile and been replaced
             return replacement
@@ -301,6 +357,9 @@ class Watcher:
         """New settings that need no new processes (timeouts, signals, policy)."""
         async def operation() -> dict[str, Any]:
             self._apply_config(new_config)
+            if self._current is not None:
+                self._current = self.launcher.generation(self.generation, new_config,
+                                                         previous=self._current)
             return self.summary()
         return await self._serialised(operation)
 
@@ -308,8 +367,9 @@ class Watcher:
         return await self._serialised(lambda: self._reload_locked(new_config))
 
     async def _reload_locked(self, new_config: WatcherConfig | None) -> dict[str, Any]:
-        # Taken before the new config is applied: an aborted reload goes back to it.
-        old_generation, old_config = self.generation, self.config
+        # Taken before the new config is applied: an aborted reload goes back to
+        # it -- the generation with its config *and its sockets*.
+        old_generation, old_config = self._current, self.config
         # So are the sinks the old workers write to: going back reuses them.
         old_sinks = self._stdout, self._stderr
         for sink in old_sinks:
@@ -322,35 +382,73 @@ class Watcher:
             for sink in old_sinks:
                 sink.release()
 
-    async def _reload_applied(self, old_generation: int, old_config: WatcherConfig,
+    async def _reload_applied(self, old_generation: Generation | None,
+                              old_config: WatcherConfig,
                               old_sinks: tuple[OutputSink, OutputSink]) -> dict[str, Any]:
-        if self.state in (WatcherState.STOPPED, WatcherState.FATAL):
-            return await self._start_locked()
+        choice = S.RELOADING if self.live_workers() else S.STARTING
+        kind, to = self._would(E.RELOAD)
+        if kind is not Kind.GO:
+            self._dispatch(E.RELOAD)
+            return self.summary()
+        if choice not in to:
+            choice = to[0]
+        if choice is S.STARTING:
+            self._begin_start(E.RELOAD, choice)
+            await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
+            return self.summary()
         started = time.monotonic()
-        self.generation += 1
-        self.transition(WatcherState.RELOADING)
+        if self.state is S.FATAL:   # the restart policy starts over
+            self.restarts.reset()
+            self.fatal_reason = ""
+        self._new_generation()
+        self._dispatch(E.RELOAD, choice=S.RELOADING)
         self.context.publish(f"watcher.{self.name}.reload.started",
                              {"generation": self.generation})
+        failure: ReloadError | None = None
         try:
             replaced = await self._roll(abort_on_failure=True)
         except ReloadError as exc:
-            await self._roll_back(old_generation, old_config, old_sinks)
-            self.transition(WatcherState.ACTIVE, "reload aborted")
-            self.context.publish(f"watcher.{self.name}.reload.aborted",
-                                 {"generation": old_generation, "reason": str(exc)})
+            failure = exc
+        except asyncio.CancelledError:
+            # sockvisor is stopping: whatever runs now is stopped next.
+            self._dispatch(E.RELOAD_DONE, "cancelled", choice=self._after_reload())
             raise
-        self.transition(WatcherState.ACTIVE)
-        result = self.summary()
-        result.update(replaced=replaced, seconds=round(time.monotonic() - started, 3))
-        self.context.publish(f"watcher.{self.name}.reload.finished",
-                             {"generation": self.generation, "replaced": replaced})
-        return result
+        if failure is None and self.state is S.RELOADING:
+            self._end_reload()
+            result = self.summary()
+            result.update(replaced=replaced, seconds=round(time.monotonic() - started, 3))
+            self.context.publish(f"watcher.{self.name}.reload.finished",
+                                 {"generation": self.generation, "replaced": replaced})
+            return result
+        # Aborted (a candidate failed), or stopped (the watcher went FATAL meanwhile).
+        reason = str(failure) if failure else f"reload of {self.name} stopped"
+        if old_generation is not None:
+            if self.state is S.RELOADING:
+                await self._roll_back(old_generation, old_config, old_sinks)
+            else:   # FATAL: back to the previous config, but spawn nothing
+                self._restore(old_generation, old_config, old_sinks)
+        self._end_reload("reload aborted")
+        if self.state is S.FATAL:
+            reason += (f"; {self.name} is FATAL: {self.fatal_reason} (`start` or "
+                       f"`reload` to try again)")
+        self.context.publish(f"watcher.{self.name}.reload.aborted",
+                             {"generation": self.generation, "reason": reason})
+        raise ReloadError(reason)
+
+    def _after_reload(self) -> WatcherState:
+        return S.BACKOFF if self._backoff_until > time.monotonic() else S.ACTIVE
+
+    def _end_reload(self, reason: str = "") -> None:
+        if self._dispatch(E.RELOAD_DONE, reason, choice=self._after_reload()) in (
+                S.ACTIVE, S.STARTING):
+            self._reconcile()
 
     async def _roll(self, abort_on_failure: bool) -> int:
-        """Replace every worker not of the current generation, batch by batch."""
+        """Replace every worker not of the current generation, batch by batch, as
+        long as the watcher is RELOADING (it may go FATAL on the way)."""
         batch_size = self.config.reload_batch or max(self.numprocesses, 1)
         replaced = 0
-        while True:
+        while self.state is S.RELOADING:
             old = [w for w in self.live_workers() if w.generation != self.generation]
             if not old:
                 break
@@ -362,7 +460,7 @@ class Watcher:
                 raise ReloadError(f"{self.name}: could not spawn the new generation")
             if to_start and not spawned:
                 break   # rolling back and fork fails: leave it to the restart policy
-            self._reloading_batch.update(spawned)
+            self._candidates.update(spawned)
             batch_failed = False
             try:
                 await self._await_ready(spawned)
@@ -373,10 +471,14 @@ class Watcher:
                 log.error("watcher %s: %s", self.name, exc)
                 batch_failed = True
             finally:
-                self._reloading_batch.difference_update(spawned)
+                self._candidates.difference_update(spawned)
             if batch_failed:
+                if self.state is not S.RELOADING:
+                    break
                 retire = old[:len(spawned)]   # rolling back: keep going regardless
             else:
+                if self._dispatch(E.SETTLE_ELAPSED) is not S.RELOADING:
+                    break   # FATAL meanwhile: nothing more is retired or spawned
                 # Retire only the surplus the ready batch made: an old worker that died
                 # while it started already made room, and retiring one more for it
                 # would leave fewer than numprocesses ready for the rest of the reload.
@@ -384,17 +486,21 @@ class Watcher:
                 retire = [w for w in old if w.alive and not w.stop_requested][:surplus]
             await self._stop_workers(retire)
             replaced += len(retire)
-        self._reconcile()
         return replaced
 
-    async def _roll_back(self, old_generation: int, old_config: WatcherConfig,
-                         old_sinks: tuple[OutputSink, OutputSink]) -> None:
-        """After an aborted reload: back to the previous config on every worker."""
+    def _restore(self, old_generation: Generation, old_config: WatcherConfig,
+                 old_sinks: tuple[OutputSink, OutputSink]) -> None:
+        """Back to the previous generation: its config, its number, its sockets."""
         self._apply_config(old_config, old_sinks)
-        self.generation = old_generation
-        if any(w.generation != old_generation for w in self.live_workers()):
+        self._current = old_generation
+        self.generation = old_generation.number
+
+    async def _roll_back(self, old_generation: Generation, old_config: WatcherConfig,
+                         old_sinks: tuple[OutputSink, OutputSink]) -> None:
+        """After an aborted reload: back to the previous generation on every worker."""
+        self._restore(old_generation, old_config, old_sinks)
+        if any(w.generation != old_generation.number for w in self.live_workers()):
             await self._roll(abort_on_failure=False)
-        self._reconcile()
 
     async def _await_ready(self, workers: list[process.Worker]) -> None:
         """Until every one of `workers` is ready and settled (Worker.settle_remaining);
@@ -454,7 +560,6 @@ class Watcher:
             self._stdout, self._stderr = sinks
             self._sinks_released = False
         self.config = config
-        self._env_cache = None
 
     def _sinks(self, config: WatcherConfig) -> tuple[OutputSink, OutputSink]:
         previous = getattr(self, "_stdout", None), getattr(self, "_stderr", None)
@@ -487,16 +592,16 @@ class Watcher:
     def _reconcile(self) -> None:
         """Bring the number of live workers to `numprocesses`.
 
-        Spawns what is missing (unless a backoff is pending: the watcher is failing
-        to start, so starting more now only fails faster); retires extras, except
-        during a reload, when old and new workers overlap on purpose.
+        Spawns what is missing (not while a backoff delay runs: the watcher is
+        failing to start, so starting more now only fails faster); retires extras,
+        except during a reload, when old and new workers overlap on purpose.
         """
         self._reconcile_scheduled = False
         if self.state not in WATCHER_WANTS_WORKERS:
             return
         live = self.live_workers()
         missing = self.numprocesses - len(live)
-        if self._backoff is not None:
+        if self._backoff_until > time.monotonic():
             missing = min(missing, 0)   # a backoff holds back spawning, not retiring
         if missing > SPAWN_BATCH:
             # Many to start (incr 1000): a batch now, the rest on later loop turns,
@@ -507,43 +612,28 @@ class Watcher:
                 asyncio.get_running_loop().call_soon(self._reconcile)
         for _ in range(missing):
             if self._spawn() is None:
-                decision = self.restarts.on_exit(0.0)
-                if decision.fatal:
-                    self._go_fatal(decision.reason)
-                else:
-                    self._schedule_backoff(decision.delay)
+                self._apply_policy(self.restarts.on_exit(0.0))
                 return
-        if missing < 0 and self.state != WatcherState.RELOADING:
+        if missing < 0 and self.state is not S.RELOADING:
             # Retire the ones that serve least: not yet ready first, then the newest.
             order = sorted(live, key=lambda w: (w.state == WorkerState.RUNNING,
                                                 -w.started_at))
             extras = order[:-missing]
             for worker in extras:
-                worker.stop_requested = True
+                worker.expect_exit()
             self._in_background(self._stop_workers(extras))
         self._pulse()
 
-    def _schedule_backoff(self, delay: float) -> None:
-        self._cancel_backoff()
-
-        def fire() -> None:
-            self._backoff = None
-            self._reconcile()
-        self._backoff_until = time.monotonic() + delay
-        self._backoff = asyncio.get_running_loop().call_later(delay, fire)
-        log.info("watcher %s: next start in %.2fs (backoff)", self.name, delay)
-
-    def _cancel_backoff(self) -> None:
-        if self._backoff is not None:
-            self._backoff.cancel()
-            self._backoff = None
-
-    def _go_fatal(self, reason: str) -> None:
-        self._cancel_backoff()
-        self.fatal_reason = reason
-        log.error("watcher %s is FATAL: %s; not spawning any more (`start` or "
-                  "`reload` to try again)", self.name, reason)
-        self.transition(WatcherState.FATAL, reason)
+    def _apply_policy(self, decision) -> None:
+        """What the restart policy decided about a failed start: FATAL, or a delay."""
+        if decision.fatal:
+            self.fatal_reason = decision.reason
+            log.error("watcher %s is FATAL: %s; not spawning any more (`start` or "
+                      "`reload` to try again)", self.name, decision.reason)
+            self._dispatch(E.RESTART_LIMIT, decision.reason)
+        else:
+            self._backoff_until = time.monotonic() + decision.delay
+            self._dispatch(E.START_FAILED)
 
     async def _stop_workers(self, workers: list[process.Worker]) -> None:
         # Each with the stop signal of the config it was started from: after a
@@ -557,7 +647,7 @@ class Watcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # ------------------------------------------------------------------ spawning
+    # ------------------------------------------------------------------ workers
 
     def _free_wid(self) -> int:
         """The lowest worker id no live worker has (a replacement gets the dead one's).
@@ -579,135 +669,30 @@ class Watcher:
         self._used_wids.discard(wid)
         heapq.heappush(self._released_wids, wid)
 
-    def _base_env(self) -> dict[str, str]:
-        if self._env_cache is None:
-            config = self.config
-            env = process.identity_env(config)
-            for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
-                        "SERVER_STARTER_PORT", "WATCHDOG_PID", "WATCHDOG_USEC"):
-                env.pop(key, None)
-            names = list(config.sockets)
-            env.update(process.listen_env(names))
-            if names:
-                env["SERVER_STARTER_PORT"] = ";".join(
-                    f"{self.context.sockets[n].server_starter_key()}={3 + i}"
-                    for i, n in enumerate(names))
-            if self.context.notify_address:
-                env["NOTIFY_SOCKET"] = self.context.notify_address
-            self._env_cache = env
-        return self._env_cache
-
-    def _groups(self, config: WatcherConfig) -> list[int] | None:
-        """Supplementary groups for the worker, looked up once per config (NSS is slow)."""
-        if self._groups_cache is None or self._groups_cache[0] is not config:
-            groups = (process.user_groups(config.user, config.gid)
-                      if config.uid is not None or config.gid is not None else None)
-            self._groups_cache = (config, groups)
-        return self._groups_cache[1]
-
     def _spawn(self) -> process.Worker | None:
-        """Fork one worker of the current generation; None if fork itself failed."""
-        config = self.config
+        """Launch one worker of the current generation; None if it could not be."""
         wid = self._free_wid()
-        names = list(config.sockets)
-        sockets = [self.context.sockets[n] for n in names]
-        # The workers share these sockets' open file descriptions: one may have
-        # shut a socket down or made it non-blocking (sockets.py).
-        keep_listening(sockets, self.context.publish)
-        for listening in sockets:
-            listening.prepare_for_spawn()
-        fds = [listening.fd for listening in sockets]   # after: a repair may rebind
-        argv = expand_worker_args(config.argv(), wid, {n: 3 + i for i, n in enumerate(names)})
-        env = dict(self._base_env())
-        env["SOCKVISOR_WID"] = str(wid)
-        out_child, out_read = self._stdout.child_fd()
-        err_child, err_read = self._stderr.child_fd()
-        spec = process.SpawnSpec(
-            argv=argv, env=env, fds=fds, stdout=out_child, stderr=err_child,
-            uid=config.uid, gid=config.gid,
-            groups=self._groups(config),
-            umask=config.umask, cwd=config.working_dir, rlimits=config.rlimits)
-        try:
-            if self.context.cgroups is not None:
-                spec.cgroup = self.context.cgroups.new_leaf(self.name)
-            pid, status_r = process.fork_exec(spec)
-        except OSError as exc:
-            failed = ("create a cgroup for a worker" if self.context.cgroups is not None
-                      and spec.cgroup is None else "fork")
-            log.error("watcher %s: cannot %s: %s", self.name, failed, exc.strerror)
+        worker = self.launcher.launch(self._current, wid, (self._stdout, self._stderr))
+        if worker is None:
             self._release_wid(wid)
-            for fd in (out_read, err_read):
-                if fd is not None:
-                    os.close(fd)
             return None
-        finally:
-            for fd in (out_child, err_child):
-                if fd is not None:
-                    os.close(fd)
-        worker = process.Worker(config, wid, self.generation, pid, self._on_worker_state)
-        worker.cgroup = spec.cgroup
-        self.workers[pid] = worker
-        self.context.workers_by_pid[pid] = worker
-        self.context.reaper.register(pid, lambda status: self._on_exit(worker, status),
-                                     worker.before_reap)
-        loop = asyncio.get_running_loop()
-        if out_read is not None:
-            self._stdout.attach(loop, out_read, pid)
-        if err_read is not None:
-            self._stderr.attach(loop, err_read, pid)
-        worker.status_fd = status_r
-        loop.add_reader(status_r, self._collect_exec_status, worker)
-        log.debug("watcher %s: spawned %s (wid %d, generation %d)", self.name,
-                  worker.label, wid, self.generation)
+        self.workers[worker.pid] = worker
         return worker
 
-    def _collect_exec_status(self, worker: process.Worker) -> None:
-        """The exec-status pipe is readable (or the worker exited): exec or error."""
-        fd = worker.status_fd
-        if fd is None:
-            return
-        worker.status_fd = None
-        asyncio.get_running_loop().remove_reader(fd)
-        try:
-            error = process.read_spawn_status(fd)
-        finally:
-            os.close(fd)
-        if error is not None:
-            worker.spawn_error = error
-            log.error("watcher %s: %s", self.name,
-                      process.describe_spawn_error(error, worker.config.cmd))
-            return
-        worker.exec_ok = True
-        self.context.publish(f"watcher.{self.name}.spawn",
-                             {"pid": worker.pid, "wid": worker.wid,
-                              "generation": worker.generation})
-        ready = worker.config.ready
-        loop = asyncio.get_running_loop()
-        if ready.kind == ReadyKind.STARTED:
-            worker.mark_ready()
-            return
-        if ready.kind == ReadyKind.DELAY:
-            worker.add_timer(loop.call_later(ready.delay, worker.mark_ready))
-        worker.add_timer(loop.call_later(ready.timeout, self._ready_timeout, worker))
-
     def _ready_timeout(self, worker: process.Worker) -> None:
-        if worker.state != WorkerState.STARTING:
-            return
+        """The launcher's readiness timer: `worker` missed ready_timeout."""
+        if self._dispatch(E.READY_TIMEOUT) in (S.STOPPED, S.STOPPING):
+            return   # ignored: it is being stopped anyway
         reason = f"not ready within ready_timeout ({worker.config.ready.timeout:g}s)"
         log.error("watcher %s: %s %s; stopping it", self.name, worker.label, reason)
-        worker.fail_readiness(reason)
-        worker.ready_failed = True
+        worker.fail_ready(reason)
         # Stopped on our initiative, but as a failure: its exit counts as a failed start.
         self._in_background(worker.stop(worker.config.stop_signal,
                                         worker.config.graceful_timeout, expected=False))
 
     def on_notify(self, worker: process.Worker, fields: Mapping[str, str]) -> None:
         """A datagram from the worker's NOTIFY_SOCKET (see readiness.py)."""
-        if "STATUS" in fields:
-            worker.status_text = fields["STATUS"][:200]
-        if fields.get("READY") == "1" and worker.state == WorkerState.STARTING:
-            if worker.config.ready.kind == ReadyKind.NOTIFY:
-                worker.mark_ready()
+        self.launcher.on_notify(worker, fields)
 
     def _on_worker_state(self, worker: process.Worker, old: WorkerState,
                          new: WorkerState) -> None:
@@ -718,15 +703,9 @@ class Watcher:
         self._pulse()
 
     def _on_exit(self, worker: process.Worker, status: int) -> None:
-        """The reaper collected `worker`: record it and decide about a replacement."""
-        self._collect_exec_status(worker)
-        worker.on_exit(status)
-        # Did it shut a shared socket down on its way out?  (Before a replacement.)
-        keep_listening([self.context.sockets[n] for n in worker.config.sockets
-                        if n in self.context.sockets], self.context.publish)
+        """`worker` was reaped: record it and decide about a replacement."""
         self.workers.pop(worker.pid, None)
         self._release_wid(worker.wid)
-        self.context.workers_by_pid.pop(worker.pid, None)
         self.context.publish(f"watcher.{self.name}.exit",
                              {"pid": worker.pid, "wid": worker.wid,
                               "status": describe_status(status),
@@ -748,10 +727,14 @@ class Watcher:
 
     def _replace(self, worker: process.Worker, uptime: float) -> None:
         """An unexpected exit: respawn now, after a backoff, or go FATAL."""
-        if worker in self._reloading_batch or self.state not in WATCHER_WANTS_WORKERS:
-            return   # a failed reload candidate is the reload's business (it aborts)
+        if worker in self._candidates or self.state not in WATCHER_WANTS_WORKERS:
+            # A failed reload candidate is the reload's business (it aborts); a
+            # watcher that wants no workers replaces none.
+            self._dispatch(E.WORKER_EXIT)
+            return
         if not self.config.restart.respawn:
             self.numprocesses = max(0, self.numprocesses - 1)
+            self._dispatch(E.WORKER_EXIT)
             return
         failed_start = worker.ready_at is None or worker.ready_failed
         decision = self.restarts.on_exit(0.0 if failed_start else uptime)
@@ -760,11 +743,10 @@ class Watcher:
                   "failed_start" if failed_start else "crash")
         self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
         self._wid_restarts[worker.wid] = self._wid_restarts.get(worker.wid, 0) + 1
-        if decision.fatal:
-            self._go_fatal(decision.reason)
-        elif decision.delay > 0:
-            self._schedule_backoff(decision.delay)
+        if decision.fatal or decision.delay > 0:
+            self._apply_policy(decision)
         else:
+            self._dispatch(E.WORKER_EXIT)
             self._reconcile()
 
     # ------------------------------------------------------------------ reporting
@@ -781,8 +763,11 @@ class Watcher:
         now = time.monotonic()
         result = self.summary()
         result["restarts"] = self.restart_count
-        if self._backoff is not None:
-            result["backoff"] = round(max(0.0, self._backoff_until - now), 3)
+        if self._backoff_until > now:
+            result["backoff"] = round(self._backoff_until - now, 3)
+        # The row of the lifecycle table for the current state: what each event
+        # would do now (states.py).
+        result["next"] = row(self.state)
         result["workers"] = [
             {"pid": w.pid, "wid": w.wid, "generation": w.generation,
              "state": w.state.value, "ready": w.state == WorkerState.RUNNING,

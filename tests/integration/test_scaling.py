@@ -144,7 +144,10 @@ def test_decr_during_backoff_retires_at_once(sockvisor, tmp_path):
 
         assert client.call("decr", name="web", nb=2)["numprocesses"] == 1
         assert client.call("numprocesses", name="web")["numprocesses"] == 1
-        one = client.wait_ready("web", 1, timeout=2)
+        # BACKOFF is the watcher's state until the delay is over (states.py).
+        one = wait_for(lambda: (lambda d: d if d["state"] == "backoff" and len(
+            d["workers"]) == 1 and d["workers"][0]["ready"] else None)(
+            client.status("web")), 2, message=lambda: client.status("web"))
         assert "backoff" in one, "the backoff ended: the test proves nothing"
         [left] = worker_pids(one)
         assert left in survivors

@@ -118,7 +118,7 @@ class FakeWatcher:
             self.config = config
         return {**self.summary(), "replaced": 0, "seconds": 0}
 
-    async def incr(self, by: int = 1) -> dict[str, Any]:
+    async def incr(self, by: int = 1, limit: int | None = None) -> dict[str, Any]:
         self.numprocesses += by
         return self.summary()
 

@@ -42,7 +42,15 @@ class Incr(Command):
         nb = int_property(props, "nb", 1, minimum=1, maximum=room,
                           what="the number of workers to add")
         async with access.scaling(watcher, lambda current: current + nb):
-            result = await watcher.incr(nb)
+            # Checked again under the watcher's lock: incrs queued behind a running
+            # command all saw the same room above.
+            # A singleton's limit is one, checked there too: two incrs of a
+            # stopped-down singleton must not both pass the check above.
+            limit = 1 if watcher.config.singleton else MAX_NUMPROCESSES
+            try:
+                result = await watcher.incr(nb, limit=limit)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         return {"numprocesses": result["numprocesses"]}
 
     def format(self, reply):

@@ -52,6 +52,10 @@ class Reload(Command):
 
         if props.get("waiting", True) is False:
             task = asyncio.ensure_future(run())
+            # The event loop keeps only a weak reference to a task: without ours, a
+            # reload parked on a future nobody else holds could be collected mid-way.
+            _background.add(task)
+            task.add_done_callback(_background.discard)
             task.add_done_callback(_log_background_failure)
             return {"info": "reload started"}
         results = await run()
@@ -67,6 +71,10 @@ class Reload(Command):
             f"{w['name']}: generation {w['generation']}, {w['ready']}/{w['numprocesses']} "
             f"ready, {w.get('replaced', 0)} replaced in {w.get('seconds', 0)}s"
             for w in items)
+
+
+# The reloads running with `waiting = false` (strong references; see above).
+_background: set = set()
 
 
 def _log_background_failure(task) -> None:

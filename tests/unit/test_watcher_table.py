@@ -1,0 +1,330 @@
+"""The watcher's lifecycle table (states.py), driven through a real Watcher on a
+fake launcher (fake_launcher.py): no process is forked, each case takes
+milliseconds to a second.
+
+* Every GO or STAY cell of the table is a test case below (generated from the
+  table): the watcher is brought into the state by real commands and worker
+  events, the event is caused the way it happens in production (a command, a
+  crash, a timer, readiness), and the outcome the watcher records must be the
+  one the cell says.  A new cell without a way to cause it fails here.
+* Every IGNORED or IMPOSSIBLE cell says why, and `decide` refuses the impossible.
+* Then the behaviours the table exists for: a rollback keeps the generation's
+  sockets, FATAL during a reload fails the reload, BACKOFF is a state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+
+import pytest
+
+from fake_launcher import FakeLauncher
+from sockvisor.config import ReadyKind, ReadyPolicy, RestartPolicy, WatcherConfig
+from sockvisor.sockets import ListeningSocket
+from sockvisor.config import SocketConfig
+from sockvisor.states import (WATCHER_TABLE, Kind, TransitionError, WatcherEvent,
+                              WatcherState, decide, row, table_markdown)
+from sockvisor.watcher import ReloadError, Watcher, WatcherContext
+
+S, E = WatcherState, WatcherEvent
+
+BACKOFF = 0.3         # the backoff delay: longer than READY_TIMEOUT
+READY_TIMEOUT = 0.12
+
+
+def config(max_restarts: int = 100, numprocesses: int = 2, sockets=(),
+           **changes) -> WatcherConfig:
+    return dataclasses.replace(WatcherConfig(
+        name="web", cmd="/bin/true", numprocesses=numprocesses, sockets=tuple(sockets),
+        graceful_timeout=0.2,
+        restart=RestartPolicy(min_uptime=0.02, backoff_base=BACKOFF, backoff_max=BACKOFF,
+                              max_restarts=max_restarts, window=60.0),
+        ready=ReadyPolicy(kind=ReadyKind.NOTIFY, timeout=READY_TIMEOUT, settle=0.01)),
+        **changes)
+
+
+class Rig:
+    """A Watcher on a FakeLauncher, recording (state before, event, state after)
+    for every event sent through its table."""
+
+    def __init__(self, watcher_config: WatcherConfig, sockets=None):
+        self.events: list[tuple[str, dict]] = []
+        self.sockets = dict(sockets or {})
+        context = WatcherContext(reaper=None, sockets=self.sockets, notify_address=None,
+                                 publish=lambda topic, data: self.events.append((topic, data)),
+                                 workers_by_pid={})
+        self.watcher = Watcher(watcher_config, context, make_launcher=FakeLauncher)
+        self.launcher: FakeLauncher = self.watcher.launcher
+        self.seen: list[tuple[WatcherState, WatcherEvent, WatcherState]] = []
+        self.tasks: list[asyncio.Task] = []
+        dispatch = self.watcher._dispatch
+
+        def recording(event, reason="", choice=None):
+            before = self.watcher.state
+            try:
+                return dispatch(event, reason, choice)
+            finally:
+                self.seen.append((before, event, self.watcher.state))
+        self.watcher._dispatch = recording
+
+    def task(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.append(task)
+        return task
+
+    def live(self):
+        return self.launcher.live(self.watcher)
+
+    def ready(self):
+        return [w for w in self.live() if w.ready_at is not None]
+
+    def not_ready(self):
+        return [w for w in self.live() if w.ready_at is None]
+
+    async def until(self, predicate, timeout: float = 3.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or predicate}: "
+                                     f"{self.watcher.status()}")
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.launcher.kill_delay = 0.0
+        self.launcher.exit_on_signal = True
+        await self.watcher.kill_now()
+
+
+# ---------------------------------------------------------------- reaching a state
+
+async def reach(rig: Rig, state: WatcherState) -> None:
+    """Bring the watcher into `state` the way production does, with no command
+    holding its lock (except where the state is a command's), and -- where the
+    state allows -- one worker that is not ready yet (`spare`)."""
+    w, launcher = rig.watcher, rig.launcher
+    if state is S.STOPPED:
+        return
+    await w.start()
+    assert w.state is S.ACTIVE
+    launcher.auto_ready = False
+    if state is S.STOPPING:
+        launcher.kill_delay = 0.3
+        rig.task(w.kill_now())
+        await rig.until(lambda: w.state is S.STOPPING)
+        return
+    await w.incr(1)                        # the spare: alive, not ready
+    if state is S.ACTIVE:
+        return
+    if state is S.RELOADING:
+        rig.task(w.reload())               # candidates never ready (until timeout)
+        await rig.until(lambda: w.state is S.RELOADING and w._candidates)
+        return
+    await w.incr(1)                        # a second spare
+    launcher.crash(rig.not_ready()[0])     # a failed start
+    if state in (S.BACKOFF, S.FATAL):
+        assert w.state is state, w.status()
+        return
+    assert state is S.STARTING
+    await rig.until(lambda: w.state is S.STARTING, BACKOFF + 1)
+
+
+def max_restarts_for(state: WatcherState, event: WatcherEvent) -> int:
+    if state is S.FATAL:
+        return 0
+    if event is E.RESTART_LIMIT:
+        # reaching BACKOFF takes one failed start, STARTING two (the second
+        # spare misses its ready_timeout during the backoff)
+        return {S.BACKOFF: 1, S.STARTING: 2}.get(state, 0)
+    return 100
+
+
+# ---------------------------------------------------------------- causing an event
+
+async def cause(rig: Rig, state: WatcherState, event: WatcherEvent) -> None:
+    w, launcher = rig.watcher, rig.launcher
+    if event is E.START:
+        rig.task(w.start())
+    elif event is E.STOP:
+        # A stop command queues behind a running reload: only an immediate stop
+        # (SIGQUIT) meets RELOADING.
+        rig.task(w.kill_now() if state is S.RELOADING else w.stop())
+    elif event is E.RESTART:
+        rig.task(w.restart())
+    elif event is E.RELOAD:
+        rig.task(w.reload())
+    elif event is E.SCALE:
+        rig.task(w.incr(1))
+    elif event is E.WORKER_EXIT:       # a worker that ran long enough dies
+        healthy = rig.ready()[0]
+        await rig.until(lambda: healthy.uptime > w.config.restart.min_uptime)
+        launcher.crash(healthy)
+    elif event in (E.START_FAILED, E.RESTART_LIMIT):   # one that never got ready dies
+        launcher.crash(rig.not_ready()[-1] if state is not S.RELOADING else
+                       [x for x in rig.not_ready() if x not in w._candidates][0])
+    elif event in (E.STARTED, E.SETTLE_ELAPSED, E.RELOAD_DONE):
+        launcher.make_ready(*rig.not_ready())
+    elif event in (E.BACKOFF_ELAPSED, E.READY_TIMEOUT, E.ALL_EXITED):
+        pass                               # a timer, or the workers' exits
+    else:
+        raise AssertionError(f"no way to cause {event}")
+
+
+LIVE_CELLS = [(state, event) for state, cells in WATCHER_TABLE.items()
+              for event, cell in cells.items() if cell.kind in (Kind.GO, Kind.STAY)]
+
+
+@pytest.mark.parametrize("state,event", LIVE_CELLS,
+                         ids=[f"{s.value}-{e.value}" for s, e in LIVE_CELLS])
+def test_cell(state, event):
+    cell = WATCHER_TABLE[state][event]
+
+    async def scenario():
+        rig = Rig(config(max_restarts=max_restarts_for(state, event)))
+        try:
+            await reach(rig, state)
+            assert rig.watcher.state is state, rig.watcher.status()
+            mark = len(rig.seen)
+            await cause(rig, state, event)
+            await rig.until(lambda: any(b is state and e is event
+                                        for b, e, _ in rig.seen[mark:]),
+                            READY_TIMEOUT + BACKOFF + 1, f"{event.value} in {state.value}")
+            after = next(a for b, e, a in rig.seen[mark:] if b is state and e is event)
+            if cell.kind is Kind.GO:
+                assert after in cell.to, (after, cell)
+            else:
+                assert after is state, (after, cell)
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
+
+
+def test_every_cell_is_decided_and_explained():
+    for state in WatcherState:
+        assert set(WATCHER_TABLE[state]) == set(WatcherEvent), state
+        for event, cell in WATCHER_TABLE[state].items():
+            assert cell.why, (state, event)
+            assert (cell.kind is Kind.GO) == bool(cell.to), (state, event)
+            if cell.kind is Kind.IMPOSSIBLE:
+                with pytest.raises(TransitionError):
+                    decide(state, event)
+            elif cell.kind is Kind.GO:
+                assert decide(state, event)[1] is cell.to[0]
+                for other in set(WatcherState) - set(cell.to):
+                    with pytest.raises(TransitionError):
+                        decide(state, event, other)
+            else:
+                assert decide(state, event)[1] is state
+    # Every state can be left (STOPPED by a start), and reached.
+    reached = {to for cells in WATCHER_TABLE.values() for c in cells.values() for to in c.to}
+    assert reached == set(WatcherState) - {S.STOPPED} | {S.STOPPED}
+    assert "| reload_done | → active / backoff |" in table_markdown()
+    assert row(S.RELOADING)["reload_done"] == "active/backoff"
+    assert "start" not in row(S.RELOADING)    # impossible: left out
+
+
+def test_the_docs_table_is_the_generated_one():
+    from pathlib import Path
+    docs = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
+    assert docs.read_text() == table_markdown() + "\n", \
+        "regenerate: python3 -m sockvisor.states > docs/lifecycle.md"
+
+
+# ---------------------------------------------------------------- behaviours
+
+def listening(name: str) -> ListeningSocket:
+    sock = socket.socket()
+    return ListeningSocket(SocketConfig(name=name, family=socket.AF_INET,
+                                        host="127.0.0.1", port=0), sock)
+
+
+def test_rollback_spawns_on_the_sockets_its_generation_was_started_with():
+    """A reloadconfig renamed socket web to front (same listening socket) and the
+    reload aborted: a worker of the rolled-back generation that dies is replaced
+    on the old socket, though the supervisor's table no longer has `web`."""
+    async def scenario():
+        web = listening("web")
+        rig = Rig(config(sockets=("web",)), sockets={"web": web})
+        w, launcher = rig.watcher, rig.launcher
+        try:
+            await w.start()
+            before = {x.pid for x in rig.live()}
+            # reloadconfig: the table changes first, then the watcher reloads.
+            rig.sockets.pop("web")
+            rig.sockets["front"] = web
+            launcher.fail_launch = True      # the new generation cannot start
+            with pytest.raises(ReloadError, match="could not spawn"):
+                await w.reload(dataclasses.replace(w.config, sockets=("front",)))
+            assert w.config.sockets == ("web",) and w.state is S.ACTIVE
+            assert {x.pid for x in rig.live()} == before
+            launcher.fail_launch = False
+            launcher.auto_ready = True
+            victim = rig.live()[0]
+            await rig.until(lambda: victim.uptime > 0.02)
+            launcher.crash(victim)
+            await rig.until(lambda: len(rig.ready()) == 2)
+            replacement = rig.live()[-1]
+            assert replacement.sockets == (web,) and replacement.wid == victim.wid
+            assert sorted(x.wid for x in rig.live()) == [1, 2]
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
+
+
+def test_watcher_going_fatal_during_a_reload_fails_the_reload_saying_so():
+    async def scenario():
+        rig = Rig(config(max_restarts=0, reload_batch=1))
+        w, launcher = rig.watcher, rig.launcher
+        try:
+            await w.start()
+            launcher.auto_ready = False
+            reload = rig.task(w.reload())
+            await rig.until(lambda: w._candidates)
+            old = [x for x in rig.live() if x.generation == 1][0]
+            old.ready_at = None              # dies as a failed start: FATAL at once
+            launcher.crash(old)
+            assert w.state is S.FATAL
+            launcher.make_ready(*w._candidates)
+            with pytest.raises(ReloadError, match="is FATAL"):
+                await reload
+            assert w.state is S.FATAL and w.config.sockets == ()
+            assert (S.FATAL, E.SETTLE_ELAPSED, S.FATAL) in rig.seen
+            # Nothing was spawned after the watcher went FATAL.
+            assert len(launcher.launched) == 3
+            launcher.auto_ready = True
+            await w.start()
+            assert w.state is S.ACTIVE and len(rig.ready()) == 2
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
+
+
+def test_backoff_is_a_state_with_its_timer():
+    async def scenario():
+        rig = Rig(config(numprocesses=1))
+        w, launcher = rig.watcher, rig.launcher
+        try:
+            await w.start()
+            launcher.auto_ready = False
+            await w.incr(1)
+            launcher.crash(rig.not_ready()[0])
+            assert w.state is S.BACKOFF
+            status = w.status()
+            assert 0 < status["backoff"] <= BACKOFF and status["next"]["backoff_elapsed"] == "starting"
+            await w.decr(1)                  # retiring is not held back
+            launcher.auto_ready = True
+            await w.incr(1)                  # spawning is
+            assert len(rig.live()) == 1
+            await rig.until(lambda: w.state is S.ACTIVE, BACKOFF + 1)
+            assert [t for t, d in rig.events if t == "watcher.web.state"][-2:] and \
+                [d["to"] for t, d in rig.events if t == "watcher.web.state"][-3:] == [
+                    "backoff", "starting", "active"]
+            assert len(rig.ready()) == 2 and "backoff" not in w.status()
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
