@@ -1,17 +1,25 @@
 """Where a worker's stdout and stderr go.
 
-`inherit` and `null` cost nothing: the child gets sockvisor's fd or /dev/null.
-`prefix` and `file` go through a pipe that sockvisor reads in the event loop:
-`prefix` writes each line to sockvisor's own stream as `watcher[pid] line` (one
-line per record, which is what journald wants), `file` appends to a file shared
-by the watcher's workers and rotates it by size.
+Every mode goes through a pipe that sockvisor reads in the event loop, so that
+`logs` (the watcher's OutputRing) has the last lines whatever the mode:
+`inherit` (the default) writes each line, as it is, to sockvisor's own stdout
+or stderr; `null` keeps the lines only in the ring; `prefix` writes each line
+to sockvisor's own stream as `watcher[pid] line` (one line per record, which is
+what journald wants); `file` appends to a file shared by the watcher's workers
+and rotates it by size.  (So a worker's stdout is never sockvisor's terminal:
+each worker costs sockvisor two pipe fds, and supervisor start-up raises its
+fd limit for them: fdlimit.py.)
 
 Under journald (sockvisor's stdout/stderr is the stream $JOURNAL_STREAM names)
-`prefix` sends each line to journald by its native protocol instead (journal.py):
-the watcher is the entry's SYSLOG_IDENTIFIER and the worker's pid its SYSLOG_PID,
-and a line's sd-daemon priority `<N>` becomes its PRIORITY, as if the worker had
-written to journald directly.  Without a journal socket the line goes to the
-stream as `<N>watcher[pid] text`, where journald still reads the priority.
+`inherit` and `prefix` send each line to journald by its native protocol
+instead (journal.py): the watcher is the entry's SYSLOG_IDENTIFIER and the
+worker's pid its SYSLOG_PID, and a line's sd-daemon priority `<N>` becomes its
+PRIORITY, as if the worker had written to journald directly.  A line without
+one gets PRIORITY=6 on stdout and on stderr alike, which is what journald's
+stream gives both (SyslogLevel=info): most servers (Python's logging, gunicorn)
+write their ordinary lines to stderr.  Without a journal socket the line goes
+to the stream (`<N>watcher[pid] text` for prefix), where journald still reads
+the priority.
 
 Nothing here may block the event loop or be steered by a worker:
 * Log files are opened and rotated through `logdir` (O_NOFOLLOW relative to a
@@ -20,7 +28,7 @@ Nothing here may block the event loop or be steered by a worker:
   A file that disappears (its folder deleted and re-created, a rename by
   logrotate) is noticed within a second of the next write and reopened by its
   path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
-* sockvisor's own stdout/stderr (`prefix`) are written without blocking: a
+* sockvisor's own stdout/stderr (`inherit`, `prefix`) are written without blocking: a
   reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
   chunks are dropped and counted (in the log, rate-limited, and in `stats`).
 * A sink lives as long as someone writes to it: the watcher holds one reference
@@ -268,8 +276,8 @@ def reopen_files() -> None:
 class StreamWriter:
     """sockvisor's own stdout or stderr, written without ever blocking the loop.
 
-    The fd is shared with whoever started sockvisor (and with `inherit` workers),
-    so O_NONBLOCK, which lives on the open file description, must not be set on
+    The fd is shared with whoever started sockvisor (a shell, a terminal), so
+    O_NONBLOCK, which lives on the open file description, must not be set on
     it.  Instead: a pipe, FIFO or terminal is opened again through /proc (a new
     description of the same pipe, ours to make non-blocking); a socket (journald's
     stream) is sent to with MSG_DONTWAIT; a regular file cannot stall and is
@@ -455,7 +463,8 @@ class OutputSink:
         self.dropped = dropped if dropped is not None else Dropped()
         self.refs = 1
         self.file: LogFile | None = None
-        self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
+        self.to_journal = (config.kind in (OutputKind.INHERIT, OutputKind.PREFIX)
+                           and is_journal_stream(fallback))
         # The last lines, whatever the destination (`logs`): the watcher's ring.
         self.ring = ring if ring is not None else OutputRing()
         self.stream = stream
@@ -478,12 +487,9 @@ class OutputSink:
             self.file.release()
             self.file = None
 
-    def child_fd(self) -> tuple[int | None, int | None]:
-        """(fd for the child, read end for sockvisor) — created per worker."""
-        if self.config.kind == OutputKind.INHERIT:
-            return None, None
-        if self.config.kind == OutputKind.NULL:
-            return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), None
+    def child_fd(self) -> tuple[int, int]:
+        """(fd for the child, read end for sockvisor) — a pipe per worker and
+        stream, whatever the mode: `logs` keeps the last lines of every one."""
         read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # The child's end must block: many programs do not expect EAGAIN on stdout.
         os.set_blocking(write_end, True)
@@ -491,7 +497,8 @@ class OutputSink:
 
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
         """Read a worker's pipe until it closes; the sink stays open until then."""
-        prefix = f"{self.watcher_name}[{pid}] ".encode()
+        prefix = (f"{self.watcher_name}[{pid}] ".encode()
+                  if self.config.kind == OutputKind.PREFIX else b"")
         emit = self.emit
 
         def remember_and_emit(prefix: bytes, lines: bytes) -> None:
@@ -533,6 +540,8 @@ class OutputSink:
         loop.add_reader(read_end, on_readable)
 
     def emit(self, prefix: bytes, lines: bytes, pid: int) -> None:
+        if self.config.kind == OutputKind.NULL:
+            return   # kept in the ring only
         if self.file is not None:
             try:
                 self.file.write(lines)
@@ -542,6 +551,9 @@ class OutputSink:
                                   "%s: cannot write worker output to %s: %s",
                                   self.watcher_name, self.file.path, exc)
             return
+        if not prefix and not self.to_journal:
+            self._write(lines)   # inherit: the lines as the worker wrote them
+            return
         # Split on \n only: a bare \r (a progress bar) stays inside its line.
         split = lines.rstrip(b"\n").split(b"\n")
         if self.to_journal:
@@ -550,7 +562,9 @@ class OutputSink:
             self._write_stream(prefix, split)
 
     def _write_stream(self, prefix: bytes, lines: list[bytes]) -> None:
-        out = b"".join(self._prefixed(prefix, line) for line in lines)
+        self._write(b"".join(self._prefixed(prefix, line) for line in lines))
+
+    def _write(self, out: bytes) -> None:
         if not self.fallback.write(out):
             self.dropped.add(out)
 

@@ -1,6 +1,7 @@
 """Fault: sockvisor's own stdout is a pipe nobody reads (a stuck log shipper, a
-`sockvisor start | less` left alone) while a worker with `stdout = prefix` keeps
-writing.  The pipe fills after 64 kB; from then on every write would block.
+`sockvisor start | less` left alone) while a worker with `stdout = prefix` or
+`inherit` (its lines pass through sockvisor too) keeps writing.  The pipe fills
+after 64 kB; from then on every write would block.
 sockvisor must go on answering its control channel and obey SIGTERM, dropping
 (and counting) worker output it cannot pass on.
 """
@@ -11,16 +12,19 @@ import os
 import signal
 import time
 
+import pytest
+
 from sockvisor.control.client import ControlClient
 
 
-def test_a_stalled_stdout_reader_never_freezes_sockvisor(sockvisor, scripts):
+@pytest.mark.parametrize("mode", ["prefix", "inherit"])
+def test_a_stalled_stdout_reader_never_freezes_sockvisor(sockvisor, scripts, mode):
     read_end, write_end = os.pipe()   # read_end stays open and is never read
     try:
         sv = sockvisor(f"""
             [watcher:spew]
             cmd = {scripts.cmd("spew.py", "40000", "100")}
-            stdout = prefix
+            stdout = {mode}
             graceful_timeout = 1
         """, stdout=write_end)
         os.close(write_end)
