@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(config.watchers)} watchers)")
         return 0
     log.setup(args.log_level or config.globals.loglevel)
+    from sockvisor import fdlimit
+    fdlimit.raise_own()   # two pipe fds per worker (fdlimit.py)
     from sockvisor.supervisor import Supervisor
     return asyncio.run(Supervisor(config).run())
 
