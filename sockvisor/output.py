@@ -28,9 +28,14 @@ Nothing here may block the event loop or be steered by a worker:
   A file that disappears (its folder deleted and re-created, a rename by
   logrotate) is noticed within a second of the next write and reopened by its
   path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
-* sockvisor's own stdout/stderr (`inherit`, `prefix`) are written without blocking: a
-  reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
-  chunks are dropped and counted (in the log, rate-limited, and in `stats`).
+* sockvisor's own stdout/stderr (`inherit`, `prefix`) are written without
+  blocking.  A slow reader (a terminal, `| less`, a log shipper) gets
+  back-pressure, as it would writing to the worker directly: while more than
+  `HOLD_AT` bytes wait for it, the workers' pipes are not read, so the workers
+  wait in write().  A reader that takes nothing for `STALLED_AFTER` seconds is
+  stalled: then the pipes are read again, at most `STREAM_BUFFER` bytes are
+  held, and whole chunks beyond are dropped and counted (in the log,
+  rate-limited, and in `stats`), so a stuck reader never stops the workers.
 * A sink lives as long as someone writes to it: the watcher holds one reference
   while the sink is its current one, every worker's pipe another.  Changing the
   output options (set, reload, reloadconfig, and an aborted reload going back)
@@ -67,6 +72,8 @@ _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
 _DEFAULT_PRIORITY = 6   # LOG_INFO: what journald gives a stream's unprefixed lines
 STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
+HOLD_AT = 1 << 18   # held bytes from which workers' pipes wait (back-pressure)
+STALLED_AFTER = 1.0   # seconds a reader may take nothing before output is dropped
 _RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
 RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
 _RECENT_WIDTH = 500   # characters kept of each of those lines
@@ -283,6 +290,8 @@ class StreamWriter:
     stream) is sent to with MSG_DONTWAIT; a regular file cannot stall and is
     written as it is.  What the reader does not take waits in a buffer of at
     most `limit` bytes; beyond that whole chunks are dropped and counted.
+    From `HOLD_AT` bytes on, `full()` asks the sinks to stop reading their
+    workers (`hold`) until the buffer drains, unless the reader is stalled.
     """
 
     def __init__(self, fd: int, name: str, limit: int = STREAM_BUFFER):
@@ -294,6 +303,10 @@ class StreamWriter:
         self._waiting = False
         self._fd = -1
         self._send = self._open(fd)
+        self._held: dict[int, Callable[[], None]] = {}   # worker pipe -> resume reading
+        self._progress = 0   # bytes the reader has taken from the buffer
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stalled = False
 
     def fileno(self) -> int:
         return self._original
@@ -348,6 +361,36 @@ class StreamWriter:
             self._wait_writable()
         return True
 
+    def full(self) -> bool:
+        """Should the sinks stop reading their workers for now (back-pressure)?"""
+        return len(self._pending) >= min(HOLD_AT, self.limit) and not self._stalled
+
+    def hold(self, read_end: int, resume: Callable[[], None]) -> None:
+        """A sink stopped reading `read_end`; `resume()` once the buffer drains,
+        or once the reader is found stalled."""
+        self._held[read_end] = resume
+        if self._stall_timer is None:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                STALLED_AFTER, self._check_stalled, self._progress)
+
+    def _check_stalled(self, progress: int) -> None:
+        self._stall_timer = None
+        if not self._held:
+            return
+        if self._progress != progress:   # slow, not stuck: keep the workers waiting
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                STALLED_AFTER, self._check_stalled, self._progress)
+            return
+        self._stalled = True   # until the buffer is empty again
+        log.debug("%s: the reader took nothing for %gs: reading workers again, "
+                  "dropping what does not fit", self.name, STALLED_AFTER)
+        self._resume_all()
+
+    def _resume_all(self) -> None:
+        held, self._held = self._held, {}
+        for resume in held.values():
+            resume()
+
     def _drop(self, data: bytes) -> None:
         self.dropped.add(data)
         _warnings.warning((self.name, "stalled"),
@@ -375,8 +418,13 @@ class StreamWriter:
                                   self.name, exc)
                 break
             del self._pending[:written]
+            self._progress += written
+            if self._held and len(self._pending) < min(HOLD_AT, self.limit) // 2:
+                self._resume_all()
         asyncio.get_running_loop().remove_writer(self._fd)
         self._waiting = False
+        self._stalled = False
+        self._resume_all()
 
 
 _streams: dict[int, StreamWriter] = {}
@@ -536,6 +584,10 @@ class OutputSink:
             elif len(partial) > _MAX_PARTIAL:
                 remember_and_emit(prefix, bytes(partial) + b"\n")
                 partial.clear()
+            if self.file is None and self.fallback.full():
+                # Back-pressure: the worker waits in write() while our reader is slow.
+                loop.remove_reader(read_end)
+                self.fallback.hold(read_end, lambda: loop.add_reader(read_end, on_readable))
 
         loop.add_reader(read_end, on_readable)
 
