@@ -173,3 +173,32 @@ def test_follow_an_inherit_watcher(sockvisor, scripts):
     finally:
         follower.proc.kill()
         follower.proc.wait()
+
+
+LONG_AND_PARTIAL = r'''
+import os, time
+os.write(1, b"y" * 100000 + b"\n")
+os.write(1, b"tail without newline")
+os.close(1)   # EOF for sockvisor: the partial line is a line of its own then
+time.sleep(3600)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_inherit_passes_long_and_partial_lines_through(sockvisor, scripts, tmp_path):
+    script = tmp_path / "long.py"
+    script.write_text(LONG_AND_PARTIAL)
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {scripts.python} {script}
+        graceful_timeout = 1
+    """)
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "long.py")
+    wait_for(lambda: sv.stdout().endswith("tail without newline\n"),
+             message=lambda: sv.describe()[-2000:])
+    # Unprefixed and whole: the bytes as written, the partial line ended.
+    assert sv.stdout().replace("\n", "") == "y" * 100000 + "tail without newline"
+    lines = ok(endpoint, "logs", {"name": "web"})["lines"]
+    assert lines[-1]["line"] == "tail without newline" and lines[-1]["pid"] == pid
+    assert lines[0]["line"] == "y" * 500   # the ring keeps 500 characters a line
