@@ -172,14 +172,13 @@ class Launcher:
             failed = ("create a cgroup for a worker" if self.context.cgroups is not None
                       and spec.cgroup is None else "fork")
             log.error("watcher %s: cannot %s: %s", self.name, failed, exc.strerror)
-            for fd in (out_read, err_read):
-                if fd is not None:
-                    os.close(fd)
+            os.close(out_read)
+            os.close(err_read)
             return None
         finally:
-            for fd in (out_child, err_child):
-                if fd is not None:
-                    os.close(fd)
+            # Every mode is a pipe (OutputSink.child_fd): the child has its ends.
+            os.close(out_child)
+            os.close(err_child)
         worker = process.Worker(config, wid, generation.number, pid, self.hooks.on_state)
         worker.cgroup = spec.cgroup
         self.context.workers_by_pid[pid] = worker
@@ -187,10 +186,8 @@ class Launcher:
                                                                       status),
                                      worker.before_reap)
         loop = asyncio.get_running_loop()
-        if out_read is not None:
-            stdout.attach(loop, out_read, pid)
-        if err_read is not None:
-            stderr.attach(loop, err_read, pid)
+        stdout.attach(loop, out_read, pid)
+        stderr.attach(loop, err_read, pid)
         worker.status_fd = status_r
         loop.add_reader(status_r, self._collect_exec_status, worker)
         log.debug("watcher %s: spawned %s (wid %d, generation %d)", self.name,

@@ -1,17 +1,25 @@
 """Where a worker's stdout and stderr go.
 
-`inherit` and `null` cost nothing: the child gets sockvisor's fd or /dev/null.
-`prefix` and `file` go through a pipe that sockvisor reads in the event loop:
-`prefix` writes each line to sockvisor's own stream as `watcher[pid] line` (one
-line per record, which is what journald wants), `file` appends to a file shared
-by the watcher's workers and rotates it by size.
+Every mode goes through a pipe that sockvisor reads in the event loop, so that
+`logs` (the watcher's OutputRing) has the last lines whatever the mode:
+`inherit` (the default) writes each line, as it is, to sockvisor's own stdout
+or stderr; `null` keeps the lines only in the ring; `prefix` writes each line
+to sockvisor's own stream as `watcher[pid] line` (one line per record, which is
+what journald wants); `file` appends to a file shared by the watcher's workers
+and rotates it by size.  (So a worker's stdout is never sockvisor's terminal:
+each worker costs sockvisor two pipe fds, and supervisor start-up raises its
+fd limit for them: fdlimit.py.)
 
 Under journald (sockvisor's stdout/stderr is the stream $JOURNAL_STREAM names)
-`prefix` sends each line to journald by its native protocol instead (journal.py):
-the watcher is the entry's SYSLOG_IDENTIFIER and the worker's pid its SYSLOG_PID,
-and a line's sd-daemon priority `<N>` becomes its PRIORITY, as if the worker had
-written to journald directly.  Without a journal socket the line goes to the
-stream as `<N>watcher[pid] text`, where journald still reads the priority.
+`inherit` and `prefix` send each line to journald by its native protocol
+instead (journal.py): the watcher is the entry's SYSLOG_IDENTIFIER and the
+worker's pid its SYSLOG_PID, and a line's sd-daemon priority `<N>` becomes its
+PRIORITY, as if the worker had written to journald directly.  A line without
+one gets PRIORITY=6 on stdout and on stderr alike, which is what journald's
+stream gives both (SyslogLevel=info): most servers (Python's logging, gunicorn)
+write their ordinary lines to stderr.  Without a journal socket the line goes
+to the stream (`<N>watcher[pid] text` for prefix), where journald still reads
+the priority.
 
 Nothing here may block the event loop or be steered by a worker:
 * Log files are opened and rotated through `logdir` (O_NOFOLLOW relative to a
@@ -20,9 +28,14 @@ Nothing here may block the event loop or be steered by a worker:
   A file that disappears (its folder deleted and re-created, a rename by
   logrotate) is noticed within a second of the next write and reopened by its
   path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
-* sockvisor's own stdout/stderr (`prefix`) are written without blocking: a
-  reader that stalls gets at most `STREAM_BUFFER` bytes buffered, then whole
-  chunks are dropped and counted (in the log, rate-limited, and in `stats`).
+* sockvisor's own stdout/stderr (`inherit`, `prefix`) are written without
+  blocking.  A slow reader (a terminal, `| less`, a log shipper) gets
+  back-pressure, as it would writing to the worker directly: while more than
+  `HOLD_AT` bytes wait for it, the workers' pipes are not read, so the workers
+  wait in write().  A reader that takes nothing for `STALLED_AFTER` seconds is
+  stalled: then the pipes are read again, at most `STREAM_BUFFER` bytes are
+  held, and whole chunks beyond are dropped and counted (in the log,
+  rate-limited, and in `stats`), so a stuck reader never stops the workers.
 * A sink lives as long as someone writes to it: the watcher holds one reference
   while the sink is its current one, every worker's pipe another.  Changing the
   output options (set, reload, reloadconfig, and an aborted reload going back)
@@ -59,6 +72,8 @@ _MAX_PARTIAL = 65536   # a "line" longer than this is flushed as it is
 _PRIORITY = re.compile(rb"<[0-7]>")   # sd-daemon's level prefix, at a line's start
 _DEFAULT_PRIORITY = 6   # LOG_INFO: what journald gives a stream's unprefixed lines
 STREAM_BUFFER = 1 << 20   # bytes held for a slow reader of sockvisor's stdout/stderr
+HOLD_AT = 1 << 18   # held bytes from which workers' pipes wait (back-pressure)
+STALLED_AFTER = 1.0   # seconds a reader may take nothing before output is dropped
 _RECHECK = 1.0   # seconds between looks at whether a log file is still at its path
 RECENT_LINES = 50     # kept per stream for `logs` and the console: bounded memory
 _RECENT_WIDTH = 500   # characters kept of each of those lines
@@ -268,13 +283,15 @@ def reopen_files() -> None:
 class StreamWriter:
     """sockvisor's own stdout or stderr, written without ever blocking the loop.
 
-    The fd is shared with whoever started sockvisor (and with `inherit` workers),
-    so O_NONBLOCK, which lives on the open file description, must not be set on
+    The fd is shared with whoever started sockvisor (a shell, a terminal), so
+    O_NONBLOCK, which lives on the open file description, must not be set on
     it.  Instead: a pipe, FIFO or terminal is opened again through /proc (a new
     description of the same pipe, ours to make non-blocking); a socket (journald's
     stream) is sent to with MSG_DONTWAIT; a regular file cannot stall and is
     written as it is.  What the reader does not take waits in a buffer of at
     most `limit` bytes; beyond that whole chunks are dropped and counted.
+    From `HOLD_AT` bytes on, `full()` asks the sinks to stop reading their
+    workers (`hold`) until the buffer drains, unless the reader is stalled.
     """
 
     def __init__(self, fd: int, name: str, limit: int = STREAM_BUFFER):
@@ -286,6 +303,10 @@ class StreamWriter:
         self._waiting = False
         self._fd = -1
         self._send = self._open(fd)
+        self._held: dict[int, Callable[[], None]] = {}   # worker pipe -> resume reading
+        self._progress = 0   # bytes the reader has taken from the buffer
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stalled = False
 
     def fileno(self) -> int:
         return self._original
@@ -340,6 +361,36 @@ class StreamWriter:
             self._wait_writable()
         return True
 
+    def full(self) -> bool:
+        """Should the sinks stop reading their workers for now (back-pressure)?"""
+        return len(self._pending) >= min(HOLD_AT, self.limit) and not self._stalled
+
+    def hold(self, read_end: int, resume: Callable[[], None]) -> None:
+        """A sink stopped reading `read_end`; `resume()` once the buffer drains,
+        or once the reader is found stalled."""
+        self._held[read_end] = resume
+        if self._stall_timer is None:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                STALLED_AFTER, self._check_stalled, self._progress)
+
+    def _check_stalled(self, progress: int) -> None:
+        self._stall_timer = None
+        if not self._held:
+            return
+        if self._progress != progress:   # slow, not stuck: keep the workers waiting
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                STALLED_AFTER, self._check_stalled, self._progress)
+            return
+        self._stalled = True   # until the buffer is empty again
+        log.debug("%s: the reader took nothing for %gs: reading workers again, "
+                  "dropping what does not fit", self.name, STALLED_AFTER)
+        self._resume_all()
+
+    def _resume_all(self) -> None:
+        held, self._held = self._held, {}
+        for resume in held.values():
+            resume()
+
     def _drop(self, data: bytes) -> None:
         self.dropped.add(data)
         _warnings.warning((self.name, "stalled"),
@@ -367,8 +418,13 @@ class StreamWriter:
                                   self.name, exc)
                 break
             del self._pending[:written]
+            self._progress += written
+            if self._held and len(self._pending) < min(HOLD_AT, self.limit) // 2:
+                self._resume_all()
         asyncio.get_running_loop().remove_writer(self._fd)
         self._waiting = False
+        self._stalled = False
+        self._resume_all()
 
 
 _streams: dict[int, StreamWriter] = {}
@@ -455,7 +511,8 @@ class OutputSink:
         self.dropped = dropped if dropped is not None else Dropped()
         self.refs = 1
         self.file: LogFile | None = None
-        self.to_journal = config.kind == OutputKind.PREFIX and is_journal_stream(fallback)
+        self.to_journal = (config.kind in (OutputKind.INHERIT, OutputKind.PREFIX)
+                           and is_journal_stream(fallback))
         # The last lines, whatever the destination (`logs`): the watcher's ring.
         self.ring = ring if ring is not None else OutputRing()
         self.stream = stream
@@ -478,12 +535,9 @@ class OutputSink:
             self.file.release()
             self.file = None
 
-    def child_fd(self) -> tuple[int | None, int | None]:
-        """(fd for the child, read end for sockvisor) — created per worker."""
-        if self.config.kind == OutputKind.INHERIT:
-            return None, None
-        if self.config.kind == OutputKind.NULL:
-            return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), None
+    def child_fd(self) -> tuple[int, int]:
+        """(fd for the child, read end for sockvisor) — a pipe per worker and
+        stream, whatever the mode: `logs` keeps the last lines of every one."""
         read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # The child's end must block: many programs do not expect EAGAIN on stdout.
         os.set_blocking(write_end, True)
@@ -491,7 +545,8 @@ class OutputSink:
 
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
         """Read a worker's pipe until it closes; the sink stays open until then."""
-        prefix = f"{self.watcher_name}[{pid}] ".encode()
+        prefix = (f"{self.watcher_name}[{pid}] ".encode()
+                  if self.config.kind == OutputKind.PREFIX else b"")
         emit = self.emit
 
         def remember_and_emit(prefix: bytes, lines: bytes) -> None:
@@ -529,10 +584,16 @@ class OutputSink:
             elif len(partial) > _MAX_PARTIAL:
                 remember_and_emit(prefix, bytes(partial) + b"\n")
                 partial.clear()
+            if self.file is None and self.fallback.full():
+                # Back-pressure: the worker waits in write() while our reader is slow.
+                loop.remove_reader(read_end)
+                self.fallback.hold(read_end, lambda: loop.add_reader(read_end, on_readable))
 
         loop.add_reader(read_end, on_readable)
 
     def emit(self, prefix: bytes, lines: bytes, pid: int) -> None:
+        if self.config.kind == OutputKind.NULL:
+            return   # kept in the ring only
         if self.file is not None:
             try:
                 self.file.write(lines)
@@ -542,6 +603,9 @@ class OutputSink:
                                   "%s: cannot write worker output to %s: %s",
                                   self.watcher_name, self.file.path, exc)
             return
+        if not prefix and not self.to_journal:
+            self._write(lines)   # inherit: the lines as the worker wrote them
+            return
         # Split on \n only: a bare \r (a progress bar) stays inside its line.
         split = lines.rstrip(b"\n").split(b"\n")
         if self.to_journal:
@@ -550,7 +614,9 @@ class OutputSink:
             self._write_stream(prefix, split)
 
     def _write_stream(self, prefix: bytes, lines: list[bytes]) -> None:
-        out = b"".join(self._prefixed(prefix, line) for line in lines)
+        self._write(b"".join(self._prefixed(prefix, line) for line in lines))
+
+    def _write(self, out: bytes) -> None:
         if not self.fallback.write(out):
             self.dropped.add(out)
 

@@ -35,6 +35,7 @@ import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from sockvisor import fdlimit
 from sockvisor.cgroup import WorkerCgroup, place_self
 from sockvisor.config import RLIMITS, WatcherConfig
 from sockvisor.states import WORKER_TRANSITIONS, WorkerState, check_transition
@@ -45,7 +46,6 @@ PR_SET_PDEATHSIG = 1
 LEFTOVER_TIMEOUT = 5.0   # how long `stop` waits for SIGKILLed descendants to be gone
 _libc = ctypes.CDLL(None, use_errno=True)
 _ALL_SIGNALS = {int(s) for s in signal.valid_signals()} - {signal.SIGKILL, signal.SIGSTOP}
-_MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
 @dataclass
@@ -121,10 +121,6 @@ def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
         stage = "setsid"
         os.setsid()   # own session and process group: stoppable as a group,
                       # and a terminal's Ctrl-C goes to sockvisor, not to workers
-        stage = "rlimits"
-        for name, value in spec.rlimits.items():
-            limit = resource.RLIM_INFINITY if value < 0 else value
-            resource.setrlimit(RLIMITS[name], (limit, limit))
         if spec.umask is not None:
             os.umask(spec.umask)
         stage = "working_dir"
@@ -132,6 +128,11 @@ def _child(spec: SpawnSpec, stdin: int, status_w: int, parent_pid: int,
             os.chdir(spec.cwd)
         stage = "fds"
         status_w = _arrange_fds(spec, stdin, status_w)
+        stage = "rlimits"   # after the fds: a dup above a lower limit would fail
+        fdlimit.give_back()   # the soft RLIMIT_NOFILE sockvisor started with
+        for name, value in spec.rlimits.items():
+            limit = resource.RLIM_INFINITY if value < 0 else value
+            resource.setrlimit(RLIMITS[name], (limit, limit))
         stage = "privileges"
         if spec.uid is not None or spec.gid is not None:
             if spec.groups is not None:
@@ -183,7 +184,7 @@ def _arrange_fds(spec: SpawnSpec, stdin: int, status_w: int) -> int:
         os.dup2(copy, target, inheritable=True)
     # Close everything above the sockets but the status pipe (which closes on exec).
     os.closerange(first_free, status_w)
-    os.closerange(status_w + 1, _MAX_FD)
+    os.closerange(status_w + 1, os.sysconf("SC_OPEN_MAX"))   # sockvisor's raised limit
     return status_w
 
 

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:   # logoutput's file (checked at load; changed since)
         print(f"sockvisor: {config.path}: logoutput: {exc}", file=sys.stderr)
         return 2
+    from sockvisor import fdlimit
+    fdlimit.raise_own()   # two pipe fds per worker (fdlimit.py)
     from sockvisor.supervisor import Supervisor
     return asyncio.run(Supervisor(config).run())
 

@@ -107,3 +107,98 @@ def test_follow_prints_every_new_line_and_ends_with_sockvisor(sockvisor, scripts
         if follower.proc.poll() is None:
             follower.proc.kill()
         follower.proc.wait()
+
+
+# ---------------------------------------------------------------- every stdout mode
+# `inherit` (the default) and `null` pass through sockvisor too (a pipe per
+# stream, like `prefix`), so `logs` has their lines: `inherit` writes them on
+# to sockvisor's own stdout/stderr as they are, `null` keeps them only in the ring.
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["inherit", "null"])
+def test_logs_shows_the_last_lines_whatever_the_mode(sockvisor, scripts, mode):
+    sv = sockvisor(TICKER.format(cmd=scripts.cmd("ticker.py"), n=1, stdout=mode))
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "ticker.py")
+    wait_for(lambda: len(ticks(ok(endpoint, "logs", {"name": "web"})["lines"], pid)) >= 5,
+             message=lambda: sv.describe())
+    result = run_ctl("--endpoint", endpoint, "logs", "web", "-n", "5")
+    assert result.returncode == 0, describe(result)
+    lines = result.stdout.splitlines()
+    numbers = [int(m[1]) for line in lines
+               if (m := re.fullmatch(rf"stdout \[{pid}\] tick {pid} (\d+)", line))]
+    assert len(numbers) == 5 and numbers == list(range(numbers[0], numbers[0] + 5)), lines
+    if mode == "null":
+        assert "tick" not in sv.stdout()
+        return
+    # inherit: sockvisor's stdout has every line as the worker wrote it, in
+    # order, unprefixed (the last line may still be on its way).
+    written = sv.stdout().splitlines()[:-1]
+    assert written and all(re.fullmatch(rf"tick {pid} \d+", line) for line in written), \
+        written[:5]
+    assert [int(line.split()[2]) for line in written] == list(range(len(written)))
+
+
+@pytest.mark.timeout(60)
+def test_inherit_stderr_goes_to_sockvisors_stderr_and_the_ring(sockvisor, scripts):
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {scripts.cmd("worker.py")} --say "hello out" --say-err "hello err" --no-serve
+        graceful_timeout = 1
+    """)
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "worker.py")
+    reply = wait_for(lambda: (r := ok(endpoint, "logs", {"name": "web"}))
+                     and len(r["lines"]) == 2 and r, message=lambda: sv.describe())
+    assert {(line["stream"], line["pid"], line["line"]) for line in reply["lines"]} == {
+        ("stdout", pid, "hello out"), ("stderr", pid, "hello err")}
+    assert "hello out" in sv.stdout().splitlines()
+    wait_for(lambda: "hello err" in sv.log().splitlines(), message=lambda: sv.describe())
+
+
+@pytest.mark.timeout(60)
+def test_follow_an_inherit_watcher(sockvisor, scripts):
+    sv = sockvisor(TICKER.format(cmd=scripts.cmd("ticker.py"), n=1, stdout="inherit"))
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "ticker.py")
+    follower = Follower("--endpoint", endpoint, "logs", "web", "-f", "-n", "1")
+    try:
+        wait_for(lambda: len(follower.lines) > 100, 20,
+                 message=lambda: f"followed lines: {follower.lines[-5:]}\n{sv.describe()}")
+        numbers = [int(m[1]) for line in list(follower.lines)
+                   if (m := re.fullmatch(rf"stdout \[{pid}\] tick {pid} (\d+)", line))]
+        assert len(numbers) > 50, follower.lines[:5]
+        if not any("missed" in line for line in follower.lines):
+            assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+    finally:
+        follower.proc.kill()
+        follower.proc.wait()
+
+
+LONG_AND_PARTIAL = r'''
+import os, time
+os.write(1, b"y" * 100000 + b"\n")
+os.write(1, b"tail without newline")
+os.close(1)   # EOF for sockvisor: the partial line is a line of its own then
+time.sleep(3600)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_inherit_passes_long_and_partial_lines_through(sockvisor, scripts, tmp_path):
+    script = tmp_path / "long.py"
+    script.write_text(LONG_AND_PARTIAL)
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {scripts.python} {script}
+        graceful_timeout = 1
+    """)
+    endpoint = endpoint_of(sv)
+    [pid] = sv.wait_workers(1, "long.py")
+    wait_for(lambda: sv.stdout().endswith("tail without newline\n"),
+             message=lambda: sv.describe()[-2000:])
+    # Unprefixed and whole: the bytes as written, the partial line ended.
+    assert sv.stdout().replace("\n", "") == "y" * 100000 + "tail without newline"
+    lines = ok(endpoint, "logs", {"name": "web"})["lines"]
+    assert lines[-1]["line"] == "tail without newline" and lines[-1]["pid"] == pid
+    assert lines[0]["line"] == "y" * 500   # the ring keeps 500 characters a line

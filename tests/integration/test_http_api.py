@@ -83,7 +83,7 @@ def test_reading_gives_the_control_replies(sockvisor, scripts):
     token = console_token(sv)
     logs = wait_for(lambda: (r := get(url, "/api/watchers/web/logs",
                                       token=token).json())["lines"] and r)
-    assert logs["captured"] == ["stdout"]
+    assert logs["captured"] == ["stdout", "stderr"]
     assert "hello-from-worker" in {line["line"] for line in logs["lines"]}
 
     # Pagination keeps 1,000 workers readable: a page and the total.

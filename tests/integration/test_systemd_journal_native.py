@@ -1,7 +1,7 @@
 """Under journald, each worker line is a journal entry of its watcher and worker.
 
 sockvisor's stdout/stderr is the journal stream ($JOURNAL_STREAM names it); a
-`prefix` watcher's lines then go to /run/systemd/journal/socket by journald's
+`prefix` or `inherit` watcher's lines then go to /run/systemd/journal/socket by journald's
 native protocol with SYSLOG_IDENTIFIER = the watcher and SYSLOG_PID = the
 worker's pid (so `journalctl -t web`, `journalctl SYSLOG_PID=N` work), the
 line's `<N>` prefix as PRIORITY.  The journal here is a datagram socket this
@@ -42,7 +42,8 @@ def parse_native(data: bytes) -> dict[str, bytes]:
 @pytest.mark.timeout(60)
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
-def test_worker_lines_are_entries_of_the_watcher_and_worker(tmp_path, scripts):
+@pytest.mark.parametrize("mode", ["prefix", "inherit"])
+def test_worker_lines_are_entries_of_the_watcher_and_worker(tmp_path, scripts, mode):
     (tmp_path / "systemd" / "journal").mkdir(parents=True)
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     journal.bind(str(tmp_path / "systemd" / "journal" / "socket"))
@@ -65,8 +66,8 @@ endpoint = ipc://{directory}/ctl
 [watcher:web]
 cmd = {scripts.cmd("worker.py")} --say "hello journal" --say-err "<3>it broke" --no-serve
 numprocesses = 2
-stdout = prefix
-stderr = prefix
+stdout = {mode}
+stderr = {mode}
 graceful_timeout = 1
 """
     under_journald = [

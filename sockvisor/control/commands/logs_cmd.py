@@ -34,10 +34,10 @@ class Logs(Command):
 
     sockvisorctl logs NAME [-n LINES] [--pid PID] [-f]
 
-    Only output that passes through sockvisor is kept (`stdout`/`stderr` =
-    prefix or file; not inherit or null): the last 50 lines of each stream,
-    each cut at 500 characters, whatever happened to the watcher's settings
-    since (set, reload, reloadconfig).  -f prints new lines as they come until
+    Every worker's output passes through sockvisor, whatever `stdout`/`stderr`
+    say (inherit, null, prefix or file): the last 50 lines of each stream are
+    kept, each cut at 500 characters, whatever happened to the watcher's
+    settings since (set, reload, reloadconfig).  -f prints new lines as they come until
     interrupted or sockvisor stops; when more lines came between two looks
     than sockvisor keeps, it says how many were missed.
     """
@@ -74,10 +74,9 @@ class Logs(Command):
             lines = ring.lines(after, pid)
         else:
             lines = ring.lines(0, pid)[-count:] if count else []
-        captured = [stream for stream, sink in (("stdout", watcher.config.stdout),
-                                                ("stderr", watcher.config.stderr))
-                    if sink.kind.value in ("prefix", "file")]
-        reply = {"name": watcher.name, "captured": captured, "seq": ring.seq,
+        # "captured": the streams whose lines are kept -- every one now (a
+        # field of the HTTP API, kept for its clients).
+        reply = {"name": watcher.name, "captured": list(ring.STREAMS), "seq": ring.seq,
                  "lines": [{"seq": seq, "time": round(t, 3), "stream": stream, "pid": who,
                             "line": text} for seq, t, stream, who, text in lines]}
         if stopping:
@@ -85,9 +84,6 @@ class Logs(Command):
         return reply
 
     def format(self, reply):
-        if not reply["captured"]:
-            return (f"{reply['name']}: no output passes through sockvisor "
-                    "(stdout/stderr = inherit or null)")
         return "\n".join(format_line(line) for line in reply["lines"])
 
     def follow(self, client, props: dict[str, Any], reply: dict[str, Any],
@@ -97,8 +93,6 @@ class Logs(Command):
         --json, each new line is a JSON object of its own (JSON lines)."""
         import json
         from sockvisor.control.client import Unreachable
-        if not reply.get("captured"):
-            return 0   # nothing passes through sockvisor: nothing will come (format said so)
         after = reply.get("seq", 0)
         try:
             while not reply.get("stopping"):

@@ -402,10 +402,6 @@ function outputBox(entry) {
   }
   const logs = entry.logs;
   if (!logs) return null;
-  if (!logs.captured.length) {
-    return el("div", { class: "muted" },
-              "output not captured (stdout/stderr = inherit or null; use prefix or file)");
-  }
   return el("pre", { class: "output" }, logs.lines.length
     ? logs.lines.map((l) => el("div", { class: l.stream }, `[${l.pid}] ${l.line}`))
     : el("span", { class: "muted" }, "no output yet"));
