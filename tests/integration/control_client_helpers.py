@@ -5,7 +5,8 @@ Built on `conftest.py`: its `sockvisor` fixture starts the real binary with
 `endpoint = ipc://DIR/ctl`, its `wait_for` is the one way to wait.  Ports are
 read back over the control channel (`listsockets`), never from the log.
 
-`ECHO_WORKER` serves HTTP on every socket it is handed (fds 3…) and answers with
+The echo worker (`echo_worker_cmd`: `http_worker.py --graceful`) serves HTTP
+on every socket it is handed (fds 3…) and answers with
 its pid, wid, the port the request came in on and `$VERSION` -- so a test changes
 `env = VERSION=…` in the config and sees which generation answered.  It needs
 non-blocking sockets (`blocking = false` in the config): a worker that loses the
@@ -30,77 +31,16 @@ from typing import Any, Iterator
 import pytest
 import zmq
 
+import http_worker
 from sockvisor.control.client import ControlClient
 from sockvisor.control.protocol import is_error
 
 from conftest import Sockvisor, _clean_env, http_get, wait_for
 
-ECHO_WORKER = r'''
-"""Test worker: HTTP on fds 3.. (non-blocking), answers pid, wid, port, $VERSION."""
-import json, os, select, signal, socket
-
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_r, False)
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-stopping = False
-
-def on_term(signum, frame):
-    global stopping
-    stopping = True
-
-signal.signal(signal.SIGTERM, on_term)
-listeners = [socket.socket(fileno=fd)
-             for fd in range(3, 3 + int(os.environ.get("LISTEN_FDS", "0")))]
-for listener in listeners:
-    listener.setblocking(False)   # as configured (blocking = false): a no-op
-
-def serve(connection):
-    connection.settimeout(5)
-    request = b""
-    while b"\r\n\r\n" not in request:
-        chunk = connection.recv(4096)
-        if not chunk:
-            return
-        request += chunk
-    body = json.dumps({"pid": os.getpid(), "wid": os.environ.get("SOCKVISOR_WID"),
-                       "port": connection.getsockname()[1],
-                       "version": os.environ.get("VERSION")}).encode()
-    connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                       + body)
-
-while not stopping:
-    readable, _, _ = select.select(listeners + [wake_r], [], [])
-    for ready in readable:
-        if ready is wake_r:
-            try:
-                os.read(wake_r, 512)
-            except BlockingIOError:
-                pass
-            continue
-        if stopping:
-            break
-        try:
-            connection, _ = ready.accept()
-        except (BlockingIOError, InterruptedError):
-            continue        # another worker took it
-        try:
-            serve(connection)
-        except OSError:
-            pass
-        finally:
-            connection.close()
-'''
-
-
 def echo_worker_cmd(directory: Path) -> str:
-    """A `cmd = …` line running ECHO_WORKER (written into `directory`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "echo_worker.py"
-    if not path.exists():
-        path.write_text(ECHO_WORKER.lstrip())
-    return f"{sys.executable} {path}"
+    """A `cmd = …` line running the echo worker: `http_worker.py --graceful`, which
+    serves every socket it is handed and answers pid, wid, port and $VERSION."""
+    return http_worker.cmd(http_worker.install(directory, "echo_worker.py"), "--graceful")
 
 
 # --------------------------------------------------------------------------- requests

@@ -6,7 +6,8 @@ Built on `conftest.py` (its `sockvisor` fixture starts the real binary, its
 `wait_for` is the one way to wait).  Ports are read back through the control
 channel (`listsockets`), never guessed.
 
-The worker (`ServeWorker`) reads a *mode file* when it starts, so a test can
+The worker (`ServeWorker`: `http_worker.py` with `--mode-file PATH --graceful
+--notify --exit-if-set CRASH`) reads a *mode file* when it starts, so a test can
 change what the next generation does without touching the config:
 
 * ``delay=SECONDS`` — sleep that long before sending ``READY=1`` (slow start);
@@ -39,100 +40,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import http_worker
 from sockvisor.control.client import ControlClient
 from sockvisor.control.protocol import is_error
 
 from conftest import Sockvisor, _clean_env, parse_http_response, read_until_eof, wait_for
 
-SERVE_WORKER = r'''
-"""Test worker: HTTP on fd 3 (non-blocking), READY=1 to $NOTIFY_SOCKET, graceful TERM."""
-import json, os, select, signal, socket, sys, time
-
-mode_file = sys.argv[1] if len(sys.argv) > 1 else ""
-try:
-    with open(mode_file) as handle:
-        words = handle.read().split()
-except OSError:
-    words = []
-if os.environ.get("CRASH"):
-    sys.exit(4)
-if "crash" in words:
-    sys.exit(3)
-
-# Until it serves, SIGTERM kills the worker at once (the default).
-if "noready" in words:
-    while True:
-        signal.pause()
-for word in words:
-    if word.startswith("delay="):
-        time.sleep(float(word[len("delay="):]))
-    if word.startswith("ready_then_exit="):
-        address = os.environ.get("NOTIFY_SOCKET", "")
-        if address:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-                notify.sendto(b"READY=1", "\0" + address[1:] if address[0] == "@"
-                              else address)
-        time.sleep(float(word[len("ready_then_exit="):]))
-        sys.exit(3)
-
-# From now on SIGTERM only wakes the loop up (through the wake-up pipe): the
-# request in hand is finished first, then the worker exits.
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGTERM, lambda signum, frame: None)
-
-address = os.environ.get("NOTIFY_SOCKET")
-if address:
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.sendto(b"READY=1", address)
-
-listener = socket.socket(fileno=3)
-body_of = lambda: json.dumps({"pid": os.getpid(),
-                              "wid": os.environ.get("SOCKVISOR_WID")}).encode()
-while True:
-    readable, _, _ = select.select([listener, wake_r], [], [])
-    if wake_r in readable:
-        sys.exit(0)
-    try:
-        connection, _ = listener.accept()
-    except BlockingIOError:
-        continue   # another worker took it
-    try:
-        connection.setblocking(True)
-        connection.settimeout(5)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            request += chunk
-        body = body_of()
-        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                           + body)
-    except OSError:
-        pass
-    finally:
-        connection.close()
-'''
+#: The options that make `http_worker.py` the worker described above.
+SERVE_OPTIONS = ("--graceful", "--notify", "--exit-if-set", "CRASH")
 
 
 class ServeWorker:
     """The worker script and its mode file, in a directory of the test."""
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.script = directory / "serve.py"
-        self.script.write_text(SERVE_WORKER.lstrip())
+        self.script = http_worker.install(directory, "serve.py")
         self.mode_file = directory / "mode"
         self.set_mode("")
 
     @property
     def cmd(self) -> str:
-        return f"{sys.executable} {self.script} {self.mode_file}"
+        return http_worker.cmd(self.script, "--mode-file", self.mode_file, *SERVE_OPTIONS)
 
     def set_mode(self, text: str) -> None:
         """What workers started from now on do (see the module docstring)."""
