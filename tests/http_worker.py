@@ -31,9 +31,9 @@ The program, in the order it does things:
   --daemonize         fork a child that forks a grandchild and exits (the orphan
                       waits); once the child is reaped, write the grandchild's pid
                       to DIR/grandchild-<wid> (needs --state DIR)
-  --serve-in daemon|children
+  --serve-in daemon|prefork
                       the worker itself only waits; `daemon`: fork, setsid, fork
-                      again and the grandchild serves; `children`: two forked children
+                      again and the grandchild serves; `prefork`: two forked children
                       serve in the worker's process group.  Those servers ignore
                       SIGTERM and SIGHUP (processes that try to outlive their worker)
   --say TEXT, --say-err TEXT   print a line to stdout / stderr
@@ -296,12 +296,12 @@ def _serve_in(how):
                 return "daemon"
             os._exit(0)
         os.wait()
-    elif how == "children":
+    elif how == "prefork":
         for _ in range(2):
             if os.fork() == 0:
                 return "child"
     else:
-        sys.exit(f"http_worker: --serve-in {how!r}: daemon or children")
+        sys.exit(f"http_worker: --serve-in {how!r}: daemon or prefork")
     _wait_for_ever()
 
 
