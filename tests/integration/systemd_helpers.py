@@ -36,7 +36,7 @@ import psutil
 import pytest
 
 import http_worker
-from conftest import wait_for
+from conftest import parse_http_response, read_until_eof, wait_for
 
 #: What a service manager (or the test runner's own one) may have put in our
 #: environment; sockvisor gets exactly what each test says instead.
@@ -359,16 +359,7 @@ def worker_states(state_dir: Path) -> list[dict]:
 
 def read_http_reply(sock: socket.socket) -> dict:
     """Read a whole HTTP/1.0 reply from `sock` and return its JSON body."""
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep and b" 200 " in head.split(b"\r\n", 1)[0], f"bad reply {raw[:200]!r}"
-    return json.loads(body)
+    return parse_http_response(read_until_eof(sock))
 
 
 def send_request(sock: socket.socket) -> None:
