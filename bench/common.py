@@ -5,14 +5,16 @@ written to a private temp directory, serving the same tiny worker on a loopback
 socket, and measures them from outside:
 
   * `free_port()` picks an ephemeral port on 127.0.0.1 for a `[socket:web]`;
-  * `write_worker(directory)` writes `WORKER_SOURCE`, a stdlib-only HTTP worker
-    that serves on an inherited listening fd: fd 3 under sockvisor (checked the
-    sd_listen_fds way: `LISTEN_PID` must be its own pid, `LISTEN_FDS` >= 1), or
-    the fd number given as argv[1] under Circus (`$(circus.sockets.web)`).  It
-    answers every request with `pid <its pid>`, so a client can tell which worker
-    served it.  `reload_worker_source(start_delay)` is the same worker made fit for
-    reloads: it ends on SIGTERM only between two requests, can take `start_delay`
-    seconds to start, and then sends `READY=1` to $NOTIFY_SOCKET if it has one;
+  * `write_worker(directory)` writes `worker.py`, which runs the tests' stdlib-only
+    HTTP worker (tests/http_worker.py) with its arguments: it serves on an
+    inherited listening fd, fd 3 under sockvisor (checked the sd_listen_fds way:
+    `LISTEN_PID` must be its own pid), or the fd given as `--fd
+    $(circus.sockets.web)` under Circus (`worker_args()`).  It answers every
+    request with JSON that holds its pid, so a client can tell which worker served
+    it.  `WORKER_OPTIONS` make it wait in select() (Circus's sockets are
+    non-blocking); `reload_worker_options(start_delay)` make it fit for reloads:
+    it ends on SIGTERM only between two requests, can take `start_delay` seconds
+    to start, and then sends `READY=1` to $NOTIFY_SOCKET if it has one;
   * `start_sockvisor(...)` / `start_circus(...)` write the config, start the
     supervisor (its output goes to a log file in the temp directory), wait until
     a worker answers, and return a `Supervised` handle; `Supervised.stop()` stops
@@ -20,8 +22,8 @@ socket, and measures them from outside:
   * `Supervised.endpoint` is the supervisor's control endpoint (ipc:// in the temp
     directory); `console_script(name)` finds sockvisorctl / circusctl themselves, not
     a pyenv shim;
-  * `http_get_pid()` asks the worker which pid it is (`on_connect` sees the
-    connection first); `NewChildPoller` notices a
+  * `http_get_pid()` asks the worker which pid it is (tests/http_load.py's
+    `request`; `on_connect` sees the connection first); `NewChildPoller` notices a
     new child of the supervisor cheaply enough to poll every 0.5 ms;
   * `median()`, `percentile()`, `format_table()` and `machine_info()` for the report.
 
@@ -47,50 +49,19 @@ import psutil
 
 HOST = "127.0.0.1"
 
-# The worker: a plain accept loop, so that its start-up is mostly the interpreter's.
-# Circus hands out non-blocking listening sockets and O_NONBLOCK lives on the
-# file the supervisor shares, so the worker waits with select() and tolerates
-# EAGAIN instead of changing the flag under its supervisor.
-WORKER_SOURCE = '''\
-"""Benchmark worker: answers every HTTP request with its pid, on an inherited fd."""
-import os, select, socket, sys
+# The worker is the tests' HTTP worker, tests/http_worker.py (one program for the
+# tests and the benchmarks; its options are documented there), and the one client
+# request is tests/http_load.py's.
+TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+if TESTS_DIR not in sys.path:
+    sys.path.append(TESTS_DIR)
+import http_load  # noqa: E402
+import http_worker  # noqa: E402
 
-def listening_fd():
-    if len(sys.argv) > 1:                      # Circus: $(circus.sockets.web)
-        return int(sys.argv[1])
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        sys.exit("worker: LISTEN_PID is not my pid; no socket was passed to me")
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        sys.exit("worker: LISTEN_FDS < 1")
-    return 3                                   # sd_listen_fds: the first fd is 3
-
-def main():
-    listener = socket.socket(fileno=listening_fd())
-    body = ("pid %d\\n" % os.getpid()).encode()
-    answer = (b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n"
-              b"Content-Length: %d\\r\\nConnection: close\\r\\n\\r\\n" % len(body)) + body
-    while True:
-        select.select([listener], [], [])
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            continue
-        try:
-            conn.settimeout(5)
-            request = b""
-            while b"\\r\\n\\r\\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
-            conn.sendall(answer)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-main()
-'''
+# The plain worker: it waits in select() and lets EAGAIN pass, because Circus hands
+# out non-blocking listening sockets and O_NONBLOCK lives on the file the
+# supervisor shares (so the worker must not change the flag under its supervisor).
+WORKER_OPTIONS: tuple[str, ...] = ("--poll",)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -102,92 +73,41 @@ def free_port(host: str = HOST) -> int:
         return probe.getsockname()[1]
 
 
-def write_worker(directory: str, source: str = WORKER_SOURCE) -> str:
+def write_worker(directory: str) -> str:
+    """Install the worker in `directory`: a copy of tests/http_worker.py, its bytecode
+    compiled once into __pycache__, and `worker.py`, which imports it and runs it with
+    its arguments; the path of `worker.py`.
+
+    Run as a script, the program would be compiled again at every start (and so would
+    an import without the .pyc, where bytecode is not written: PYTHONDONTWRITEBYTECODE):
+    a few ms of every respawn figure that belong to neither supervisor.
+    """
+    import importlib.util
+    import py_compile
+    module = str(http_worker.install(directory))
+    py_compile.compile(module, cfile=importlib.util.cache_from_source(module), doraise=True)
     path = os.path.join(directory, "worker.py")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(source)
+        handle.write(f"import sys\nsys.path.insert(0, {directory!r})\n"
+                     "import http_worker\nhttp_worker.main(sys.argv[1:])\n")
     return path
 
 
-# The reload worker: WORKER_SOURCE plus what a worker needs for a clean reload.
-#  * A stop ends it only between two requests, as any real server's graceful stop
-#    does (otherwise every reload would cut the request in progress, under either
-#    supervisor): SIGTERM is blocked except while the worker waits in select(), and
-#    the handler raises SystemExit.  pthread_sigmask() runs pending handlers before it
-#    returns, so the exit happens in select() or in the call that blocks SIGTERM
-#    again, never after accept().  Give it a non-blocking socket (Circus always does;
-#    sockvisor with `blocking = false`): on a blocking one, a worker that loses the
-#    race for a connection waits in accept() with SIGTERM blocked until the next one.
-#  * START_DELAY: seconds of "initialisation" before it accepts anything.
-#  * Then READY=1 to $NOTIFY_SOCKET (sd_notify; '@' = abstract namespace) if set:
-#    sockvisor sets it for every worker; Circus does not.
-RELOAD_WORKER_TEMPLATE = '''\
-"""Benchmark worker for reloads: answers every HTTP request with its pid; graceful stop."""
-import os, select, signal, socket, sys, time
-
-START_DELAY = %(start_delay)r
-
-def listening_fd():
-    if len(sys.argv) > 1:                      # Circus: $(circus.sockets.web)
-        return int(sys.argv[1])
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        sys.exit("worker: LISTEN_PID is not my pid; no socket was passed to me")
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        sys.exit("worker: LISTEN_FDS < 1")
-    return 3                                   # sd_listen_fds: the first fd is 3
-
-def notify_ready():
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.connect(address)
-        notify.send(b"READY=1")
-
-def on_term(signum, frame):
-    raise SystemExit(0)
-
-def main():
-    signal.signal(signal.SIGTERM, on_term)
-    term = {signal.SIGTERM}
-    listener = socket.socket(fileno=listening_fd())
-    body = ("pid %%d\\n" %% os.getpid()).encode()
-    answer = (b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n"
-              b"Content-Length: %%d\\r\\nConnection: close\\r\\n\\r\\n" %% len(body)) + body
-    if START_DELAY:
-        time.sleep(START_DELAY)
-    notify_ready()
-    while True:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, term)   # a pending stop ends us here
-        select.select([listener], [], [])
-        signal.pthread_sigmask(signal.SIG_BLOCK, term)     # ... or here, not after accept
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            continue
-        try:
-            conn.settimeout(5)
-            request = b""
-            while b"\\r\\n\\r\\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
-            conn.sendall(answer)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-main()
-'''
+def reload_worker_options(start_delay: float = 0.0) -> tuple[str, ...]:
+    """The worker made fit for reloads.  A stop ends it only between two requests, as
+    any real server's graceful stop does (otherwise every reload would cut the request
+    in progress, under either supervisor); give it a non-blocking socket (Circus
+    always does; sockvisor with `blocking = false`), so that a worker that loses the
+    race for a connection goes back to select() and notices the stop.  It sleeps
+    `start_delay` seconds ("initialisation") before it serves, then sends READY=1 to
+    $NOTIFY_SOCKET if it has one (sockvisor sets it for every worker; Circus does not)."""
+    return ("--graceful", "--delay", repr(float(start_delay)), "--notify")
 
 
-def reload_worker_source(start_delay: float = 0.0) -> str:
-    """The reload worker (see RELOAD_WORKER_TEMPLATE), `start_delay` s before it serves."""
-    return RELOAD_WORKER_TEMPLATE % {"start_delay": float(start_delay)}
+def worker_args(worker: str, options: Sequence[str], fd: str | None = None) -> str:
+    """The worker's arguments after the interpreter: the script, `--fd FD` (Circus:
+    `$(circus.sockets.web)`; sockvisor: none, fd 3 by sd_listen_fds), the options."""
+    return " ".join([worker, *(["--fd", fd] if fd else []), *options])
 
 
 def console_script(name: str) -> str:
@@ -203,32 +123,19 @@ def console_script(name: str) -> str:
     return path
 
 
-def http_get_pid(port: int, timeout: float, host: str = HOST,
+def http_get_pid(port: int, timeout: float,
                  on_connect: Callable[[socket.socket], None] | None = None) -> int:
-    """GET / from the worker behind `port`; return the pid it says it has.
+    """GET / from the worker behind 127.0.0.1:`port`; return the pid it says it has.
 
-    Raises OSError (connection refused/reset, timeout) or ValueError (not our answer).
-    `on_connect(conn)`, if given, is called once the connection is established and
-    before the request is sent (soak.py notes the client port there, to tell later
-    which worker had accepted a request that failed).
+    Raises OSError (connection refused/reset, timeout) or ValueError (not our answer);
+    `http_load.classify` names which.  `on_connect(conn)`, if given, is called once the
+    connection is established and before the request is sent (soak.py notes the client
+    port there, to tell later which worker had accepted a request that failed).
     """
-    with socket.create_connection((host, port), timeout=timeout) as conn:
-        if on_connect is not None:
-            on_connect(conn)
-        conn.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
-        data = b""
-        while True:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.0 200"):
-        raise ValueError(f"unexpected answer {data[:80]!r}")
-    word, _, number = body.strip().partition(b" ")
-    if word != b"pid" or not number.isdigit():
-        raise ValueError(f"unexpected body {body[:80]!r}")
-    return int(number)
+    pid = http_load.request(port, timeout, on_connect).get("pid")
+    if not isinstance(pid, int):
+        raise ValueError(f"no pid in the answer from port {port}")
+    return pid
 
 
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.01,
@@ -468,15 +375,17 @@ def start_sockvisor(directory: str, *, label: str = "sockvisor",
                     watcher: dict[str, object] | None = None,
                     globals_: dict[str, object] | None = None,
                     numprocesses: int = 1, loglevel: str = "warning",
-                    timeout: float = 15.0, worker_source: str = WORKER_SOURCE,
+                    timeout: float = 15.0,
+                    worker_options: Sequence[str] = WORKER_OPTIONS,
                     socket_options: dict[str, object] | None = None) -> Supervised:
     """Start `sockvisor start` on a fresh config in `directory` (which must exist).
 
     `socket_options` go into `[socket:web]` (e.g. `blocking = false`).
     """
     port = free_port()
-    worker = write_worker(directory, worker_source)
-    options: dict[str, object] = {"cmd": f"{sys.executable} {worker}",
+    worker = write_worker(directory)
+    options: dict[str, object] = {"cmd": f"{sys.executable} "
+                                         f"{worker_args(worker, worker_options)}",
                                   "numprocesses": numprocesses, "sockets": "web",
                                   "graceful_timeout": 5}
     options.update(watcher or {})
@@ -499,12 +408,14 @@ def start_circus(directory: str, *, label: str = "circus",
                  check_delay: float | None = None,
                  watcher: dict[str, object] | None = None,
                  numprocesses: int = 1, loglevel: str = "warning",
-                 timeout: float = 15.0, worker_source: str = WORKER_SOURCE) -> Supervised:
+                 timeout: float = 15.0,
+                 worker_options: Sequence[str] = WORKER_OPTIONS) -> Supervised:
     """Start `circusd` on a fresh config in `directory`; check_delay None: Circus's default."""
     port = free_port()
-    worker = write_worker(directory, worker_source)
+    worker = write_worker(directory)
     options: dict[str, object] = {"cmd": sys.executable,
-                                  "args": f"{worker} $(circus.sockets.web)",
+                                  "args": worker_args(worker, worker_options,
+                                                      "$(circus.sockets.web)"),
                                   "numprocesses": numprocesses, "use_sockets": "True",
                                   "graceful_timeout": 5}
     options.update(watcher or {})
@@ -547,7 +458,7 @@ def temp_directory(prefix: str = "sockvisor-bench-", keep: bool = False):
 
 
 # --------------------------------------------------------------------------- any worker, any config
-# Used by throughput.py, idle.py and scale.py: workers that are not WORKER_SOURCE
+# Used by throughput.py, idle.py and scale.py: workers that are not the HTTP worker
 # (a Go HTTP server, /bin/sleep), sockets optional, readiness decided by the caller.
 
 def launch_supervisor(kind: str, directory: str, sections: dict[str, dict[str, object]],

@@ -323,18 +323,18 @@ def build_rows(args: argparse.Namespace) -> list[Row]:
     base = {"graceful_timeout": GRACEFUL_TIMEOUT}
     for key in args.scenarios:
         sc = scenarios[key]
-        source = common.reload_worker_source(sc.start_delay)
+        options = common.reload_worker_options(sc.start_delay)
         sv_watcher = dict(base, **({"ready": "notify", "ready_timeout": 10}
                                    if sc.start_delay else {}))
 
-        def sv(d: str, w: dict = sv_watcher, s: str = source) -> common.Supervised:
+        def sv(d: str, w: dict = sv_watcher, s: tuple = options) -> common.Supervised:
             return common.start_sockvisor(d, watcher=w, numprocesses=NUMPROCESSES,
-                                          worker_source=s, timeout=30,
+                                          worker_options=s, timeout=30,
                                           socket_options=SV_SOCKET)
 
-        def circus(d: str, w: dict = dict(base), s: str = source) -> common.Supervised:
+        def circus(d: str, w: dict = dict(base), s: tuple = options) -> common.Supervised:
             return common.start_circus(d, watcher=w, numprocesses=NUMPROCESSES,
-                                       worker_source=s, timeout=30)
+                                       worker_options=s, timeout=30)
         sv_note = "ready = notify" if sc.start_delay else "ready = started (default)"
         rows.append(Row(sc, "baseline (no reloads)", "sockvisor", sv, None,
                         "sockvisor, no reloads"))
@@ -350,18 +350,18 @@ def build_rows(args: argparse.Namespace) -> list[Row]:
         if not sc.start_delay and args.notify_row:
             notify = dict(base, ready="notify", ready_timeout=10)
 
-            def sv_notify(d: str, w: dict = notify, s: str = source) -> common.Supervised:
+            def sv_notify(d: str, w: dict = notify, s: tuple = options) -> common.Supervised:
                 return common.start_sockvisor(d, watcher=w, numprocesses=NUMPROCESSES,
-                                              worker_source=s, timeout=30,
+                                              worker_options=s, timeout=30,
                                               socket_options=SV_SOCKET)
             rows.append(Row(sc, "sockvisor ready=notify", "sockvisor", sv_notify,
                             sockvisorctl_reload, "ready = notify"))
         if sc.start_delay and args.circus_warmup > 0:
             warm = dict(base, warmup_delay=args.circus_warmup)
 
-            def circus_seq(d: str, w: dict = warm, s: str = source) -> common.Supervised:
+            def circus_seq(d: str, w: dict = warm, s: tuple = options) -> common.Supervised:
                 return common.start_circus(d, watcher=w, numprocesses=NUMPROCESSES,
-                                           worker_source=s, timeout=30)
+                                           worker_options=s, timeout=30)
             rows.append(Row(sc, f"circus --sequential warmup={args.circus_warmup}",
                             "circus", circus_seq, circusctl_reload(True),
                             f"reload --waiting --sequential, warmup_delay = "

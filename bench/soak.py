@@ -2,7 +2,7 @@
 
 One supervisor (sockvisor; optionally Circus 0.19 beside it, see below) runs one
 watcher `web` of `--workers` (2) copies of the reload worker from `common.py` (the
-stdlib HTTP server on the inherited listening fd that answers `pid <its pid>`,
+stdlib HTTP server on the inherited listening fd that answers with its pid,
 finishes the request in hand before it obeys SIGTERM and sends READY=1 to
 $NOTIFY_SOCKET) on `[socket:web]` at 127.0.0.1 port 0; the port the kernel chose is
 read back through the control channel (`listsockets`).  For `--minutes` (10) or
@@ -91,7 +91,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import errno
 import json
 import os
 import random
@@ -233,15 +232,19 @@ class Soak:
 
     # ---- start
 
+    def worker_args(self, fd: str | None = None) -> str:
+        return common.worker_args(os.path.join(self.directory, "worker.py"),
+                                  common.reload_worker_options(0.0), fd)
+
     def sections(self) -> dict[str, dict[str, object]]:
-        worker = os.path.join(self.directory, "worker.py")
         n = self.args.workers
         if self.kind == "sockvisor":
             return {"sockvisor": {"loglevel": "warning",
                                   "endpoint": f"ipc://{self.directory}/sockvisor-control",
                                   "pubsub_endpoint": f"ipc://{self.directory}/sockvisor-events"},
                     "socket:web": {"host": common.HOST, "port": 0, "blocking": "false"},
-                    "watcher:web": {"cmd": f"{sys.executable} {worker}", "numprocesses": n,
+                    "watcher:web": {"cmd": f"{sys.executable} {self.worker_args()}",
+                                    "numprocesses": n,
                                     "sockets": "web", **SOCKVISOR_WATCHER,
                                     "env": f"SOAK_FLIP={self.flip}"}}
         circus: dict[str, object] = {"endpoint": f"ipc://{self.directory}/circus-control",
@@ -251,12 +254,13 @@ class Soak:
             circus["check_delay"] = self.args.circus_check_delay
         return {"circus": circus,
                 "socket:web": {"host": common.HOST, "port": 0},
-                "watcher:web": {"cmd": sys.executable, "args": f"{worker} $(circus.sockets.web)",
+                "watcher:web": {"cmd": sys.executable,
+                                "args": self.worker_args("$(circus.sockets.web)"),
                                 "numprocesses": n, "use_sockets": "True",
                                 "graceful_timeout": 5}}
 
     def start(self) -> None:
-        common.write_worker(self.directory, common.reload_worker_source(0.0))
+        common.write_worker(self.directory)
         self.sup = common.launch_supervisor(self.kind, self.directory, self.sections(),
                                             label=self.kind, ready=self._serving,
                                             timeout=60.0)
@@ -518,24 +522,9 @@ class Soak:
         return result
 
 
-def classify(exc: BaseException, connected: bool) -> tuple[str, str]:
-    """(kind, detail) of a failed request; kind "client" is the load generator's own."""
-    detail = f"{type(exc).__name__}: {exc}"[:200]
-    if not connected:
-        if isinstance(exc, ConnectionRefusedError):
-            return "refused", detail
-        if isinstance(exc, TimeoutError):
-            return "connect timeout", detail
-        if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
-            return "client", detail
-        return "connect error", detail
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return "reset", detail
-    if isinstance(exc, TimeoutError):
-        return "timeout", detail
-    if isinstance(exc, ValueError):
-        return ("closed, no answer" if "answer b''" in str(exc) else "bad answer"), detail
-    return "error", detail
+# (kind, detail) of a failed request: the tests' classification, so that a
+# "refused" or a "reset" means the same thing in a test and in the soak.
+classify = common.http_load.classify
 
 
 def verdict(r: dict[str, Any], args: argparse.Namespace) -> tuple[str, list[str]]:

@@ -126,6 +126,10 @@ func main() {
 '''
 
 # The fallback worker: same command line as the Go one (-fd N | -listen H:P | fd 3).
+# Not tests/http_worker.py, the worker of every other benchmark and test: that one
+# answers one request per connection (HTTP/1.0, Connection: close), and this
+# benchmark measures keep-alive throughput, many connections per worker, as the
+# Go worker serves them.
 PYTHON_WORKER = r'''"""Benchmark worker: minimal HTTP/1.1 keep-alive server, one thread, selectors."""
 import os, selectors, socket, sys
 

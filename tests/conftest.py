@@ -15,9 +15,9 @@ Everything here is meant to be reused by every test file:
   worker pid the test saw (workers run in their own sessions, so killing
   sockvisor's group alone would not reach them).
 * The `scripts` fixture writes small stdlib worker programs into `tmp_path`
-  (an HTTP server with a blocking accept() loop on fd 3, an environment probe,
-  an output spewer, a ticker printing a numbered line every 10 ms) and builds
-  `cmd` lines for them.
+  (`worker.py`: the HTTP worker of `http_worker.py`, by default a blocking
+  accept() loop on fd 3; an environment probe, an output spewer, a ticker
+  printing a numbered line every 10 ms) and builds `cmd` lines for them.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import psutil
 import pytest
+
+import http_worker
 
 T = TypeVar("T")
 
@@ -466,75 +468,6 @@ def sockvisor(tmp_path: Path):
 
 # --------------------------------------------------------------------------- worker scripts
 
-WORKER = r'''
-"""Test worker: a plain blocking accept() loop on fd 3 answering HTTP with JSON.
-
-Options: --marker PATH (append our pid to PATH first), --say TEXT / --say-err TEXT
-(print a line to stdout / stderr), --ignore-term (SIG_IGN SIGTERM), --report-signals
-(print "got SIGNAME" and exit 0 on TERM, INT, HUP, USR1, USR2), --fork-child (fork a
-child that just waits), --exit N (exit at once with status N), --no-serve (wait
-forever without accepting).
-"""
-import json, os, signal, socket, sys
-
-args = sys.argv[1:]
-
-def option(name):
-    return args[args.index(name) + 1] if name in args else None
-
-if option("--marker"):
-    with open(option("--marker"), "a") as marker:
-        marker.write(f"{os.getpid()}\n")
-if option("--exit") is not None:
-    sys.exit(int(option("--exit")))
-if os.environ.get("LISTEN_PID") != str(os.getpid()):
-    sys.exit(f"worker: LISTEN_PID={os.environ.get('LISTEN_PID')} is not my pid {os.getpid()}")
-if "--ignore-term" in args:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if "--report-signals" in args:
-    def report(signum, frame):
-        print(f"got {signal.Signals(signum).name}", flush=True)
-        os._exit(0)
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"):
-        signal.signal(getattr(signal, name), report)
-if "--fork-child" in args:
-    if os.fork() == 0:
-        while True:
-            signal.pause()
-if option("--say"):
-    print(option("--say"), flush=True)
-if option("--say-err"):
-    print(option("--say-err"), file=sys.stderr, flush=True)
-if "--no-serve" in args:
-    while True:
-        signal.pause()
-
-listener = socket.socket(fileno=3)
-while True:
-    connection, _ = listener.accept()
-    try:
-        connection.settimeout(5)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            request += chunk
-        body = json.dumps({
-            "pid": os.getpid(), "ppid": os.getppid(),
-            "wid": os.environ.get("SOCKVISOR_WID"),
-            "uids": os.getresuid(), "gids": os.getresgid(), "groups": os.getgroups(),
-            "env": {key: os.environ.get(key) for key in ("HOME", "USER", "LOGNAME")},
-        }).encode()
-        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                           + body)
-    except OSError:
-        pass
-    finally:
-        connection.close()
-'''
-
 PROBE = r'''
 """Test worker: record what sockvisor handed us into a JSON file, then wait.
 
@@ -593,7 +526,7 @@ while True:
     time.sleep(0.01)
 '''
 
-_SCRIPTS = {"worker.py": WORKER, "probe.py": PROBE, "spew.py": SPEW, "ticker.py": TICKER}
+_SCRIPTS = {"probe.py": PROBE, "spew.py": SPEW, "ticker.py": TICKER}
 
 
 class Scripts:
@@ -605,6 +538,10 @@ class Scripts:
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
+        """The script `name` in the directory, written on first use.  `worker.py` is
+        the HTTP worker of `http_worker.py` (its options are documented there)."""
+        if name == "worker.py":
+            return http_worker.install(self.directory, name)
         target = self.directory / name
         if not target.exists():
             target.write_text(textwrap.dedent(_SCRIPTS[name]).lstrip())

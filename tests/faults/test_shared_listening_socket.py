@@ -16,15 +16,17 @@ description, same socket.  So one worker can
 
 from __future__ import annotations
 
-import json
 import socket
+import sys
 import textwrap
-
-import zmq
+from pathlib import Path
 
 from sockvisor.control.client import ControlClient
 
 from conftest import http_get, unix_http_get, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+from control_helpers import endpoint_of, subscribed, sync_events  # noqa: E402
 
 # Runs once (the marker says so): shut fd 3 down, then exit; with --on-usr1, only
 # once SIGUSR1 came (MARKER.waiting says it waits for it).  Later runs just wait.
@@ -70,42 +72,6 @@ def _sockets(sv) -> dict[str, dict]:
     return {entry["name"]: entry for entry in _call(sv, "listsockets")["sockets"]}
 
 
-class Events:
-    """sockvisor's event stream (PUB on `ENDPOINT.events`), subscribed to everything."""
-
-    def __init__(self, sv):
-        self.sv = sv
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(f"ipc://{sv.directory}/ctl.events")
-        self.seen: list[tuple[str, dict]] = []
-        # A SUB gets only what is published after its subscription arrived, and
-        # nothing says when that is: scale until a spawn event comes through.
-        def flowing() -> bool:
-            _call(sv, "incr", {"name": "good"})
-            _call(sv, "decr", {"name": "good"})
-            return self._drain(500) and any(t == "watcher.good.spawn" for t, _ in self.seen)
-        wait_for(flowing, 15, interval=0, message="the event subscription to work")
-
-    def _drain(self, timeout_ms: int) -> bool:
-        if self.sock.poll(timeout_ms, zmq.POLLIN):
-            while self.sock.poll(0, zmq.POLLIN):
-                topic, payload = self.sock.recv_multipart()
-                self.seen.append((topic.decode(), json.loads(payload)))
-        return True
-
-    def wait(self, topic: str, timeout: float = 10.0) -> dict:
-        def found() -> dict | None:
-            self._drain(50)
-            return next((data for t, data in self.seen if t == topic), None)
-        return wait_for(found, timeout, interval=0,
-                        message=lambda: f"event {topic}; seen {[t for t, _ in self.seen]}")
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
 def _config(socket_lines: list[str], scripts, breaker: str, marker, **good: str) -> str:
     return "\n".join([
         "[socket:web]", *socket_lines, "",
@@ -123,15 +89,13 @@ def test_a_workers_tcp_shutdown_is_repaired_on_the_same_port(sockvisor, scripts,
     sv = sockvisor(_config(["host = 127.0.0.1", "port = 0"], scripts,
                            f"{breaker} --on-usr1", marker))
     port = sv.port("web")
-    events = Events(sv)
-    try:
+    with subscribed(f"ipc://{sv.directory}/ctl.events") as events:
+        sync_events(events, endpoint_of(sv), "good")
         wait_for((tmp_path / "shut-down.waiting").exists, 10)
         _call(sv, "signal", {"name": "bad", "signum": "USR1"})
         wait_for(marker.exists, 10, message=lambda: f"the bad worker's shutdown\n"
                                                     f"{sv.describe()}")
         event = events.wait("socket.web.relisten")
-    finally:
-        events.close()
     assert (event["address"], event["relistened"]) == (f"127.0.0.1:{port}", 1), event
     sv.wait_log(r"socket web \(127\.0\.0\.1:\d+\) was shut down by a worker", 10)
 

@@ -32,6 +32,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 
+import http_worker  # noqa: E402
 from conftest import http_get, is_gone, port_is_free, wait_for  # noqa: E402
 from control_helpers import control  # noqa: E402
 from systemd_helpers import SOCKVISOR, clean_env, services, write_config  # noqa: E402,F401
@@ -45,54 +46,11 @@ pytestmark = [
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-#: argv[1] = "daemon": fork, setsid, fork again; the grandchild serves on fd 3 and
-#: ignores SIGTERM/SIGHUP, the worker itself only waits.  argv[1] = "prefork":
-#: fork two children that serve on fd 3 in the worker's own process group.
-#: Every answer says who served it: pid, role, and the worker it came from.
-ESCAPER = r'''
-import json, os, signal, socket, sys
-
-role = sys.argv[1]
-worker = os.getpid()
-
-def serve(kind):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    listener = socket.socket(fileno=3)
-    while True:
-        connection, _ = listener.accept()
-        try:
-            connection.settimeout(5)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = connection.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
-            body = json.dumps({"pid": os.getpid(), "role": kind, "worker": worker,
-                               "pgid": os.getpgid(0), "sid": os.getsid(0)}).encode()
-            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n"
-                               b"Connection: close\r\n\r\n" % len(body) + body)
-        except OSError:
-            pass
-        finally:
-            connection.close()
-
-if role == "daemon":
-    if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            serve("daemon")
-        os._exit(0)
-    os.wait()
-elif role == "prefork":
-    for _ in range(2):
-        if os.fork() == 0:
-            serve("child")
-while True:
-    signal.pause()
-'''
-
+#: The worker: `http_worker.py --serve-in ROLE`.  ROLE "daemon": fork, setsid, fork
+#: again; the grandchild serves on fd 3 and ignores SIGTERM/SIGHUP, the worker
+#: itself only waits.  ROLE "prefork": fork two children that serve on fd 3 in the
+#: worker's own process group.  Every answer says who served it: pid, role
+#: ("daemon" or "child"), and the worker it came from.
 GLOBALS = {
     "cgroup": "",
     "cgroup+subreaper": "subreaper = true",
@@ -102,16 +60,14 @@ GLOBALS = {
 
 
 def config(directory: Path, role: str, numprocesses: int = 1) -> str:
-    script = directory / "escaper.py"
-    script.write_text(ESCAPER.lstrip())
-    script.chmod(0o644)
+    script = http_worker.install(directory, "escaper.py")
     return f"""
         [socket:web]
         host = 127.0.0.1
         port = 0
 
         [watcher:web]
-        cmd = {SYSTEM_PYTHON} {script} {role}
+        cmd = {SYSTEM_PYTHON} {script} --serve-in {role}
         sockets = web
         numprocesses = {numprocesses}
         uid = nobody

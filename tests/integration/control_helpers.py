@@ -1,12 +1,25 @@
-"""Helpers for the reload and scaling tests: talk to sockvisor over its control
-channel, a worker that serves HTTP on fd 3 with sd_notify readiness and a graceful
-SIGTERM, and a bounded client load that records every request.
+"""The integration tests' helpers for sockvisor's control channel, its workers and
+client load.  The one such module: control_client_helpers.py only re-exports it.
 
-Built on `conftest.py` (its `sockvisor` fixture starts the real binary, its
-`wait_for` is the one way to wait).  Ports are read back through the control
-channel (`listsockets`), never guessed.
+Built on `conftest.py` (its `sockvisor` fixture starts the real binary with
+`endpoint = ipc://DIR/ctl`, its `wait_for` is the one way to wait), on
+`http_worker.py` (the one HTTP worker program) and on `http_load.py` (the one
+client load: `Load`, `Sample`, `request_once`).  Ports are read back through the
+control channel (`listsockets`), never guessed.
 
-The worker (`ServeWorker`) reads a *mode file* when it starts, so a test can
+* Requests: `control(sv)` / `Control` (a client with checked calls, `status`,
+  `port`, `wait_ready`), or the functions `call` (error replies returned), `ok`
+  (must succeed), `sockets_of`, `port_of`, `pids_of` on an endpoint; `raw_exchange`
+  / `raw_reply` send frames as they are.  `ctl(sv, ...)`, `run_ctl`,
+  `run_ctl_alone` run `sockvisorctl` (`alone`: where no other sockvisor is found).
+* Events: `subscribed(endpoint)` / `Events`, and `sync_events` to know the
+  subscription is in effect.
+* `bare_sockvisor`: a fixture running sockvisor on exactly the given config (no
+  endpoint added), for tests of the default endpoint.
+* Configs: `socket_section`, `watcher_section`.
+
+Workers.  `ServeWorker` is `http_worker.py` with `--mode-file PATH --graceful
+--notify --exit-if-set CRASH`: it reads a *mode file* when it starts, so a test can
 change what the next generation does without touching the config:
 
 * ``delay=SECONDS`` — sleep that long before sending ``READY=1`` (slow start);
@@ -18,9 +31,13 @@ change what the next generation does without touching the config:
 * anything else (or no file) — start at once.
 
 It also exits with status 4 when ``$CRASH`` is set, for `set web env CRASH=1`.
-It answers each request with ``{"pid", "wid"}`` and, on SIGTERM, finishes the
-request in hand and exits: the old generation retires without dropping a
-request.  Its socket must be non-blocking (``blocking = false``), so that a
+`echo_worker_cmd(directory)` is `http_worker.py --graceful` alone: it serves
+every socket it is handed (fds 3…), and its answers carry `port` and `$VERSION`,
+so a test changes `env = VERSION=…` and sees which generation answered.
+
+Both answer each request with JSON (pid, wid, ...) and, on SIGTERM, finish the
+request in hand and exit: the old generation retires without dropping a
+request.  Their sockets must be non-blocking (``blocking = false``), so that a
 worker that loses the race for a connection goes back to `select` instead of
 blocking in `accept`, where it could not notice SIGTERM.
 """
@@ -28,117 +45,51 @@ blocking in `accept`, where it could not notice SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
-import threading
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
+import zmq
+
+import http_worker
+from http_load import Load, Sample, request  # noqa: F401 - re-exported
 from sockvisor.control.client import ControlClient
 from sockvisor.control.protocol import is_error
 
-from conftest import Sockvisor, _clean_env, parse_http_response, read_until_eof, wait_for
+from conftest import Sockvisor, _clean_env, wait_for
 
-SERVE_WORKER = r'''
-"""Test worker: HTTP on fd 3 (non-blocking), READY=1 to $NOTIFY_SOCKET, graceful TERM."""
-import json, os, select, signal, socket, sys, time
-
-mode_file = sys.argv[1] if len(sys.argv) > 1 else ""
-try:
-    with open(mode_file) as handle:
-        words = handle.read().split()
-except OSError:
-    words = []
-if os.environ.get("CRASH"):
-    sys.exit(4)
-if "crash" in words:
-    sys.exit(3)
-
-# Until it serves, SIGTERM kills the worker at once (the default).
-if "noready" in words:
-    while True:
-        signal.pause()
-for word in words:
-    if word.startswith("delay="):
-        time.sleep(float(word[len("delay="):]))
-    if word.startswith("ready_then_exit="):
-        address = os.environ.get("NOTIFY_SOCKET", "")
-        if address:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-                notify.sendto(b"READY=1", "\0" + address[1:] if address[0] == "@"
-                              else address)
-        time.sleep(float(word[len("ready_then_exit="):]))
-        sys.exit(3)
-
-# From now on SIGTERM only wakes the loop up (through the wake-up pipe): the
-# request in hand is finished first, then the worker exits.
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGTERM, lambda signum, frame: None)
-
-address = os.environ.get("NOTIFY_SOCKET")
-if address:
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.sendto(b"READY=1", address)
-
-listener = socket.socket(fileno=3)
-body_of = lambda: json.dumps({"pid": os.getpid(),
-                              "wid": os.environ.get("SOCKVISOR_WID")}).encode()
-while True:
-    readable, _, _ = select.select([listener, wake_r], [], [])
-    if wake_r in readable:
-        sys.exit(0)
-    try:
-        connection, _ = listener.accept()
-    except BlockingIOError:
-        continue   # another worker took it
-    try:
-        connection.setblocking(True)
-        connection.settimeout(5)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            request += chunk
-        body = body_of()
-        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                           + body)
-    except OSError:
-        pass
-    finally:
-        connection.close()
-'''
+#: The options that make `http_worker.py` the worker described above.
+SERVE_OPTIONS = ("--graceful", "--notify", "--exit-if-set", "CRASH")
 
 
 class ServeWorker:
     """The worker script and its mode file, in a directory of the test."""
 
     def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.script = directory / "serve.py"
-        self.script.write_text(SERVE_WORKER.lstrip())
+        self.script = http_worker.install(directory, "serve.py")
         self.mode_file = directory / "mode"
         self.set_mode("")
 
     @property
     def cmd(self) -> str:
-        return f"{sys.executable} {self.script} {self.mode_file}"
+        return http_worker.cmd(self.script, "--mode-file", self.mode_file, *SERVE_OPTIONS)
 
     def set_mode(self, text: str) -> None:
         """What workers started from now on do (see the module docstring)."""
         tmp = self.mode_file.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.rename(self.mode_file)
+
+
+def echo_worker_cmd(directory: Path) -> str:
+    """A `cmd = …` line running the echo worker: `http_worker.py --graceful`, which
+    serves every socket it is handed and answers pid, wid, port and $VERSION."""
+    return http_worker.cmd(http_worker.install(directory, "echo_worker.py"), "--graceful")
 
 
 # --------------------------------------------------------------------------- control channel
@@ -209,9 +160,7 @@ class Control:
 
 def ctl(sv: Sockvisor, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run `sockvisorctl --endpoint … ARGS` to completion."""
-    return subprocess.run([sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint",
-                           endpoint(sv), *args], env=_clean_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_ctl("--endpoint", endpoint(sv), *args, timeout=timeout)
 
 
 def worker_pids(detail: dict[str, Any], generation: int | None = None) -> set[int]:
@@ -235,94 +184,138 @@ def is_reaped(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
+# --------------------------------------------------------------------------- requests
+
+endpoint_of = endpoint
+
+
+def call(endpoint: str, command: str, properties: dict[str, Any] | None = None,
+         timeout: float = 15.0) -> dict[str, Any]:
+    """One request, one reply (error replies are returned, not raised)."""
+    with ControlClient(endpoint, timeout) as client:
+        return client.call(command, properties or {})
+
+
+def ok(endpoint: str, command: str, properties: dict[str, Any] | None = None,
+       timeout: float = 15.0) -> dict[str, Any]:
+    """A request that must succeed; its reply.  (In Circus's shape, `status NAME`
+    answers with the watcher's state as the reply's "status".)"""
+    reply = call(endpoint, command, properties, timeout)
+    assert reply.get("status") not in ("error", None) and not is_error(reply), \
+        f"{command} {properties}: {reply}"
+    return reply
+
+
+def sockets_of(endpoint: str) -> dict[str, dict[str, Any]]:
+    """name -> `listsockets` entry (fd, host, port, backlog, …)."""
+    return {entry["name"]: entry for entry in ok(endpoint, "listsockets")["sockets"]}
+
+
+def port_of(endpoint: str, name: str) -> int:
+    return sockets_of(endpoint)[name]["port"]
+
+
+def pids_of(endpoint: str, watcher: str) -> list[int]:
+    return ok(endpoint, "list", {"name": watcher})["pids"]
+
+
+def raw_exchange(endpoint: str, frames: list[bytes], kind: int = zmq.DEALER,
+                 timeout: float = 5.0) -> list[bytes] | None:
+    """Send `frames` as one message on a fresh socket; the reply's frames, or None.
+
+    A REQ socket adds (and strips) the empty delimiter frame itself, and sends
+    one frame per `send` (so only the last frame goes without SNDMORE)."""
+    context = zmq.Context.instance()
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(frames)
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        return sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+
+
+def raw_reply(endpoint: str, frames: list[bytes], kind: int = zmq.DEALER,
+              timeout: float = 5.0) -> dict[str, Any]:
+    """`raw_exchange` expecting exactly one JSON object frame back."""
+    reply = raw_exchange(endpoint, frames, kind, timeout)
+    assert reply is not None, f"no reply within {timeout}s to {_short(frames)}"
+    assert len(reply) == 1, f"expected one reply frame, got {_short(reply)}"
+    decoded = json.loads(reply[0])
+    assert isinstance(decoded, dict), decoded
+    return decoded
+
+
+def _short(frames: list[bytes]) -> str:
+    return repr([frame[:80] + (b"..." if len(frame) > 80 else b"") for frame in frames])
+
+
+# --------------------------------------------------------------------------- command lines
+
+def run_ctl(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """`sockvisorctl ARGS` (as `python -m sockvisor.cli.ctl`), to completion."""
+    return subprocess.run([sys.executable, "-m", "sockvisor.cli.ctl", *args],
+                          env=env if env is not None else _clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def alone(*argv: str) -> list[str]:
+    """`argv` in a mount namespace of its own with an empty /run/sockvisor: on a
+    machine where, as far as it can see, no root-run sockvisor has a default
+    endpoint (other tests' sockvisors run beside ours).  Not root: root's
+    sockvisors' folders are closed to us anyway, and unshare would need root."""
+    if os.geteuid() != 0:
+        return list(argv)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mkdir -p /run/sockvisor && mount -t tmpfs -o mode=0755 sockvisor-test /run/sockvisor '
+            '&& exec "$@"', "sh", *argv]
+
+
+def run_ctl_alone(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess:
+    """`sockvisorctl ARGS` where no other sockvisor is to be found (see `alone`)."""
+    return subprocess.run(alone(sys.executable, "-m", "sockvisor.cli.ctl", *args),
+                          env=env if env is not None else _clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return (f"{result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout}"
+            f"\n--- stderr ---\n{result.stderr}")
+
+
+# --------------------------------------------------------------------------- /proc
+
+def fd_link(pid: int, fd: int) -> str:
+    """readlink /proc/PID/fd/FD, e.g. 'socket:[12345]'."""
+    return os.readlink(f"/proc/{pid}/fd/{fd}")
+
+
+def listen_backlog(port: int) -> int | None:
+    """The backlog of the socket listening on 127.0.0.1:PORT, from `ss -ltn`
+    (Send-Q of a listening socket); None if ss is not available."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    output = subprocess.run([ss, "-Hltn", f"sport = :{port}"], capture_output=True,
+                            text=True, timeout=10).stdout
+    for line in output.splitlines():
+        fields = line.split()
+        # State Recv-Q Send-Q Local:Port Peer:Port
+        if len(fields) >= 4 and fields[3].endswith(f":{port}"):
+            return int(fields[2])
+    return None
+
+
 # --------------------------------------------------------------------------- client load
 
-def request_once(port: int, timeout: float = 5.0) -> dict[str, Any]:
-    """One GET on a new connection; the worker's JSON answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n")
-        return parse_http_response(read_until_eof(sock))
-
-
-@dataclass
-class Sample:
-    started: float       # time.monotonic() when the request began
-    latency: float
-    pid: int | None      # None: it failed
-    error: str = ""
-
-
-@dataclass
-class Load:
-    """A few threads doing GETs, each on a new connection, until `stop()` or until
-    `max_requests` in all; every request is recorded."""
-    port: int
-    threads: int = 3
-    max_requests: int = 20000
-    pause: float = 0.0          # between two requests of one thread
-    samples: list[Sample] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._sent = 0
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(self.threads)]
-
-    def start(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                if self._sent >= self.max_requests:
-                    return
-                self._sent += 1
-            began = time.monotonic()
-            try:
-                pid = request_once(self.port)["pid"]
-                sample = Sample(began, time.monotonic() - began, pid)
-            except Exception as exc:   # noqa: BLE001 - every failure is a result
-                sample = Sample(began, time.monotonic() - began, None,
-                                f"{type(exc).__name__}: {exc}")
-            with self._lock:
-                self.samples.append(sample)
-            if self.pause:
-                self._stop.wait(self.pause)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-        assert not any(t.is_alive() for t in self._threads), "load threads stuck"
-
-    def __enter__(self) -> "Load":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # ---- results
-
-    def snapshot(self) -> list[Sample]:
-        with self._lock:
-            return list(self.samples)
-
-    def failures(self) -> list[Sample]:
-        return [s for s in self.snapshot() if s.pid is None]
-
-    def pids(self) -> Counter:
-        return Counter(s.pid for s in self.snapshot() if s.pid is not None)
-
-    def answered_by(self, pids: set[int]) -> bool:
-        return any(s.pid in pids for s in self.snapshot())
-
-    def between(self, start: float, end: float) -> list[Sample]:
-        """Requests that were in flight at some time in [start, end]."""
-        return [s for s in self.snapshot()
-                if s.started <= end and s.started + s.latency >= start]
+# `Load` and `Sample` are http_load's (the one client load of the tests and the
+# benchmarks); `request_once` is its `request`.
+request_once = request
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -347,3 +340,106 @@ def watcher_section(name: str, worker: ServeWorker, *, socket: str = "web",
     options.setdefault("graceful_timeout", 5)
     lines += [f"{key} = {value}" for key, value in options.items()]
     return "\n".join(lines) + "\n\n"
+
+
+# --------------------------------------------------------------------------- events
+
+class Events:
+    """A SUB socket on sockvisor's event endpoint, collecting `(topic, data)`."""
+
+    def __init__(self, endpoint: str):
+        self.context = zmq.Context.instance()
+        self.sock = self.context.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            self.sock.connect(endpoint)
+            # The subscription goes out right after the handshake.
+            assert monitor.poll(10_000), f"no ZMTP handshake with {endpoint}"
+            monitor.recv_multipart()
+        finally:
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        while self.sock.poll(0, zmq.POLLIN):
+            topic, payload = self.sock.recv_multipart()
+            self.seen.append((topic.decode(), json.loads(payload)))
+        return self.seen
+
+    def wait(self, topic: str, timeout: float = 10.0, **match: Any
+             ) -> dict[str, Any]:
+        """The first event (seen so far or to come) whose topic is `topic` and whose
+        data has the `match` items."""
+        def found() -> dict[str, Any] | None:
+            self.sock.poll(50, zmq.POLLIN)
+            for seen_topic, data in self.drain():
+                if seen_topic == topic and all(data.get(k) == v for k, v in match.items()):
+                    return data
+            return None
+        return wait_for(found, timeout, interval=0,
+                        message=lambda: f"event {topic} {match or ''}; seen: "
+                                        f"{[t for t, _ in self.seen]}")
+
+    def topics(self) -> list[str]:
+        return [topic for topic, _ in self.drain()]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@contextlib.contextmanager
+def subscribed(endpoint: str) -> Iterator[Events]:
+    events = Events(endpoint)
+    try:
+        yield events
+    finally:
+        events.close()
+
+
+def sync_events(events: Events, endpoint: str, watcher: str) -> None:
+    """Make sure the subscription is in effect: scale `watcher` up and down until
+    its spawn event arrives (a SUB only gets what is published after its
+    subscription reached the PUB, and nothing says when that was)."""
+    def spawn_seen() -> bool:
+        ok(endpoint, "incr", {"name": watcher})
+        try:
+            events.wait(f"watcher.{watcher}.spawn", timeout=1.0)
+            return True
+        except AssertionError:
+            return False
+        finally:
+            ok(endpoint, "decr", {"name": watcher})
+    wait_for(spawn_seen, 10, interval=0, message="the event subscription to work")
+
+
+# --------------------------------------------------------------------------- sockvisor without the fixture's endpoint
+
+@pytest.fixture
+def bare_sockvisor(tmp_path: Path):
+    """Factory: `bare_sockvisor(text, name="bare")` runs `sockvisor start` on exactly
+    `text` (no endpoint added), so tests can use the default endpoint.  Teardown
+    also removes the default endpoint's (then empty) runtime directory."""
+    from sockvisor import paths
+    instances: list[Sockvisor] = []
+
+    def start(text: str, *, name: str = "bare", ready: bool = True) -> Sockvisor:
+        directory = tmp_path / name
+        directory.mkdir()
+        instance = Sockvisor(directory, text)
+        instances.append(instance)
+        if ready:
+            instance.wait_ready()
+        return instance
+
+    yield start
+    for instance in instances:
+        instance.cleanup()
+        runtime = paths.runtime_dir(str(instance.conf))
+        with contextlib.suppress(OSError):
+            for leftover in os.listdir(runtime):
+                os.unlink(os.path.join(runtime, leftover))
+            os.rmdir(runtime)
+

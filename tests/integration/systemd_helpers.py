@@ -6,8 +6,9 @@
 * `Service` runs sockvisor (or a wrapper that execs it: systemd-socket-activate,
   unshare, setpriv) with the environment a service manager gives, stderr to a
   file, and kills the whole process tree at teardown.
-* `SD_WORKER` is a worker program that reports readiness the sd_notify way and
-  records what happened to it in a state directory.
+* `write_worker` installs the sd_worker, `http_worker.py` under the name
+  `sd_worker.py`: it reports readiness the sd_notify way (`--notify-after S`)
+  and records what happened to it in a state directory (`--state DIR`).
 
 Waiting is by condition with a deadline: `wait_for` from conftest.py, or a
 `select` on the notify socket with a deadline; never a bare sleep.
@@ -34,7 +35,8 @@ from typing import Callable, Iterable
 import psutil
 import pytest
 
-from conftest import wait_for
+import http_worker
+from conftest import parse_http_response, read_until_eof, wait_for
 
 #: What a service manager (or the test runner's own one) may have put in our
 #: environment; sockvisor gets exactly what each test says instead.
@@ -337,110 +339,11 @@ def exec_as_self(argv: list[str], *, fd_at_3: int | None = None,
 
 # --------------------------------------------------------------------------- workers
 
-SD_WORKER = r'''
-"""Worker for the systemd tests.  A blocking accept() loop on fd 3 that answers
-HTTP with JSON (like conftest's worker.py), plus:
-
---state DIR         write DIR/<pid>.json: pid, wid, port, and CLOCK_MONOTONIC times
-                    "started" (after interpreter start-up) and "ready" (just before
-                    READY=1 was sent); written to a temporary name then renamed
---notify-after S    sleep S seconds, then send READY=1 to $NOTIFY_SOCKET
---daemonize         fork a child that forks a grandchild and exits (an orphan, as
-                    a daemonising program leaves; it waits for a signal); once the
-                    child is reaped, write the grandchild's pid to DIR/grandchild-<wid>
-"""
-import json, os, signal, socket, sys, time
-
-args = sys.argv[1:]
-started = time.monotonic()
-
-
-def option(name):
-    return args[args.index(name) + 1] if name in args else None
-
-
-state_dir = option("--state")
-state = {"pid": os.getpid(), "wid": os.environ.get("SOCKVISOR_WID"), "started": started,
-         "uid": os.getuid()}
-
-
-def record(**values):
-    state.update(values)
-    if state_dir:
-        path = os.path.join(state_dir, f"{os.getpid()}.json")
-        with open(path + ".tmp", "w") as handle:
-            json.dump(state, handle)
-        os.rename(path + ".tmp", path)
-
-
-def write_atomically(path, text):
-    with open(path + ".tmp", "w") as handle:
-        handle.write(text)
-    os.rename(path + ".tmp", path)
-
-
-if os.environ.get("LISTEN_PID") != str(os.getpid()):
-    sys.exit(f"sd_worker: LISTEN_PID={os.environ.get('LISTEN_PID')} is not {os.getpid()}")
-listener = socket.socket(fileno=3)
-record(port=listener.getsockname()[1])
-
-if "--daemonize" in args:
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read_end)
-        grandchild = os.fork()
-        if grandchild == 0:
-            os.close(write_end)
-            while True:
-                signal.pause()
-        os.write(write_end, str(grandchild).encode())
-        os._exit(0)
-    os.close(write_end)
-    grandchild = int(os.read(read_end, 64))
-    os.close(read_end)
-    # Once the middle child is reaped, the grandchild has been re-parented:
-    # only then say who it is.
-    os.waitpid(child, 0)
-    write_atomically(os.path.join(state_dir, f"grandchild-{state['wid']}"), str(grandchild))
-
-if option("--notify-after") is not None:
-    time.sleep(float(option("--notify-after")))
-    record(ready=time.monotonic())
-    address = os.environ["NOTIFY_SOCKET"]
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.sendto(b"READY=1\nSTATUS=serving\n", address)
-
-while True:
-    connection, _ = listener.accept()
-    try:
-        connection.settimeout(5)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            request += chunk
-        body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(),
-                           "wid": os.environ.get("SOCKVISOR_WID"),
-                           "uids": os.getresuid()}).encode()
-        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                           + body)
-    except OSError:
-        pass
-    finally:
-        connection.close()
-'''
-
-
 def write_worker(directory: Path) -> Path:
-    path = directory / "sd_worker.py"
-    path.write_text(textwrap.dedent(SD_WORKER).lstrip())
-    path.chmod(0o644)
-    return path
+    """The sd_worker: `http_worker.py` (a blocking accept() loop on fd 3 answering
+    HTTP with JSON) written as `sd_worker.py` in `directory`.  The systemd tests use
+    its `--state DIR`, `--notify-after S` and `--daemonize` options."""
+    return http_worker.install(directory, "sd_worker.py")
 
 
 def worker_states(state_dir: Path) -> list[dict]:
@@ -456,16 +359,7 @@ def worker_states(state_dir: Path) -> list[dict]:
 
 def read_http_reply(sock: socket.socket) -> dict:
     """Read a whole HTTP/1.0 reply from `sock` and return its JSON body."""
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep and b" 200 " in head.split(b"\r\n", 1)[0], f"bad reply {raw[:200]!r}"
-    return json.loads(body)
+    return parse_http_response(read_until_eof(sock))
 
 
 def send_request(sock: socket.socket) -> None:

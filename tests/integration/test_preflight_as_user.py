@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import http_worker
 from conftest import free_port, port_is_free, run_cli
 from control_helpers import ctl
 
@@ -31,14 +32,8 @@ pytestmark = [
     pytest.mark.timeout(60),
 ]
 
-APP = """
-import os, socket
-listener = socket.socket(fileno=3)
-while True:
-    connection, _ = listener.accept()
-    connection.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
-    connection.close()
-"""
+# The application the workers import (`-m app` ...) is the tests' HTTP worker,
+# installed under the module's name.
 
 
 def config(directory: Path, port: int, cmd: str, extra: str = "") -> Path:
@@ -75,7 +70,7 @@ def test_a_virtualenv_under_a_closed_directory(world_readable_dir):
     venv = closed / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)],
                    check=True, timeout=30)
-    (world_readable_dir / "app.py").write_text(APP)
+    http_worker.install(world_readable_dir, "app.py")
     closed.chmod(0o700)
     port = free_port()
     path = config(world_readable_dir, port, f"{venv}/bin/python -m app",
@@ -89,7 +84,7 @@ def test_a_module_only_root_can_import(world_readable_dir):
     importing the module as nobody shows that the worker would die at once."""
     closed = world_readable_dir / "site"
     closed.mkdir(mode=0o700)
-    (closed / "myapp.py").write_text(APP)
+    http_worker.install(closed, "myapp.py")
     closed.chmod(0o700)
     port = free_port()
     path = config(world_readable_dir, port, "/usr/bin/python3 -m myapp",
@@ -114,11 +109,11 @@ def test_a_working_dir_nobody_may_not_enter(world_readable_dir):
 
 def test_reloadconfig_to_a_release_nobody_cannot_import_changes_nothing(
         sockvisor, world_readable_dir):
-    (world_readable_dir / "app.py").write_text(APP)
+    http_worker.install(world_readable_dir, "app.py")
     closed = world_readable_dir / "site"
     closed.mkdir(mode=0o700)
     closed.chmod(0o700)
-    (closed / "app2.py").write_text(APP)
+    http_worker.install(closed, "app2.py")
     body = f"""
         [socket:web]
         host = 127.0.0.1

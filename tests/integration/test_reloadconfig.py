@@ -14,8 +14,8 @@
   same port (127.0.0.1:P -> 0.0.0.0:P) is refused, saying what is in the way.
 * A new `numprocesses` is a plain scale: the running workers stay.
 
-The workers are `ECHO_WORKER` (control_client_helpers), which answers with its
-`$VERSION`, on non-blocking sockets so that SIGTERM lets it finish the request
+The workers are the echo worker (`echo_worker_cmd`: tests/http_worker.py
+--graceful), which answers with its `$VERSION`, on non-blocking sockets so that SIGTERM lets it finish the request
 in hand and exit.
 """
 
