@@ -527,27 +527,43 @@ class Supervisor:
                       holders: list[Worker]) -> None:
         """Close a listening socket reloadconfig took out of the table -- at once,
         or, if `holders` (workers of a failed reload) still use it, once the last
-        of them has exited.
+        of them has exited and no watcher spawns on it any more (a watcher whose
+        reload failed went back to the generation it was started with, sockets
+        included: its replacements need the socket as long as it stays there).
 
         Kept open "until next time" instead, it stayed in the listen state for
         ever once those workers were gone: connections to the old address queued
         with nobody to accept them, and the address could not be bound again."""
-        if not holders:
+        def users() -> list[Watcher]:
+            return [w for w in self.watchers.values() if w.uses_socket(listening)]
+
+        if not holders and not users():
             log.info("socket %s (%s) closed", name, listening.address)
             listening.close()
             return
-        log.warning("socket %s (%s) kept open until its %d worker(s) exit", name,
-                    listening.address, len(holders))
+        log.warning("socket %s (%s) kept open until its %d worker(s) exit and no "
+                    "watcher spawns on it", name, listening.address, len(holders))
         self.retired_sockets.append(listening)
 
         async def close_later() -> None:
-            await asyncio.gather(*(asyncio.shield(worker.exited) for worker in holders),
-                                 return_exceptions=True)
-            if listening in self.retired_sockets:   # not closed by a shutdown
-                self.retired_sockets.remove(listening)
-                log.info("socket %s (%s) closed: its last worker exited", name,
-                         listening.address)
-                listening.close()
+            while listening in self.retired_sockets:   # else closed by a shutdown
+                alive = [w for w in holders if w.alive]
+                spawning = users()
+                if not alive and not spawning:
+                    self.retired_sockets.remove(listening)
+                    log.info("socket %s (%s) closed: its last worker exited", name,
+                             listening.address)
+                    listening.close()
+                    return
+                # A holder's exit, or a change in a watcher that spawns on it (a
+                # reload to a generation without it, a removal): look again.
+                waits = [asyncio.ensure_future(asyncio.shield(w.exited)) for w in alive]
+                waits += [asyncio.ensure_future(w.changed()) for w in spawning]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
         task = asyncio.ensure_future(close_later())
         self._pending_closes.add(task)
         task.add_done_callback(self._pending_closes.discard)

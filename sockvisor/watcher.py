@@ -165,6 +165,16 @@ class Watcher:
         while not predicate():
             await self._changed.wait()
 
+    def uses_socket(self, listening: Any) -> bool:
+        """Whether the generation it spawns from holds `listening`: after a failed
+        reloadconfig rolled it back, that may be a socket the supervisor retired."""
+        return self._current is not None and any(s is listening
+                                                 for s in self._current.sockets)
+
+    async def changed(self) -> None:
+        """Until the next change in this watcher's state, workers or generation."""
+        await self._changed.wait()
+
     def live_workers(self) -> list[process.Worker]:
         """Workers that count toward the desired number (not being stopped)."""
         return [w for w in self.workers.values() if not w.stop_requested]
@@ -493,6 +503,7 @@ class Watcher:
         """Back to the previous generation: its config, its number, its sockets."""
         self._apply_config(old_config, old_sinks)
         self._current = old_generation
+        self._pulse()   # whoever waits for a retired socket's users sees this
         self.generation = old_generation.number
 
     async def _roll_back(self, old_generation: Generation, old_config: WatcherConfig,

@@ -283,8 +283,9 @@ def _retire(host: Host, retiring: dict[str, ListeningSocket],
             failures: dict[str, BaseException]) -> None:
     """Close what nobody uses any more.  A watcher whose reload failed still runs
     its old workers, which hold the retired socket: it stays open until the last
-    of them has exited (the next reload, a crash...), then closes.  Workers
-    spawned from now on get the new socket."""
+    of them has exited (the next reload, a crash...) and the watcher no longer
+    spawns on it (its rolled-back generation keeps the sockets it was started
+    with: supervisor.retire_socket), then closes."""
     for name, listening in retiring.items():
         holders = [worker for failed in failures if failed in host.watchers
                    for worker in host.watchers[failed].workers.values()

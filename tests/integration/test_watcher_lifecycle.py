@@ -26,6 +26,11 @@ from control_helpers import (ServeWorker, control, request_once, socket_section,
 from conftest import is_gone, wait_for
 
 
+# A socket at another address than socket_section()'s: moving the watcher onto it
+# removes `web` (the same address would be a takeover of web's listening socket).
+OTHER_ADDRESS = "[socket:other]\nhost = 127.0.0.2\nport = 0\nblocking = false\n\n"
+
+
 def rewrite(sv, body: str) -> None:
     """Replace everything after the fixture's [sockvisor] section of sv.conf."""
     text = sv.conf.read_text()
@@ -65,7 +70,7 @@ def test_failed_reloadconfig_changing_a_socket_keeps_replacing_workers(
             body = socket_section("front") + watcher_section(
                 "web", worker, socket="front", numprocesses=2, ready="delay:0.3")
         else:                      # the watcher moves to a new socket; web is removed
-            body = socket_section("other") + watcher_section(
+            body = OTHER_ADDRESS + watcher_section(
                 "web", worker, socket="other", numprocesses=2, ready="delay:0.3")
         rewrite(sv, body)
         reply = client.raw("reloadconfig", timeout=30)
@@ -170,3 +175,40 @@ def test_signal_to_the_process_group_reaches_what_the_worker_started(sockvisor, 
         assert worker_pids(before) <= set(reply.get("pids", worker_pids(before))), reply
         wait_for(lambda: is_gone(child), 5, message="the worker's child to get SIGUSR1")
         assert worker_pids(client.status("web")) == worker_pids(before)
+
+
+@pytest.mark.timeout(60)
+def test_a_rolled_back_generation_keeps_its_retired_socket_for_good(sockvisor, tmp_path):
+    """The socket a failed reloadconfig removed stays open while the rolled-back
+    generation spawns on it -- not only until the workers that held it at the
+    reload are gone: each later replacement gets it too, and answers on it."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2,
+                                                      ready="delay:0.3"))
+    with control(sv) as client:
+        port = client.port("web")
+        before = client.wait_ready("web", 2)
+        sv.wait_answering(port, worker_pids(before))
+        worker.set_mode("crash")
+        rewrite(sv, OTHER_ADDRESS + watcher_section(
+            "web", worker, socket="other", numprocesses=2, ready="delay:0.3"))
+        reply = client.raw("reloadconfig", timeout=30)
+        assert reply.get("status") == "error", reply
+        worker.set_mode("")
+        current = client.wait_ready("web", 2)
+        # Every worker of the rolled-back generation replaced, twice over: the
+        # workers that held the socket at the reload are long gone by the end.
+        for _ in range(4):
+            victim = sorted(worker_pids(current))[0]
+            sv.track(victim)
+            os.kill(victim, signal.SIGKILL)
+            current = wait_for(lambda: (lambda d: d if len(d["workers"]) == 2 and all(
+                w["ready"] for w in d["workers"]) and victim not in worker_pids(d)
+                else None)(client.status("web")), 10,
+                message=lambda: f"{client.status('web')}\n{sv.describe()}")
+        assert not worker_pids(current) & worker_pids(before)
+        sv.wait_answering(port, worker_pids(current))
+        assert "Traceback" not in sv.log(), sv.log()
+        # Never closed and bound again (a window in which the port refuses
+        # connections, or another program takes it).
+        assert "relisten" not in sv.log() and "closed" not in sv.log(), sv.log()
