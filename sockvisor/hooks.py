@@ -11,7 +11,11 @@ Circus 0.19's (circus/watcher.py):
                  restart policy (backoff, then FATAL).  Circus stops the whole
                  watcher at once; here the restart policy gets there.
   after_spawn    False: that worker is stopped, a failed start (Circus kills it)
-  before_signal  False: the `signal` command's signal is not sent (SIGKILL is)
+  before_signal  False: the signal is not sent to that worker (SIGKILL is):
+                 the `signal` command's, and a stop signal (stop, restart,
+                 a reload retiring it, scaling down), after which the worker
+                 is SIGKILLed at graceful_timeout, as in Circus.  (The SIGKILL
+                 of that escalation does not go through the hooks.)
   after_signal, before_reap, after_reap, before_stop, after_stop: logged only
 
 A hook that *cannot answer* -- its program will not exec, it is killed by a

@@ -14,6 +14,9 @@ busy; a worker's death is handled at once, outside the lock.  `signal` is not
 serialised: it goes to the processes at once, in any state.  Shutting sockvisor
 down cancels whatever command is running and then stops.
 
+Circus's hooks (hooks.py) are run from here, where Circus calls them: around a
+start, each spawn, each signal (stop signals too), each exit, and a stop.
+
 How a worker is started -- argv, environment, fds, fork/exec, readiness timers --
 is the launcher's (launcher.py); the watcher decides how many, of which
 `Generation` (a config with the sockets it was started with), and when.
@@ -700,8 +703,24 @@ class Watcher:
     async def _stop_workers(self, workers: list[process.Worker]) -> None:
         # Each with the stop signal of the config it was started from: after a
         # reloadconfig, the old program still expects its own.
+        if self.hook_runner.has(self.config, "before_signal", "after_signal"):
+            await asyncio.gather(*(self._stop_hooked(w) for w in workers if w.alive))
+            return
         await asyncio.gather(*(w.stop(w.config.stop_signal, w.config.graceful_timeout)
                                for w in workers if w.alive))
+
+    async def _stop_hooked(self, worker: process.Worker) -> None:
+        """Stop `worker` as Circus does with signal hooks: its stop signal goes
+        through before_signal, and a False keeps it from the worker (signal 0
+        sends nothing), which is then SIGKILLed after graceful_timeout."""
+        signum = worker.config.stop_signal
+        context = {"pid": worker.pid, "wid": worker.wid, "signum": signum}
+        failure = await self.hook_runner.run(self.config, "before_signal", **context)
+        stopping = asyncio.ensure_future(
+            worker.stop(0 if failure else signum, worker.config.graceful_timeout))
+        await asyncio.sleep(0)   # its first step sends the signal
+        await self.hook_runner.run(self.config, "after_signal", **context)
+        await stopping
 
     def _in_background(self, coroutine: Any) -> None:
         """Run `coroutine` as a task we keep a reference to (asyncio only keeps weak ones)."""

@@ -206,6 +206,28 @@ def test_a_failing_before_signal_keeps_the_signal_from_the_worker(sockvisor, tmp
         assert ctl.status("web")["workers"][0]["pid"] == pid
 
 
+def test_a_stop_signal_goes_through_before_signal_as_in_circus(sockvisor, tmp_path):
+    """Circus sends a worker's stop signal through its before_signal hook: a False
+    keeps the stop signal from it, and it is killed after graceful_timeout."""
+    setup = Setup(tmp_path / "hooks")
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {setup.worker_cmd()}
+        graceful_timeout = 1
+        hooks.before_signal = {setup.hook_cmd(1)}
+        hooks.after_signal = {setup.hook_cmd(0)}
+    """)
+    with control(sv) as ctl:
+        pid = ctl.wait_ready("web", 1)["workers"][0]["pid"]
+        setup.wait_line(rf"worker start wid=1 pid={pid}")
+        ctl.call("stop", name="web")
+        assert ctl.status("web")["state"] == "stopped"
+    assert is_reaped(pid)
+    assert setup.index(rf"hook before_signal watcher=web pid={pid} .*signal=15 ") >= 0
+    assert setup.index(rf"hook after_signal watcher=web pid={pid} .*signal=15 ") >= 0
+    assert setup.index("worker stop") == -1   # no SIGTERM reached it: SIGKILLed
+
+
 def test_a_hung_hook_is_killed_at_hook_timeout_and_the_loop_stays_responsive(
         sockvisor, tmp_path):
     setup = Setup(tmp_path / "hooks")
