@@ -184,6 +184,43 @@ def test_a_failing_before_spawn_starts_no_worker_and_the_restart_policy_ends_it(
     assert len([line for line in setup.lines() if "hook before_spawn" in line]) >= 3
 
 
+def test_a_failing_after_spawn_stops_each_worker_it_follows(sockvisor, tmp_path):
+    """Circus kills a process whose after_spawn says False; here it is a failed
+    start, and the restart policy ends the watcher FATAL."""
+    setup = Setup(tmp_path / "hooks")
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {setup.worker_cmd()}
+        backoff_base = 0.05
+        max_retry = 2
+        hooks.after_spawn = {setup.hook_cmd(1)}
+    """, globals="start_failure = continue")
+    with control(sv) as ctl:
+        wait_for(lambda: ctl.status("web")["state"] == "fatal", 20,
+                 message=lambda: str(ctl.status("web")))
+        assert ctl.status("web")["workers"] == []
+    # Each worker it was started for (by pid) is gone; the policy tried again.
+    spawned = [int(re.search(r" pid=(\d+) ", line).group(1)) for line in setup.lines()
+               if line.startswith("hook after_spawn")]
+    assert len(spawned) >= 2 and all(is_reaped(pid) for pid in spawned)
+
+
+def test_circus_s_ignore_failure_flag_lets_a_hook_that_cannot_answer_pass(
+        sockvisor, tmp_path):
+    """`hooks.before_start = ..., true`: a hook killed at hook_timeout is ignored
+    (a non-zero exit would still be False, as a Circus hook returning False)."""
+    setup = Setup(tmp_path / "hooks")
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {setup.worker_cmd()}
+        hook_timeout = 1
+        hooks.before_start = {setup.hook_cmd(0, "hang")}, true
+    """)
+    with control(sv) as ctl:
+        ctl.wait_ready("web", 1)
+    assert setup.index("hook before_start") < setup.index("worker start")
+
+
 def test_a_failing_before_signal_keeps_the_signal_from_the_worker(sockvisor, tmp_path):
     setup = Setup(tmp_path / "hooks")
     sv = sockvisor(f"""
