@@ -8,6 +8,8 @@ start at all:
   * its program, searched as execvpe will (the worker's PATH, else the default;
     a relative path from `working_dir`), is a file it may execute -- and if not,
     which directory on the way it may not enter, or the file's mode;
+  * each of its hooks' programs (`hooks.NAME`, Circus's hooks as commands, run
+    as the worker: hooks.py), the same way;
   * a Python module named with `-m` (``python -m app``) is importable by that
     interpreter, under the worker's environment and directory.
 
@@ -115,7 +117,11 @@ async def watcher_problems(config: WatcherConfig, path: str,
         tests[f"d:{cwd}"] = None
         for directory in _directories_on_the_way(cwd, include_self=True):
             tests[f"s:{directory}"] = None
-    for candidate in candidates:
+    # Circus's hooks run as the worker does (hooks.py): their programs are checked
+    # the same way, in the same probe.
+    hook_candidates = {point: program_candidates(hook.argv[0], env, cwd)
+                       for point, hook in config.hooks.items()}
+    for candidate in [*candidates, *(c for found in hook_candidates.values() for c in found)]:
         tests[f"x:{candidate}"] = None
         for directory in _directories_on_the_way(candidate):
             tests[f"s:{directory}"] = None
@@ -129,6 +135,12 @@ async def watcher_problems(config: WatcherConfig, path: str,
         problems.append(ConfigError(f"{config.working_dir}: {who.name} {why}",
                                     path=path, section=section, key="working_dir"))
         return problems   # the worker would fail there, before exec
+    for point, found in hook_candidates.items():
+        if not any(answers.get(f"x:{c}") for c in found):
+            problems.append(ConfigError(
+                _program_problem(config, found, answers, who, env,
+                                 config.hooks[point].argv[0]),
+                path=path, section=section, key=f"hooks.{point}"))
     if not checks_program:
         return problems
     program = next((c for c in candidates if answers.get(f"x:{c}")), None)
@@ -206,7 +218,9 @@ def _first_blocked(path: str, answers: Mapping[str, bool],
 
 def _program_problem(config: WatcherConfig, candidates: list[str],
                      answers: Mapping[str, bool], who: _Who,
-                     env: Mapping[str, str]) -> str:
+                     env: Mapping[str, str], program: str | None = None) -> str:
+    """Why none of `candidates` for `program` (default: cmd's) can be run."""
+    program = config.cmd if program is None else program
     # Say why by the first candidate that is there (as root sees it).
     for candidate in candidates:
         try:
@@ -229,9 +243,9 @@ def _program_problem(config: WatcherConfig, candidates: list[str],
         except OSError:
             pass
         return f"{candidate}: not executable by {who.name} ({_describe_mode(candidate)})"
-    if "/" in config.cmd:
+    if "/" in program:
         return f"{candidates[0]}: not found"
-    return f"{config.cmd}: not found in PATH ({env.get('PATH', os.defpath)})"
+    return f"{program}: not found in PATH ({env.get('PATH', os.defpath)})"
 
 
 def _describe_mode(path: str) -> str:

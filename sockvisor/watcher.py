@@ -14,6 +14,9 @@ busy; a worker's death is handled at once, outside the lock.  `signal` is not
 serialised: it goes to the processes at once, in any state.  Shutting sockvisor
 down cancels whatever command is running and then stops.
 
+Circus's hooks (hooks.py) are run from here, where Circus calls them: around a
+start, each spawn, each signal (stop signals too), each exit, and a stop.
+
 How a worker is started -- argv, environment, fds, fork/exec, readiness timers --
 is the launcher's (launcher.py); the watcher decides how many, of which
 `Generation` (a config with the sockets it was started with), and when.
@@ -32,14 +35,18 @@ dies just after.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
+import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
 from sockvisor import process
 from sockvisor.backoff import RestartTracker
 from sockvisor.config import WatcherConfig
+from sockvisor.hooks import HookFailed, HookRunner
 from sockvisor.launcher import Generation, Launcher, WatcherContext, WorkerHooks
 from sockvisor.output import OutputRing, OutputSink, stderr_fallback, stdout_fallback
 from sockvisor.reaper import describe_status
@@ -92,6 +99,11 @@ class Watcher:
         self.launcher = make_launcher(self.name, context, WorkerHooks(
             on_state=self._on_worker_state, on_exit=self._on_exit,
             on_ready_timeout=self._ready_timeout))
+        # Circus's hooks, as commands (hooks.py); their output goes where the
+        # workers' does.
+        self.hook_runner = HookRunner(self.name, context,
+                                      lambda: (self._stdout, self._stderr))
+        self._spawning = 0   # spawns waiting for their before_spawn hook
 
     # ------------------------------------------------------------------ state
 
@@ -202,22 +214,42 @@ class Watcher:
     async def _start_locked(self) -> dict[str, Any]:
         kind, _ = self._would(E.START)
         if kind is Kind.GO:
-            self._begin_start(E.START)
-        else:
-            self._dispatch(E.START)
-            if kind is not Kind.STAY:
-                return self.summary()
+            await self._start_and_wait(E.START)
+            return self.summary()
+        self._dispatch(E.START)
+        if kind is not Kind.STAY:
+            return self.summary()
         await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
         return self.summary()
 
-    def _begin_start(self, event: WatcherEvent, choice: WatcherState | None = None) -> None:
+    async def _start_and_wait(self, event: WatcherEvent,
+                              choice: WatcherState | None = None) -> None:
         """START (or RESTART/RELOAD leading to STARTING): a fresh generation, the
-        restart policy starts over, spawn numprocesses."""
+        restart policy starts over, spawn numprocesses; then wait until the start
+        is over.  Circus's before_start hook guards it and after_start follows
+        it: a False from either makes the watcher FATAL (hooks.py)."""
         self.restarts.reset()
         self.fatal_reason = ""
         self._new_generation()
         self._dispatch(event, choice=choice)
+        failure = await self.hook_runner.run(self.config, "before_start")
+        if failure:
+            self._fail_start(f"before_start hook failed: {failure}")
+            return
         self._reconcile()
+        await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
+        if self.state is S.ACTIVE:
+            failure = await self.hook_runner.run(self.config, "after_start")
+            if failure:
+                self._fail_start(f"after_start hook failed: {failure}")
+                await self._stop_workers(list(self.workers.values()))
+
+    def _fail_start(self, reason: str) -> None:
+        """A hook stopped the start: FATAL, nothing more is spawned."""
+        self.fatal_reason = reason
+        log.error("watcher %s is FATAL: %s (`start` or `reload` to try again)",
+                  self.name, reason)
+        self._dispatch(E.RESTART_LIMIT, reason)
 
     def _new_generation(self) -> None:
         self.generation += 1
@@ -231,9 +263,11 @@ class Watcher:
         if self.state is S.STOPPED:
             return self.summary()
         self._dispatch(event)
+        await self.hook_runner.run(self.config, "before_stop")   # answer ignored
         await self._stop_workers(list(self.workers.values()))
         if self.state is S.STOPPING:
             self._dispatch(E.ALL_EXITED)
+        await self.hook_runner.run(self.config, "after_stop")    # answer ignored
         return self.summary()
 
     async def shutdown(self) -> None:
@@ -264,8 +298,7 @@ class Watcher:
         async def operation() -> dict[str, Any]:
             kind, to = self._would(E.RESTART)
             if kind is Kind.GO and to[0] is S.STARTING:   # nothing to stop
-                self._begin_start(E.RESTART)
-                await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
+                await self._start_and_wait(E.RESTART)
                 return self.summary()
             if kind is not Kind.GO:
                 self._dispatch(E.RESTART)
@@ -312,6 +345,32 @@ class Watcher:
                 sent.append(worker.pid)
         return sent
 
+    async def send_signal_hooked(self, signum: int, pid: int | None = None,
+                                 process_group: bool = False) -> list[int]:
+        """`send_signal`, with Circus's before_signal and after_signal hooks around
+        each worker's signal (one worker after the other, as Circus): a False
+        from before_signal keeps the signal from that worker, unless it is
+        SIGKILL.  HookFailed if before_signal kept it from every one."""
+        if not self.hook_runner.has(self.config, "before_signal", "after_signal"):
+            return self.send_signal(signum, pid, process_group)
+        targets = [w for w in self.workers.values() if pid is None or w.pid == pid]
+        if pid is not None and not targets:
+            raise LookupError(f"pid {pid} is not a worker of {self.name}")
+        sent, refused = [], []
+        for worker in targets:
+            context = {"pid": worker.pid, "wid": worker.wid, "signum": signum}
+            failure = await self.hook_runner.run(self.config, "before_signal", **context)
+            if failure and signum != signal.SIGKILL:
+                refused.append(f"{worker.pid} ({failure})")
+            elif worker.signal(signum, process_group):
+                sent.append(worker.pid)
+            await self.hook_runner.run(self.config, "after_signal", **context)
+        if refused and not sent:
+            raise HookFailed(f"the before_signal hook of {self.name} failed: "
+                             f"{signal.Signals(signum).name} not sent to "
+                             f"{', '.join(refused)}")
+        return sent
+
     async def recycle(self, worker: process.Worker, reason: str) -> process.Worker | None:
         """Replace one worker gracefully (max_age, a resource limit, a missed
         heartbeat): spawn a replacement of the current generation, wait until it
@@ -327,8 +386,8 @@ class Watcher:
             if (self.state is not S.ACTIVE or not worker.alive
                     or worker.stop_requested or self.workers.get(worker.pid) is not worker):
                 return None
-            replacement = self._spawn()
-            failure = "cannot fork" if replacement is None else ""
+            replacement = await self._spawn_guarded()
+            failure = "cannot start a worker" if replacement is None else ""
             if replacement is not None:
                 # Its death before it settled is this method's to handle (keep the
                 # old one), not the restart policy's (`_replace` skips candidates).
@@ -403,8 +462,7 @@ class Watcher:
         if choice not in to:
             choice = to[0]
         if choice is S.STARTING:
-            self._begin_start(E.RELOAD, choice)
-            await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
+            await self._start_and_wait(E.RELOAD, choice)
             return self.summary()
         started = time.monotonic()
         if self.state is S.FATAL:   # the restart policy starts over
@@ -464,7 +522,8 @@ class Watcher:
                 break
             current = [w for w in self.live_workers() if w.generation == self.generation]
             to_start = min(batch_size, max(self.numprocesses - len(current), 0))
-            spawned = [w for w in (self._spawn() for _ in range(to_start)) if w is not None]
+            spawned = [w for w in await asyncio.gather(
+                *(self._spawn_guarded() for _ in range(to_start))) if w is not None]
             if len(spawned) < to_start and abort_on_failure:
                 await self._stop_workers(spawned)
                 raise ReloadError(f"{self.name}: could not spawn the new generation")
@@ -621,6 +680,12 @@ class Watcher:
             if not self._reconcile_scheduled:
                 self._reconcile_scheduled = True
                 asyncio.get_running_loop().call_soon(self._reconcile)
+        if self.hook_runner.has(self.config, "before_spawn", "after_spawn"):
+            # Each spawn waits for its hook in a task of its own: the loop goes on.
+            for _ in range(min(missing - self._spawning, SPAWN_BATCH - self._spawning)):
+                self._spawning += 1
+                self._in_background(self._spawn_reconciled())
+            missing = min(missing, 0)
         for _ in range(missing):
             if self._spawn() is None:
                 self._apply_policy(self.restarts.on_exit(0.0))
@@ -649,8 +714,24 @@ class Watcher:
     async def _stop_workers(self, workers: list[process.Worker]) -> None:
         # Each with the stop signal of the config it was started from: after a
         # reloadconfig, the old program still expects its own.
+        if self.hook_runner.has(self.config, "before_signal", "after_signal"):
+            await asyncio.gather(*(self._stop_hooked(w) for w in workers if w.alive))
+            return
         await asyncio.gather(*(w.stop(w.config.stop_signal, w.config.graceful_timeout)
                                for w in workers if w.alive))
+
+    async def _stop_hooked(self, worker: process.Worker) -> None:
+        """Stop `worker` as Circus does with signal hooks: its stop signal goes
+        through before_signal, and a False keeps it from the worker (signal 0
+        sends nothing), which is then SIGKILLed after graceful_timeout."""
+        signum = worker.config.stop_signal
+        context = {"pid": worker.pid, "wid": worker.wid, "signum": signum}
+        failure = await self.hook_runner.run(self.config, "before_signal", **context)
+        stopping = asyncio.ensure_future(
+            worker.stop(0 if failure else signum, worker.config.graceful_timeout))
+        await asyncio.sleep(0)   # its first step sends the signal
+        await self.hook_runner.run(self.config, "after_signal", **context)
+        await stopping
 
     def _in_background(self, coroutine: Any) -> None:
         """Run `coroutine` as a task we keep a reference to (asyncio only keeps weak ones)."""
@@ -680,9 +761,58 @@ class Watcher:
         self._used_wids.discard(wid)
         heapq.heappush(self._released_wids, wid)
 
-    def _spawn(self) -> process.Worker | None:
-        """Launch one worker of the current generation; None if it could not be."""
+    async def _spawn_reconciled(self) -> None:
+        """One spawn `_reconcile` asked for, with its hooks; a before_spawn that
+        says False is a failed start for the restart policy (hooks.py)."""
+        try:
+            worker, failure = await self._spawn_with_hooks()
+        finally:
+            self._spawning -= 1
+        if worker is None and failure and self.state in WATCHER_WANTS_WORKERS:
+            decision = self.restarts.on_exit(0.0)
+            if decision.fatal:
+                decision = dataclasses.replace(decision,
+                                               reason=f"{decision.reason}; {failure}")
+            self._apply_policy(decision)
+        elif self.state in WATCHER_WANTS_WORKERS:
+            self._reconcile()   # what SPAWN_BATCH held back
+
+    async def _spawn_guarded(self) -> process.Worker | None:
+        """`_spawn`, with Circus's before_spawn and after_spawn hooks around it."""
+        return (await self._spawn_with_hooks())[0]
+
+    async def _spawn_with_hooks(self) -> tuple[process.Worker | None, str]:
+        """(worker, "") or (None, why): before_spawn said False, or the fork
+        failed.  A worker whose after_spawn says False is stopped as a failed
+        start (its exit goes to the restart policy, or aborts a reload)."""
+        config = self.config
+        if not self.hook_runner.has(config, "before_spawn", "after_spawn"):
+            worker = self._spawn()
+            return worker, "" if worker is not None else "cannot start a worker"
         wid = self._free_wid()
+        failure = await self.hook_runner.run(config, "before_spawn", wid=wid)
+        if (failure or self.state not in WATCHER_WANTS_WORKERS
+                or (self.state is not S.RELOADING
+                    and len(self.live_workers()) >= self.numprocesses)):
+            # Refused, or not wanted any more (stopped, scaled down meanwhile).
+            self._release_wid(wid)
+            return None, f"before_spawn hook failed: {failure}" if failure else ""
+        worker = self._spawn(wid)
+        if worker is None:
+            return None, "cannot start a worker"
+        failure = await self.hook_runner.run(config, "after_spawn", pid=worker.pid, wid=wid)
+        if failure and worker.alive:
+            log.error("watcher %s: after_spawn hook failed for %s: %s; stopping it",
+                      self.name, worker.label, failure)
+            worker.fail_ready(f"after_spawn hook failed: {failure}")
+            self._in_background(worker.stop(worker.config.stop_signal,
+                                            worker.config.graceful_timeout, expected=False))
+        return worker, ""
+
+    def _spawn(self, wid: int | None = None) -> process.Worker | None:
+        """Launch one worker of the current generation (as `wid`, which the caller
+        reserved); None if it could not be."""
+        wid = self._free_wid() if wid is None else wid
         worker = self.launcher.launch(self._current, wid, (self._stdout, self._stderr))
         if worker is None:
             self._release_wid(wid)
@@ -715,6 +845,10 @@ class Watcher:
 
     def _on_exit(self, worker: process.Worker, status: int) -> None:
         """`worker` was reaped: record it and decide about a replacement."""
+        self.hook_runner.run_later(   # Circus's exit_code: -N if killed by signal N
+            self.config, ("before_reap", "after_reap"), pid=worker.pid, wid=worker.wid,
+            exit_code=(-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                       else os.WEXITSTATUS(status)))
         self.workers.pop(worker.pid, None)
         self._release_wid(worker.wid)
         self.context.publish(f"watcher.{self.name}.exit",

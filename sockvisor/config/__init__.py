@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os  # noqa: F401  (tests patch `config.os.geteuid`: the one os module)
 
-from sockvisor.config.model import (UNLIMITED_RESTARTS, Config, ConfigError,
+from sockvisor.config.model import (UNLIMITED_RESTARTS, Config, ConfigError, HookCommand,
                                     GlobalConfig, OutputConfig, OutputKind, ReadyKind,
                                     ReadyPolicy, RestartPolicy, SocketConfig,
                                     WatcherConfig, priority_groups)
@@ -32,7 +32,8 @@ from sockvisor.config.loader import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, load
 from sockvisor.config.runtime import current_values, watcher_from_options, with_options
 
 __all__ = [
-    "UNLIMITED_RESTARTS", "Config", "ConfigError", "GlobalConfig", "OutputConfig",
+    "UNLIMITED_RESTARTS", "Config", "ConfigError", "GlobalConfig", "HookCommand",
+    "OutputConfig",
     "OutputKind", "ReadyKind", "ReadyPolicy", "RestartPolicy", "SocketConfig",
     "WatcherConfig", "ENDPOINT_GROUP_GRANTS", "MAX_SECONDS", "http_host_port",
     "signal_names", "split_words", "RLIMITS", "expand_worker_args",

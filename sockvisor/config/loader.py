@@ -35,7 +35,7 @@ import socket
 from typing import Any, Callable, Iterable, Mapping
 
 from sockvisor import circus_ini, circus_plugins, logdir
-from sockvisor.config.model import (Config, ConfigError, GlobalConfig, OutputConfig,
+from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, OutputConfig,
                                     OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
                                     SocketConfig, WatcherConfig)
 from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
@@ -666,6 +666,11 @@ class _Loader:
             raise self.error(f"singleton = true runs exactly one worker, numprocesses = "
                              f"{numprocesses} asks for more: give one of them",
                              section, keys.get("numprocesses", "numprocesses"))
+        # Circus's hooks: $(circus.env.X) resolved in each word, as in cmd.
+        hooks = {key[len("hooks."):]: HookCommand(
+                     tuple(self.expand_static(word, lookup_env, section, keys[key])
+                           for word in hook.argv), hook.ignore_failure)
+                 for key, hook in values.items() if key.startswith("hooks.")}
         return WatcherConfig(
             name=name, cmd=cmd_parts[0], args=args,
             numprocesses=numprocesses, sockets=tuple(wanted),
@@ -683,6 +688,7 @@ class _Loader:
             virtualenv_py_ver=values.get("virtualenv_py_ver"),
             shell=shell, shell_args=shell_args, singleton=singleton,
             priority=_default_or(values, "priority"),
+            hooks=hooks, hook_timeout=_default_or(values, "hook_timeout"),
         )
 
     def apply_flapping(self, name: str, restart: RestartPolicy,

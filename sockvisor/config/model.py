@@ -71,6 +71,17 @@ class ReadyPolicy:
     settle: float | None = None
 
 
+@dataclass(frozen=True)
+class HookCommand:
+    """A Circus hook point's command (config/hooks.py says how it is read, hooks.py
+    how it runs): exit status 0 is Circus's True.  `ignore_failure` (Circus's
+    `hooks.NAME = ..., true`): a hook that cannot run or overruns its timeout
+    counts as True; a non-zero exit still counts as False, as a Circus hook
+    returning False does."""
+    argv: tuple[str, ...]
+    ignore_failure: bool = False
+
+
 UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
 
 
@@ -151,6 +162,10 @@ class WatcherConfig:
     shell_args: tuple[str, ...] = ()
     singleton: bool = False        # at most one worker: incr and scaling refused
     priority: int = 0              # start order: higher first; stop in reverse
+    # Circus's hooks, as commands (hooks.py): hook point -> command, and how long
+    # one may run before its process group is killed (and it counts as failed).
+    hooks: Mapping[str, HookCommand] = field(default_factory=dict)
+    hook_timeout: float = 30.0
 
     def argv(self) -> list[str]:
         """What the worker is exec'ed with (before $(sockvisor.wid) and

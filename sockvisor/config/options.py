@@ -31,6 +31,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
+from sockvisor.config.hooks import HOOK_POINTS, describe_hook, parse_hook
 from sockvisor.config.model import OutputConfig, OutputKind, ReadyKind, ReadyPolicy, WatcherConfig
 from sockvisor.config.values import (
     _ENV_KEY, _operator_signals_of, _parse_bool, _parse_cgroup, _parse_circus_stream_class,
@@ -332,6 +333,14 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     "max_age_variance": _Option(_parse_float(0.0), change=_IN_PLACE,
                                 ini_only="read by circus_plugins.py; applied by "
                                          "reloadconfig"),
+    # Circus's hooks, run as commands as the watcher's user (hooks.py); what runs
+    # is the config's to say: privileged.  A new one applies from the next event.
+    **{f"hooks.{point}": _Option(parse_hook, change=_IN_PLACE, who=_PRIVILEGED,
+                                 value=lambda c, p=point: c.hooks.get(p),
+                                 show=lambda c, p=point: describe_hook(c.hooks.get(p)))
+       for point in HOOK_POINTS},
+    # How long a hook may run before its process group is SIGKILLed (a failure).
+    "hook_timeout": _Option(_parse_float(0.1), change=_IN_PLACE, field="hook_timeout"),
     **{f"flapping.{key}": _Option(_parse_str, change=_IN_PLACE,
                                   ini_only="the flapping plugin's, mapped onto the "
                                            "restart policy; applied by reloadconfig")
@@ -371,7 +380,10 @@ for _resource in RLIMITS:
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
-    "hooks": _Unsupported("hooks are not supported"),
+    # A hooks.NAME that is not a hook point (those are options above).
+    "hooks": _Unsupported("unknown hook; sockvisor runs these hook points as commands: "
+                          + ", ".join(HOOK_POINTS) + " (Circus's extended_stats hook "
+                          "is not supported: use the `stats` command)"),
     "on_demand": _Unsupported("on-demand start is not supported"),
     "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
     "close_child_stdout": _Unsupported("use stdout = null"),

@@ -136,3 +136,19 @@ def test_reloadconfig_to_a_release_nobody_cannot_import_changes_nothing(
     assert set(sv.worker_pids()) == before
     assert "-m app2" not in " ".join(
         open(f"/proc/{pid}/cmdline").read().replace("\0", " ") for pid in before)
+
+
+def test_a_hook_program_in_a_closed_directory(world_readable_dir):
+    """A hook runs as the worker (issue 11 item 12): its program is checked as
+    cmd is, as that user, and a failure names the hook's key."""
+    closed = world_readable_dir / "root-like"
+    closed.mkdir()
+    hook = closed / "check-redis"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    closed.chmod(0o700)
+    port = free_port()
+    path = config(world_readable_dir, port, "/usr/bin/python3 -c pass",
+                  f"working_dir = {world_readable_dir}\n"
+                  f"hooks.before_spawn = {hook} --quick\n")
+    assert_refused(path, port, "hooks.before_spawn", str(hook), f"may not enter {closed}")

@@ -560,9 +560,11 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
     (watcher("cmd = sleep 1\nwarmup_delay = 2"), "watcher:web", "warmup_delay",
      "use ready = delay:SECONDS"),
     (watcher("cmd = sleep 1\nhooks = mymodule.hook"), "watcher:web", "hooks",
-     "hooks are not supported"),
+     "unknown hook; sockvisor runs these hook points as commands: before_start"),
+    (watcher("cmd = sleep 1\nhooks.extended_stats = mymodule.hook"), "watcher:web",
+     "hooks.extended_stats", "extended_stats hook is not supported"),
     (watcher("cmd = sleep 1\nhooks.before_start = mymodule.hook"), "watcher:web",
-     "hooks.before_start", "hooks are not supported"),
+     "hooks.before_start", "'mymodule.hook' is a Python function"),
     (watcher("cmd = sleep 1\nstdout_stream.class = some.Custom"), "watcher:web",
      "stdout_stream.class", "'some.Custom' is not supported"),
     (watcher("cmd = sleep 1\nstdout_stream.class = mypkg.FileStream\n"

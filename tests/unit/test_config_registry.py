@@ -49,6 +49,9 @@ NEW_VALUES: dict[str, object] = {
     "copy_path": "true", "virtualenv": "{venv}", "virtualenv_py_ver": "2.7",
     "shell": "true", "shell_args": "x", "singleton": "true", "priority": "5",
     **{key: "100" for key in _WATCHER_OPTIONS if key.startswith("rlimit_")},
+    # Circus's hooks, as commands (issue 11 item 12).
+    **{key: "/bin/true --hook" for key in _WATCHER_OPTIONS if key.startswith("hooks.")},
+    "hook_timeout": "5",
 }
 
 
@@ -184,7 +187,8 @@ def test_set_of_cmd_and_args_as_words(base):
     ({"numprocesses": [1]}, "expected a string or a number, got a list"),
     ({"graceful_timeout": None}, "got null"),
     ({"colour": "red"}, "unknown key"),
-    ({"hooks.before_start": "x"}, "not supported"),
+    ({"hooks.before_start": "mod.func"}, "not supported"),
+    ({"hooks.after_stop": "mod.func"}, "is a Python function"),
     ({"uid": "0", "user": "root"}, "same setting"),
     ({"env": {"A": "x\0y"}}, "NUL"),
     ({"args": ["a" * (65 * 1024)]}, "value too long"),

@@ -73,9 +73,11 @@ class Signal(Command):
             pid = int_property(props, "pid", minimum=1, what="the pid")
         group = bool_property(props, "children", False) or bool_property(
             props, "recursive", False)
+        from sockvisor.hooks import HookFailed
         try:
-            sent = watcher.send_signal(signum, pid, process_group=group)
-        except LookupError as exc:
+            # Through Circus's before_signal/after_signal hooks, if it has any.
+            sent = await watcher.send_signal_hooked(signum, pid, process_group=group)
+        except (LookupError, HookFailed) as exc:
             raise CommandError(str(exc)) from None
         if not sent:
             # Nobody got it: say so (exit 1), rather than "sent to nobody", exit 0.
