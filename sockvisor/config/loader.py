@@ -666,6 +666,12 @@ class _Loader:
             raise self.error(f"singleton = true runs exactly one worker, numprocesses = "
                              f"{numprocesses} asks for more: give one of them",
                              section, keys.get("numprocesses", "numprocesses"))
+        on_demand = _default_or(values, "on_demand")
+        if on_demand and not wanted:
+            raise self.error("on_demand = true starts the workers at the first connection "
+                             "on the watcher's sockets, and it has none: give sockets (or "
+                             "use_sockets = true, or $(circus.sockets.NAME) in cmd)",
+                             section, keys["on_demand"])
         return WatcherConfig(
             name=name, cmd=cmd_parts[0], args=args,
             numprocesses=numprocesses, sockets=tuple(wanted),
@@ -683,6 +689,7 @@ class _Loader:
             virtualenv_py_ver=values.get("virtualenv_py_ver"),
             shell=shell, shell_args=shell_args, singleton=singleton,
             priority=_default_or(values, "priority"),
+            send_hup=_default_or(values, "send_hup"), on_demand=on_demand,
         )
 
     def apply_flapping(self, name: str, restart: RestartPolicy,

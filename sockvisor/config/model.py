@@ -151,6 +151,8 @@ class WatcherConfig:
     shell_args: tuple[str, ...] = ()
     singleton: bool = False        # at most one worker: incr and scaling refused
     priority: int = 0              # start order: higher first; stop in reverse
+    send_hup: bool = False         # a reload is SIGHUP to the workers (watcher.py)
+    on_demand: bool = False        # no workers until a connection is pending (WAITING)
 
     def argv(self) -> list[str]:
         """What the worker is exec'ed with (before $(sockvisor.wid) and

@@ -323,6 +323,12 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     # Start-up starts watchers by priority, highest first (Circus's order), each
     # group ready before the next; shut-down stops them in reverse (supervisor.py).
     "priority": _Option(_parse_int(), change=_IN_PLACE, field="priority"),
+    # Circus's: `reload` with nothing changed sends SIGHUP to the workers, which
+    # keep their pids; a reload with a new config (set, reloadconfig) still rolls.
+    "send_hup": _Option(_parse_bool, change=_IN_PLACE, field="send_hup"),
+    # Circus's: no workers until a connection is pending on one of the watcher's
+    # sockets, and a worker that exits is replaced only at the next one (WAITING).
+    "on_demand": _Option(_parse_bool, change=_IN_PLACE, field="on_demand"),
     # Read from the file by circus_plugins.py: recycling by age, and the flapping
     # plugin's per-watcher overrides (mapped onto the restart policy by the loader's
     # apply_flapping).  Not kept in a WatcherConfig: `set`/`add` refuse them, and
@@ -372,14 +378,12 @@ for _resource in RLIMITS:
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
     "hooks": _Unsupported("hooks are not supported"),
-    "on_demand": _Unsupported("on-demand start is not supported"),
     "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
     "close_child_stdout": _Unsupported("use stdout = null"),
     "close_child_stderr": _Unsupported("use stderr = null"),
     "stop_children": _Ignored("sockvisor always stops a worker's whole process group"),
     "respawn_delay": _Unsupported("use backoff_base"),
     "executable": _Unsupported("put the program in cmd"),
-    "send_hup": _Unsupported("use stop_signal or the signal command"),
     "use_papa": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "stream_backend": _Ignored("Circus's stream threading", meaningless=True),
     "stdin_socket": _Unsupported("stdin sockets are not supported"),
