@@ -37,7 +37,8 @@ from sockvisor.config.values import (
     _parse_float, _parse_grants, _parse_group, _parse_int, _parse_list, _parse_loggerconfig,
     _parse_max_restarts,
     _parse_nonempty, _parse_octal, _parse_operator_signals, _parse_output, _parse_ready,
-    _parse_rlimit, _parse_signal, _parse_start_failure, _parse_str, _parse_user,
+    _parse_rlimit, _parse_rotate_when, _parse_signal, _parse_start_failure, _parse_str,
+    _parse_user,
     signal_names)
 
 class RunningWatcher(Protocol):
@@ -348,8 +349,9 @@ for _stream in ("stdout", "stderr"):
     # rotation applies to the running workers' sink at once (output.py).
     _WATCHER_OPTIONS.update({
         _stream: _Option(_parse_output, change=_RESTART, who=_PRIVILEGED,
-                         value=lambda c, s=_stream: OutputConfig(getattr(c, s).kind,
-                                                                 getattr(c, s).path),
+                         value=lambda c, s=_stream: OutputConfig(
+                             getattr(c, s).kind, getattr(c, s).path,
+                             watched=getattr(c, s).watched),
                          show=lambda c, s=_stream: _show_output(getattr(c, s))),
         f"{_stream}_max_bytes": _Option(_parse_int(0),
                                         aliases=(f"{_stream}_stream.max_bytes",),
@@ -358,6 +360,16 @@ for _stream in ("stdout", "stderr"):
                                            aliases=(f"{_stream}_stream.backup_count",),
                                            change=_IN_PLACE,
                                            field=f"{_stream}.backup_count"),
+        # Rotation by time (Circus's TimedRotatingFileStream, timed_rotation.py).
+        f"{_stream}_rotate_when": _Option(_parse_rotate_when,
+                                          aliases=(f"{_stream}_stream.rotate_when",),
+                                          change=_IN_PLACE, field=f"{_stream}.rotate_when"),
+        f"{_stream}_rotate_interval": _Option(_parse_int(1, 1_000_000),
+                                              aliases=(f"{_stream}_stream.rotate_interval",),
+                                              change=_IN_PLACE,
+                                              field=f"{_stream}.rotate_interval"),
+        f"{_stream}_rotate_utc": _Option(_parse_bool, aliases=(f"{_stream}_stream.utc",),
+                                         change=_IN_PLACE, field=f"{_stream}.rotate_utc"),
         f"{_stream}_stream.class": _Option(_parse_circus_stream_class, change=_RESTART,
                                            who=_PRIVILEGED,
                                            ini_only=f"Circus's spelling of {_stream}"),
@@ -403,12 +415,6 @@ for _stream in ("stdout", "stderr"):
         f"{_stream}_stream.refresh_time": _Ignored("sockvisor writes output as it "
                                                    "arrives"),
         f"{_stream}_stream.color": _Ignored("sockvisor does not colour output"),
-        # TimedRotatingFileStream's options: rotating by time changes which files exist.
-        f"{_stream}_stream.rotate_when": _Unsupported(
-            f"time-based rotation is not supported; use {_stream}_max_bytes"),
-        f"{_stream}_stream.rotate_interval": _Unsupported(
-            f"time-based rotation is not supported; use {_stream}_max_bytes"),
-        f"{_stream}_stream.utc": _Ignored("time-based rotation is not supported"),
     })
 
 # Longest value any key may have.  execve refuses a single argument or environment

@@ -49,6 +49,8 @@ NEW_VALUES: dict[str, object] = {
     "copy_path": "true", "virtualenv": "{venv}", "virtualenv_py_ver": "2.7",
     "shell": "true", "shell_args": "x", "singleton": "true", "priority": "5",
     "send_hup": "true", "on_demand": "true",   # on_demand: on a base with a socket
+    "stdout_rotate_when": "H", "stdout_rotate_interval": "2", "stdout_rotate_utc": "true",
+    "stderr_rotate_when": "W6", "stderr_rotate_interval": "3", "stderr_rotate_utc": "true",
     **{key: "100" for key in _WATCHER_OPTIONS if key.startswith("rlimit_")},
 }
 
