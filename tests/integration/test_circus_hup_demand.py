@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import http_get, wait_for
-from control_helpers import control
+from control_helpers import control, ctl
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,6 +117,8 @@ def test_on_demand_starts_at_the_first_connection_and_answers_it(sockvisor, scri
     with control(sv) as c:
         status = c.status("web")
         assert status["state"] == "waiting" and status["workers"] == [], status
+        shown = ctl(sv, "status")                # waiting is as it should be: healthy
+        assert shown.returncode == 0 and "waiting" in shown.stdout, shown
         port = c.port("web")
         # The very first request is answered: the pending connection is the one
         # that wakes the watcher, and a worker accepts it.
