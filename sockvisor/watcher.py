@@ -418,7 +418,10 @@ class Watcher:
             await self._wait_until(lambda: self.state not in (S.STARTING, S.BACKOFF))
         else:
             self._dispatch(E.HUP)
-        self.context.publish(f"watcher.{self.name}.reload.hup", {"pids": hupped})
+        # A reload like any other for subscribers (Circus notifies "reload" too).
+        self.context.publish(f"watcher.{self.name}.reload.finished",
+                             {"generation": self.generation, "replaced": 0,
+                              "hup": hupped})
         result = self.summary()
         result["hup"] = hupped
         return result
