@@ -144,8 +144,8 @@ class Watcher:
         self._pulse()
 
     def _on_demand(self) -> None:
-        """A connection is pending on one of an on_demand watcher's sockets."""
-        self._demand = None   # one-shot: it closed itself
+        """A connection is pending on one of an on_demand watcher's sockets (or
+        on_demand was turned off: nothing to wait for)."""
         if self._dispatch(E.DEMAND, "a connection is waiting") is S.STARTING:
             self._reconcile()
 
@@ -378,6 +378,8 @@ class Watcher:
             if self._current is not None:
                 self._current = self.launcher.generation(self.generation, new_config,
                                                          previous=self._current)
+            if self.state is S.WAITING and not new_config.on_demand:
+                self._on_demand()   # on_demand turned off: start now
             return self.summary()
         return await self._serialised(operation)
 

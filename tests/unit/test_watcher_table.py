@@ -389,3 +389,29 @@ def test_backoff_is_a_state_with_its_timer():
         finally:
             await rig.close()
     asyncio.run(scenario())
+
+
+def test_on_demand_waits_for_a_connection_and_turning_it_off_starts_now():
+    async def scenario():
+        rig = Rig(config(on_demand=True, sockets=("web",), numprocesses=2),
+                  sockets={"web": on_demand_socket()})
+        w, launcher = rig.watcher, rig.launcher
+        try:
+            await w.start()
+            assert w.state is S.WAITING and not launcher.launched
+            assert w.status()["next"]["demand"] == "starting"
+            await rig.demand()
+            await rig.until(lambda: w.state is S.ACTIVE and len(rig.ready()) == 2)
+            # A worker exits on its own: not replaced until the next connection.
+            healthy = rig.ready()[0]
+            await rig.until(lambda: healthy.uptime > w.config.restart.min_uptime)
+            launcher.crash(healthy)
+            assert w.state is S.WAITING and len(rig.live()) == 1
+            assert len(launcher.launched) == 2
+            # on_demand turned off (set, reloadconfig): nothing to wait for.
+            await w.replace_config(dataclasses.replace(w.config, on_demand=False))
+            await rig.until(lambda: w.state is S.ACTIVE and len(rig.ready()) == 2)
+            assert w._demand is None
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
