@@ -753,6 +753,10 @@ class _Loader:
                     raise self.error("TimedRotatingFileStream rotates by time only: "
                                      "remove max_bytes, or use FileStream",
                                      section, keys[f"{stream}_max_bytes"])
+            elif circus_class == "WatchedFileStream" and values.get(f"{stream}_max_bytes"):
+                raise self.error("WatchedFileStream leaves rotation to logrotate (Circus "
+                                 "ignores max_bytes with it): remove max_bytes, or use "
+                                 "FileStream", section, keys[f"{stream}_max_bytes"])
             elif when_key in values:
                 raise self.error(f"only TimedRotatingFileStream rotates by time "
                                  f"(Circus's {circus_class} ignores it): set "

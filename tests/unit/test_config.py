@@ -597,6 +597,10 @@ def test_unsupported_circus_options(tmp_path, text, section, key, says):
      ("only TimedRotatingFileStream rotates by time",)),
     ("stderr_stream.rotate_when = H", "stderr_stream.rotate_when",
      ("rotation is for a file: stderr is inherit",)),
+    # Circus's WatchedFileStream never rotates: not silently made to rotate by size.
+    ("stderr_stream.class = WatchedFileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.max_bytes = 1000", "stderr_stream.max_bytes",
+     ("leaves rotation to logrotate",)),
 ])
 def test_circus_stream_errors(tmp_path, text, key, says):
     load_error(tmp_path, watcher(f"cmd = sleep 1\n{text}"), section="watcher:web",
