@@ -6,7 +6,7 @@ Every mode goes through a pipe that sockvisor reads in the event loop, so that
 or stderr; `null` keeps the lines only in the ring; `prefix` writes each line
 to sockvisor's own stream as `watcher[pid] line` (one line per record, which is
 what journald wants); `file` appends to a file shared by the watcher's workers
-and rotates it by size.  (So a worker's stdout is never sockvisor's terminal:
+and rotates it by size, or by time (timed_rotation.py).  (So a worker's stdout is never sockvisor's terminal:
 each worker costs sockvisor two pipe fds, and supervisor start-up raises its
 fd limit for them: fdlimit.py.)
 
@@ -27,7 +27,8 @@ Nothing here may block the event loop or be steered by a worker:
   link or FIFO a worker plants at the name is refused, never written through.
   A file that disappears (its folder deleted and re-created, a rename by
   logrotate) is noticed within a second of the next write and reopened by its
-  path; SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
+  path -- before the very next write for Circus's WatchedFileStream -- and
+  SIGUSR1 (`reopen_files`) reopens every file at once, written to or not.
 * sockvisor's own stdout/stderr (`inherit`, `prefix`) are written without
   blocking.  A slow reader (a terminal, `| less`, a log shipper) gets
   back-pressure, as it would writing to the worker directly: while more than
@@ -63,6 +64,7 @@ from sockvisor import journal, logdir
 from sockvisor.config import OutputConfig, OutputKind
 from sockvisor.log import is_journal_stream
 from sockvisor.ratelimit import RateLimitedLog
+from sockvisor.timed_rotation import Schedule
 
 log = logging.getLogger("sockvisor.output")
 _warnings = RateLimitedLog(log)
@@ -113,9 +115,22 @@ class LogFile:
             cls._open[key] = file
             file._key = key
         file.refs += 1
-        file.max_bytes = config.max_bytes
-        file.backup_count = config.backup_count
+        file.configure(config)
         return file
+
+    def configure(self, config: OutputConfig) -> None:
+        """Take `config`'s rotation options (the newest sink's win)."""
+        self.max_bytes = config.max_bytes
+        self.backup_count = config.backup_count
+        self.watched = config.watched
+        schedule = (Schedule(config.rotate_when, config.rotate_interval, config.rotate_utc)
+                    if config.rotate_when else None)
+        if schedule != self.schedule:
+            self.schedule = schedule
+            if schedule is not None:
+                # As Circus: an existing file's first period counts from its mtime.
+                start = os.fstat(self.fd).st_mtime if self.size else time.time()
+                self._rollover_at = schedule.next_rollover(start)
 
     def __init__(self, path: str, trust: logdir.Trust):
         self.path = path
@@ -123,6 +138,9 @@ class LogFile:
         self.trust = trust
         self.max_bytes = 0
         self.backup_count = 0
+        self.watched = False
+        self.schedule: Schedule | None = None
+        self._rollover_at = 0.0
         self.refs = 0
         self._key: tuple[str, int | None, int | None] | None = None
         self.dirfd, self.fd = self._open_path()
@@ -150,6 +168,8 @@ class LogFile:
         its own.  (`data` is whatever one pipe read brought, up to 64 kB: written
         in one piece it could double a small `max_bytes`.)  Raises OSError."""
         self._follow_path()
+        if self.schedule is not None and time.time() >= self._rollover_at:
+            self.rotate_by_time()
         if not self.max_bytes:
             self._append(data)
             return
@@ -185,7 +205,7 @@ class LogFile:
         after a rotation: is our file still the one at our path?  If it was
         deleted (with its folder, say) or renamed away, reopen the path."""
         now = time.monotonic()
-        if now - self._checked < _RECHECK:
+        if now - self._checked < _RECHECK and not self.watched:
             return
         self._checked = now
         try:
@@ -249,6 +269,45 @@ class LogFile:
         except OSError as exc:
             # Something took the name between the rename and the open: keep
             # writing to the file we have (now NAME.1) rather than follow it.
+            _warnings.warning((self.path, "rotate", exc.errno),
+                              "cannot start a new %s after rotating it: %s", self.path, exc)
+            return
+        os.close(self.fd)
+        self.fd = fd
+
+    def rotate_by_time(self) -> None:
+        """NAME → NAME.SUFFIX (the start of the period it covers) by a rename
+        inside our directory fd, the oldest copies beyond backup_count deleted
+        (unlinks of names in that folder: never a path followed), then a new NAME."""
+        assert self.schedule is not None
+        target = f"{self.name}.{self.schedule.suffix(self._rollover_at)}"
+        self._rollover_at = self.schedule.after(time.time())
+        self.size = 0
+        try:
+            os.rename(self.name, target, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+        except FileNotFoundError:
+            self.reopen()   # our file (or its folder) is gone
+            return
+        except OSError as exc:   # a directory planted at NAME.SUFFIX, say
+            _warnings.warning((self.path, "rotate-rename", exc.errno),
+                              "cannot rotate %s to %s (%s): emptying it instead",
+                              self.path, target, exc)
+            self._truncate()
+            return
+        if self.backup_count > 0:
+            try:
+                copies = sorted(name for name in os.listdir(self.dirfd)
+                                if self.schedule.is_rotated_name(name, self.name))
+            except OSError:
+                copies = []
+            for name in copies[:max(len(copies) - self.backup_count, 0)]:
+                try:
+                    os.unlink(name, dir_fd=self.dirfd)
+                except OSError:
+                    pass   # not ours to force (a folder a worker made there)
+        try:
+            fd = logdir.open_file(self.dirfd, self.name, self.path, self.trust)
+        except OSError as exc:
             _warnings.warning((self.path, "rotate", exc.errno),
                               "cannot start a new %s after rotating it: %s", self.path, exc)
             return
@@ -526,8 +585,7 @@ class OutputSink:
         """This sink is the current one again (an aborted reload went back to it):
         its rotation options are the shared file's again."""
         if self.file is not None:
-            self.file.max_bytes = self.config.max_bytes
-            self.file.backup_count = self.config.backup_count
+            self.file.configure(self.config)
 
     def release(self) -> None:
         self.refs -= 1

@@ -208,7 +208,9 @@ class PluginRunner:
         async def reload() -> None:
             try:
                 log.info("watcher %s: rolling reload (%s)", watcher.name, why)
-                await watcher.reload()
+                # With its config: new processes even with send_hup, which would
+                # only SIGHUP the program that changed or failed (Circus restarts).
+                await watcher.reload(watcher.config)
             except Exception as exc:   # ReloadError: the old workers keep serving
                 log.error("watcher %s: reload (%s) failed: %s", watcher.name, why, exc)
             finally:

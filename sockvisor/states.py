@@ -41,6 +41,7 @@ class WatcherState(enum.Enum):
     RELOADING = "reloading"   # a rolling replacement is in progress
     STOPPING = "stopping"
     FATAL = "fatal"           # kept failing to start; no more spawning until `start`
+    WAITING = "waiting"       # on_demand: no spawning until a connection is pending
 
 
 class WatcherEvent(enum.Enum):
@@ -50,12 +51,17 @@ class WatcherEvent(enum.Enum):
     RESTART = "restart"
     RELOAD = "reload"
     SCALE = "scale"                    # incr, decr, numprocesses
+    HUP = "hup"                        # reload of a send_hup watcher: SIGHUP, no new workers
     # what the workers and the restart policy do
     WORKER_EXIT = "worker_exit"        # an unexpected exit; replaced at once (if at all)
     START_FAILED = "start_failed"      # an exit or fork failure the policy delays
     RESTART_LIMIT = "restart_limit"    # too many failed starts: give up
     BACKOFF_ELAPSED = "backoff_elapsed"
     READY_TIMEOUT = "ready_timeout"    # a worker not ready within ready_timeout
+    # on_demand (Circus's): a connection pending on one of the watcher's sockets,
+    # and the exit of a worker, which is replaced only at the next connection
+    DEMAND = "demand"
+    IDLE = "idle"
     # milestones of the command in progress
     STARTED = "started"                # every worker ready (or none coming)
     SETTLE_ELAPSED = "settle_elapsed"  # a reload batch is ready and settled
@@ -104,19 +110,27 @@ _SERIALISED = ("commands on a watcher are serialised: the one queued behind a "
 _NO_POLICY = "the restart policy is consulted only while the watcher wants workers"
 _NO_TIMER = "the backoff timer exists only in BACKOFF (leaving BACKOFF cancels it)"
 _NOT_WAITING = "no command of this state waits for it"
+_HUP = "SIGHUP to every worker: each reloads itself and keeps its pid (send_hup)"
+_NO_DEMAND = "only WAITING watches the sockets for a connection"
+_IDLE_ONLY = ("sent only in STARTING and ACTIVE: elsewhere an on_demand worker's "
+              "exit is a worker_exit like any other")
 
 WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
     S.STOPPED: {
-        E.START: _go(S.STARTING, why="spawn numprocesses workers, wait until ready"),
+        E.START: _go(S.STARTING, S.WAITING, why="spawn numprocesses workers, wait until "
+                     "ready; on_demand: wait for a connection first"),
         E.STOP: _ignored("nothing runs"),
-        E.RESTART: _go(S.STARTING, why="nothing to stop: a start"),
-        E.RELOAD: _go(S.STARTING, why="a start, with the new config"),
+        E.RESTART: _go(S.STARTING, S.WAITING, why="nothing to stop: a start"),
+        E.RELOAD: _go(S.STARTING, S.WAITING, why="a start, with the new config"),
         E.SCALE: _stay("only the desired count changes"),
+        E.HUP: _go(S.STARTING, S.WAITING, why="nothing to signal: a start, as Circus does"),
         E.WORKER_EXIT: _ignored("no replacement while stopped"),
         E.START_FAILED: _impossible(_NO_POLICY),
         E.RESTART_LIMIT: _impossible(_NO_POLICY),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _ignored("the worker is being stopped anyway"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _impossible(_IDLE_ONLY),
         E.STARTED: _ignored(_NOT_WAITING),
         E.SETTLE_ELAPSED: _ignored(_NOT_WAITING),
         E.RELOAD_DONE: _impossible("a reload of a stopped watcher is a start"),
@@ -128,11 +142,15 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
         E.RESTART: _go(S.STOPPING, why="stop every worker, then START"),
         E.RELOAD: _go(S.RELOADING, why="roll to a new generation"),
         E.SCALE: _stay("spawn or retire at once"),
+        E.HUP: _stay("SIGHUP to every worker; the start goes on"),
         E.WORKER_EXIT: _stay("replaced at once"),
         E.START_FAILED: _go(S.BACKOFF, why="wait before the next start"),
         E.RESTART_LIMIT: _go(S.FATAL, why="too many failed starts: no more spawning"),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _stay("the worker is stopped; its exit counts as a failed start"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _go(S.WAITING, why="on_demand: a worker exited on its own; "
+                                    "replacements wait for the next connection (Circus)"),
         E.STARTED: _go(S.ACTIVE, why="every worker ready"),
         E.SETTLE_ELAPSED: _ignored(_NOT_WAITING),
         E.RELOAD_DONE: _impossible("only RELOADING has a reload to end"),
@@ -144,11 +162,15 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
         E.RESTART: _go(S.STOPPING, why="stop every worker, then START"),
         E.RELOAD: _go(S.RELOADING, why="roll to a new generation"),
         E.SCALE: _stay("spawn or retire at once"),
+        E.HUP: _stay(_HUP),
         E.WORKER_EXIT: _stay("replaced at once"),
         E.START_FAILED: _go(S.BACKOFF, why="wait before the next start"),
         E.RESTART_LIMIT: _go(S.FATAL, why="too many failed starts: no more spawning"),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _stay("the worker is stopped; its exit counts as a failed start"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _go(S.WAITING, why="on_demand: a worker exited on its own; "
+                                    "replacements wait for the next connection (Circus)"),
         E.STARTED: _ignored("already started"),
         E.SETTLE_ELAPSED: _ignored(_NOT_WAITING),
         E.RELOAD_DONE: _impossible("only RELOADING has a reload to end"),
@@ -160,11 +182,14 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
         E.RESTART: _go(S.STOPPING, why="stop every worker, then START"),
         E.RELOAD: _go(S.RELOADING, why="a reload is a fresh attempt: the backoff is dropped"),
         E.SCALE: _stay("retire at once; new workers start when the backoff ends"),
+        E.HUP: _stay("SIGHUP to the workers alive; the backoff holds"),
         E.WORKER_EXIT: _stay("its replacement waits for the backoff"),
         E.START_FAILED: _go(S.BACKOFF, why="again: the delay starts over, longer"),
         E.RESTART_LIMIT: _go(S.FATAL, why="too many failed starts: no more spawning"),
         E.BACKOFF_ELAPSED: _go(S.STARTING, why="spawn what is missing"),
         E.READY_TIMEOUT: _stay("the worker is stopped; its exit counts as a failed start"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _impossible(_IDLE_ONLY),
         E.STARTED: _ignored("the backoff holds; STARTING follows it"),
         E.SETTLE_ELAPSED: _ignored(_NOT_WAITING),
         E.RELOAD_DONE: _impossible("only RELOADING has a reload to end"),
@@ -176,6 +201,7 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
         E.RESTART: _impossible(_SERIALISED),
         E.RELOAD: _impossible(_SERIALISED),
         E.SCALE: _impossible(_SERIALISED),
+        E.HUP: _impossible(_SERIALISED),
         E.WORKER_EXIT: _stay("an old worker: replaced from the new generation; a "
                              "candidate: the reload aborts"),
         E.START_FAILED: _stay("its replacement waits; the reload's end goes to BACKOFF "
@@ -184,6 +210,8 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
                                            "next step and fails saying so"),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _stay("a candidate: the reload aborts; an old worker: stopped"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _impossible(_IDLE_ONLY),
         E.STARTED: _ignored("a reload waits for its batches to settle"),
         E.SETTLE_ELAPSED: _stay("retire as many old workers, next batch"),
         E.RELOAD_DONE: _go(S.ACTIVE, S.BACKOFF,
@@ -198,11 +226,14 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
         E.RESTART: _ignored("sockvisor is stopping it"),
         E.RELOAD: _ignored("sockvisor is stopping it"),
         E.SCALE: _stay("only the desired count changes"),
+        E.HUP: _ignored("sockvisor is stopping it"),
         E.WORKER_EXIT: _ignored("no replacement while stopping"),
         E.START_FAILED: _impossible(_NO_POLICY),
         E.RESTART_LIMIT: _impossible(_NO_POLICY),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _ignored("the worker is being stopped anyway"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _impossible(_IDLE_ONLY),
         E.STARTED: _ignored(_NOT_WAITING),
         E.SETTLE_ELAPSED: _ignored("the reload was cancelled by a stop"),
         E.RELOAD_DONE: _ignored("the reload was cancelled by a stop"),
@@ -216,16 +247,46 @@ WATCHER_TABLE: dict[WatcherState, dict[WatcherEvent, Cell]] = {
                       why="the policy starts over: roll the workers left, or start "
                           "if none is left"),
         E.SCALE: _stay("only the desired count changes"),
+        E.HUP: _go(S.STARTING, why="the policy starts over: SIGHUP to the workers "
+                                   "left, spawn the missing ones"),
         E.WORKER_EXIT: _ignored("no replacement while FATAL"),
         E.START_FAILED: _impossible(_NO_POLICY),
         E.RESTART_LIMIT: _impossible(_NO_POLICY),
         E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
         E.READY_TIMEOUT: _stay("the worker is stopped: it will never be ready"),
+        E.DEMAND: _ignored(_NO_DEMAND),
+        E.IDLE: _impossible(_IDLE_ONLY),
         E.STARTED: _ignored(_NOT_WAITING),
         E.SETTLE_ELAPSED: _ignored("went FATAL during a reload: the reload stops and "
                                    "fails saying so"),
         E.RELOAD_DONE: _ignored("went FATAL during a reload: FATAL wins, the reload "
                                 "fails saying so"),
+        E.ALL_EXITED: _impossible("only a stop waits for the last exit"),
+    },
+    S.WAITING: {
+        # on_demand: no worker is spawned until a connection is pending on one of
+        # the watcher's sockets (sockvisor watches them without accepting).  Workers
+        # left from before (Circus stops replacing at a worker's exit) keep running.
+        E.START: _ignored("already started: waiting for a connection"),
+        E.STOP: _go(S.STOPPING, why="stop the workers left; stop watching the sockets"),
+        E.RESTART: _go(S.STOPPING, why="stop the workers left, then START (waiting again)"),
+        E.RELOAD: _go(S.WAITING, S.RELOADING,
+                      why="no worker left: the next start takes the new config; else "
+                          "roll the ones left"),
+        E.HUP: _stay("SIGHUP to the workers left, if any"),
+        E.SCALE: _stay("only the desired count changes: spawning waits for a connection"),
+        E.WORKER_EXIT: _ignored("replacements wait for the next connection"),
+        E.START_FAILED: _impossible(_NO_POLICY),
+        E.RESTART_LIMIT: _impossible(_NO_POLICY),
+        E.BACKOFF_ELAPSED: _impossible(_NO_TIMER),
+        E.DEMAND: _go(S.STARTING, why="a connection is pending: spawn what is missing; "
+                                      "a worker accepts it"),
+        E.IDLE: _impossible(_IDLE_ONLY),
+        E.READY_TIMEOUT: _stay("a worker left is stopped; its exit is replaced at the "
+                               "next connection"),
+        E.STARTED: _ignored(_NOT_WAITING),
+        E.SETTLE_ELAPSED: _ignored(_NOT_WAITING),
+        E.RELOAD_DONE: _impossible("only RELOADING has a reload to end"),
         E.ALL_EXITED: _impossible("only a stop waits for the last exit"),
     },
 }

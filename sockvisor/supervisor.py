@@ -124,7 +124,8 @@ class Supervisor:
         for watcher in self.watchers.values():
             text = f"{watcher.name}: {watcher.ready_count()}/{watcher.numprocesses} ready"
             if watcher.state in (WatcherState.FATAL, WatcherState.RELOADING,
-                                 WatcherState.STOPPED, WatcherState.BACKOFF):
+                                 WatcherState.STOPPED, WatcherState.BACKOFF,
+                                 WatcherState.WAITING):
                 text += f" ({watcher.state.value})"
             parts.append(text)
         return "; ".join(parts) or "no watchers"

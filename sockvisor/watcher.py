@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping
 
 from sockvisor import process
 from sockvisor.backoff import RestartTracker
+from sockvisor.demand import DemandWatch
 from sockvisor.config import WatcherConfig
 from sockvisor.hooks import HookFailed, HookRunner
 from sockvisor.launcher import Generation, Launcher, WatcherContext, WorkerHooks
@@ -87,6 +88,7 @@ class Watcher:
         self._current_command: asyncio.Task | None = None
         self._backoff_timer: asyncio.TimerHandle | None = None   # only in BACKOFF
         self._backoff_until = 0.0   # no spawning before (set by a delayed restart)
+        self._demand: DemandWatch | None = None   # only in WAITING (on_demand)
         self._reconcile_scheduled = False
         self._started_check_pending = False
         self._background: set[asyncio.Task] = set()
@@ -137,6 +139,13 @@ class Watcher:
             log.info("watcher %s: next start in %.2fs (backoff)", self.name, delay)
         else:
             self._backoff_until = 0.0
+        # So is the watch on the sockets of an on_demand watcher (WAITING).
+        if self._demand is not None:
+            self._demand.close()
+            self._demand = None
+        if new is S.WAITING:
+            sockets = self._current.sockets if self._current is not None else ()
+            self._demand = DemandWatch((s.fd for s in sockets), self._on_demand)
         self.state = new
         if old is not new:
             log.info("watcher %s: %s -> %s%s", self.name, old.value, new.value,
@@ -144,6 +153,12 @@ class Watcher:
             self.context.publish(f"watcher.{self.name}.state",
                                  {"from": old.value, "to": new.value, "reason": reason})
         self._pulse()
+
+    def _on_demand(self) -> None:
+        """A connection is pending on one of an on_demand watcher's sockets (or
+        on_demand was turned off: nothing to wait for)."""
+        if self._dispatch(E.DEMAND, "a connection is waiting") is S.STARTING:
+            self._reconcile()
 
     def _backoff_elapsed(self) -> None:
         self._backoff_timer = None
@@ -231,6 +246,8 @@ class Watcher:
         self.restarts.reset()
         self.fatal_reason = ""
         self._new_generation()
+        if choice is None and self.config.on_demand and S.WAITING in self._would(event)[1]:
+            choice = S.WAITING   # no workers until a connection is pending
         self._dispatch(event, choice=choice)
         failure = await self.hook_runner.run(self.config, "before_start")
         if failure:
@@ -429,6 +446,8 @@ class Watcher:
             if self._current is not None:
                 self._current = self.launcher.generation(self.generation, new_config,
                                                          previous=self._current)
+            if self.state is S.WAITING and not new_config.on_demand:
+                self._on_demand()   # on_demand turned off: start now
             return self.summary()
         return await self._serialised(operation)
 
@@ -436,6 +455,8 @@ class Watcher:
         return await self._serialised(lambda: self._reload_locked(new_config))
 
     async def _reload_locked(self, new_config: WatcherConfig | None) -> dict[str, Any]:
+        if new_config is None and self.config.send_hup:
+            return await self._hup_locked()
         # Taken before the new config is applied: an aborted reload goes back to
         # it -- the generation with its config *and its sockets*.
         old_generation, old_config = self._current, self.config
@@ -451,6 +472,36 @@ class Watcher:
             for sink in old_sinks:
                 sink.release()
 
+    async def _hup_locked(self) -> dict[str, Any]:
+        """send_hup (Circus's): a reload with nothing changed is SIGHUP to every
+        worker, which reloads itself and keeps its pid.  (A reload that brings a
+        new config -- `set`, reloadconfig -- rolls new workers instead: Circus
+        would only SIGHUP the old program, which keeps running the old command.)
+        A stopped watcher is started, a FATAL one starts over, as reload does."""
+        # Through before_signal/after_signal, as Circus's send_signal does.
+        live = {w.pid for w in self.live_workers()}
+        try:
+            hupped = [pid for pid in await self.send_signal_hooked(signal.SIGHUP)
+                      if pid in live]
+        except HookFailed as exc:
+            log.warning("watcher %s: reload by SIGHUP: %s", self.name, exc)
+            hupped = []
+        kind, to = self._would(E.HUP)   # after the hooks' await: as it is now
+        if hupped:
+            log.info("watcher %s: reload by SIGHUP (send_hup) to %s", self.name,
+                     ", ".join(map(str, hupped)))
+        if kind is Kind.GO:
+            await self._start_and_wait(E.HUP)
+        else:
+            self._dispatch(E.HUP)
+        # A reload like any other for subscribers (Circus notifies "reload" too).
+        self.context.publish(f"watcher.{self.name}.reload.finished",
+                             {"generation": self.generation, "replaced": 0,
+                              "hup": hupped})
+        result = self.summary()
+        result["hup"] = hupped
+        return result
+
     async def _reload_applied(self, old_generation: Generation | None,
                               old_config: WatcherConfig,
                               old_sinks: tuple[OutputSink, OutputSink]) -> dict[str, Any]:
@@ -461,6 +512,11 @@ class Watcher:
             return self.summary()
         if choice not in to:
             choice = to[0]
+        if choice is S.STARTING and self.config.on_demand and S.WAITING in to:
+            choice = S.WAITING
+        if choice is S.WAITING:   # on_demand: the next connection starts the new config
+            await self._start_and_wait(E.RELOAD, choice)
+            return self.summary()
         if choice is S.STARTING:
             await self._start_and_wait(E.RELOAD, choice)
             return self.summary()
@@ -890,6 +946,9 @@ class Watcher:
         self._wid_restarts[worker.wid] = self._wid_restarts.get(worker.wid, 0) + 1
         if decision.fatal or decision.delay > 0:
             self._apply_policy(decision)
+        elif self.config.on_demand and self.state in (S.STARTING, S.ACTIVE):
+            # Circus's on_demand: no replacement until the next connection.
+            self._dispatch(E.IDLE, f"{worker.label} exited")
         else:
             self._dispatch(E.WORKER_EXIT)
             self._reconcile()

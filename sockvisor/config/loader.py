@@ -43,8 +43,10 @@ from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_C
                                       _Ignored, _Option, _Unsupported)
 from sockvisor.config import virtualenv
 from sockvisor.config.substitutions import _SUBSTITUTION
-from sockvisor.config.values import (MAX_SECONDS, _ENV_KEY, _NAME, _did_you_mean,
-                                     _http_is_local, _switched_off, split_words)
+from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, _ENV_KEY, _NAME,
+                                     _did_you_mean, _http_is_local, _switched_off,
+                                     split_words)
+from sockvisor.timed_rotation import WHEN_VALUES
 
 
 # Longest value any key may have.  execve refuses a single argument or environment
@@ -671,6 +673,12 @@ class _Loader:
                      tuple(self.expand_static(word, lookup_env, section, keys[key])
                            for word in hook.argv), hook.ignore_failure)
                  for key, hook in values.items() if key.startswith("hooks.")}
+        on_demand = _default_or(values, "on_demand")
+        if on_demand and not wanted:
+            raise self.error("on_demand = true starts the workers at the first connection "
+                             "on the watcher's sockets, and it has none: give sockets (or "
+                             "use_sockets = true, or $(circus.sockets.NAME) in cmd)",
+                             section, keys["on_demand"])
         return WatcherConfig(
             name=name, cmd=cmd_parts[0], args=args,
             numprocesses=numprocesses, sockets=tuple(wanted),
@@ -689,6 +697,7 @@ class _Loader:
             shell=shell, shell_args=shell_args, singleton=singleton,
             priority=_default_or(values, "priority"),
             hooks=hooks, hook_timeout=_default_or(values, "hook_timeout"),
+            send_hup=_default_or(values, "send_hup"), on_demand=on_demand,
         )
 
     def apply_flapping(self, name: str, restart: RestartPolicy,
@@ -725,18 +734,43 @@ class _Loader:
         circus_key = f"{stream}_stream.class"
         if circus_class is None and f"{stream}_stream.filename" in values:
             # As in Circus, a filename without a class is a FileStream.
-            circus_class, circus_key = OutputKind.FILE, f"{stream}_stream.filename"
+            circus_class, circus_key = "FileStream", f"{stream}_stream.filename"
+        when_key = f"{stream}_rotate_when"
         if circus_class is not None:
             if stream in values:
                 raise self.error(f"give either {stream} or {circus_key}", section,
                                  keys[circus_key])
-            output = OutputConfig(circus_class)
-            if circus_class == OutputKind.FILE:
+            kind = CIRCUS_STREAM_CLASSES[circus_class]
+            output = OutputConfig(kind)
+            if kind == OutputKind.FILE:
                 filename = values.get(f"{stream}_stream.filename")
                 if filename is None:
-                    raise self.error("FileStream needs a filename", section,
+                    raise self.error(f"{circus_class} needs a filename", section,
                                      f"{stream}_stream.filename")
                 output = OutputConfig(OutputKind.FILE, path=filename)
+            # Circus's TimedRotatingFileStream rotates by time only, and fails
+            # without rotate_when; its other classes ignore rotate_when.
+            if circus_class == "TimedRotatingFileStream":
+                if when_key not in values:
+                    raise self.error(f"TimedRotatingFileStream needs "
+                                     f"{stream}_stream.rotate_when ({WHEN_VALUES})",
+                                     section, circus_key)
+                if values.get(f"{stream}_max_bytes"):
+                    raise self.error("TimedRotatingFileStream rotates by time only: "
+                                     "remove max_bytes, or use FileStream",
+                                     section, keys[f"{stream}_max_bytes"])
+            elif circus_class == "WatchedFileStream" and values.get(f"{stream}_max_bytes"):
+                raise self.error("WatchedFileStream leaves rotation to logrotate (Circus "
+                                 "ignores max_bytes with it): remove max_bytes, or use "
+                                 "FileStream", section, keys[f"{stream}_max_bytes"])
+            elif when_key in values:
+                raise self.error(f"only TimedRotatingFileStream rotates by time "
+                                 f"(Circus's {circus_class} ignores it): set "
+                                 f"{circus_key} = TimedRotatingFileStream, or remove it",
+                                 section, keys[when_key])
+        elif values.get(when_key) and values.get(f"{stream}_max_bytes"):
+            raise self.error(f"give either {when_key} (by time) or {stream}_max_bytes "
+                             f"(by size)", section, keys[when_key])
         if output.kind == OutputKind.FILE:
             assert output.path is not None
             parent = os.path.dirname(output.path) or "."
@@ -747,10 +781,20 @@ class _Loader:
                 logdir.check_log_path(output.path, uid, gid)
             except OSError as exc:
                 raise self.error(str(exc), section, key) from None
+            when = values.get(when_key)
             output = OutputConfig(
                 OutputKind.FILE, path=output.path,
                 max_bytes=_default_or(values, f"{stream}_max_bytes"),
-                backup_count=_default_or(values, f"{stream}_backup_count"))
+                # By time, as Circus and logging do: all copies are kept by default.
+                backup_count=values.get(f"{stream}_backup_count", 0) if when else
+                _default_or(values, f"{stream}_backup_count"),
+                rotate_when=when,
+                rotate_interval=_default_or(values, f"{stream}_rotate_interval"),
+                rotate_utc=_default_or(values, f"{stream}_rotate_utc"),
+                watched=output.watched or circus_class == "WatchedFileStream")
+        elif values.get(when_key):
+            raise self.error(f"rotation is for a file: {stream} is "
+                             f"{output.kind.value}", section, keys[when_key])
         return output
 
     def expand_env_refs(self, value: str, section: str, key: str) -> str:

@@ -58,6 +58,13 @@ class OutputConfig:
     path: str | None = None
     max_bytes: int = 0          # 0: never rotate
     backup_count: int = 5
+    # Rotation by time (Circus's TimedRotatingFileStream; timed_rotation.py):
+    rotate_when: str | None = None   # S, M, H, D, MIDNIGHT, W0-W6; None: by size only
+    rotate_interval: int = 1
+    rotate_utc: bool = False
+    # Circus's WatchedFileStream: look whether the file was moved before every
+    # write, not once a second (output.py's LogFile).
+    watched: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,8 @@ class WatcherConfig:
     # one may run before its process group is killed (and it counts as failed).
     hooks: Mapping[str, HookCommand] = field(default_factory=dict)
     hook_timeout: float = 30.0
+    send_hup: bool = False         # a reload is SIGHUP to the workers (watcher.py)
+    on_demand: bool = False        # no workers until a connection is pending (WAITING)
 
     def argv(self) -> list[str]:
         """What the worker is exec'ed with (before $(sockvisor.wid) and

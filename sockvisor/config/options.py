@@ -38,7 +38,8 @@ from sockvisor.config.values import (
     _parse_float, _parse_grants, _parse_group, _parse_int, _parse_list, _parse_loggerconfig,
     _parse_max_restarts,
     _parse_nonempty, _parse_octal, _parse_operator_signals, _parse_output, _parse_ready,
-    _parse_rlimit, _parse_signal, _parse_start_failure, _parse_str, _parse_user,
+    _parse_rlimit, _parse_rotate_when, _parse_signal, _parse_start_failure, _parse_str,
+    _parse_user,
     signal_names)
 
 class RunningWatcher(Protocol):
@@ -324,6 +325,12 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
     # Start-up starts watchers by priority, highest first (Circus's order), each
     # group ready before the next; shut-down stops them in reverse (supervisor.py).
     "priority": _Option(_parse_int(), change=_IN_PLACE, field="priority"),
+    # Circus's: `reload` with nothing changed sends SIGHUP to the workers, which
+    # keep their pids; a reload with a new config (set, reloadconfig) still rolls.
+    "send_hup": _Option(_parse_bool, change=_IN_PLACE, field="send_hup"),
+    # Circus's: no workers until a connection is pending on one of the watcher's
+    # sockets, and a worker that exits is replaced only at the next one (WAITING).
+    "on_demand": _Option(_parse_bool, change=_IN_PLACE, field="on_demand"),
     # Read from the file by circus_plugins.py: recycling by age, and the flapping
     # plugin's per-watcher overrides (mapped onto the restart policy by the loader's
     # apply_flapping).  Not kept in a WatcherConfig: `set`/`add` refuse them, and
@@ -351,8 +358,9 @@ for _stream in ("stdout", "stderr"):
     # rotation applies to the running workers' sink at once (output.py).
     _WATCHER_OPTIONS.update({
         _stream: _Option(_parse_output, change=_RESTART, who=_PRIVILEGED,
-                         value=lambda c, s=_stream: OutputConfig(getattr(c, s).kind,
-                                                                 getattr(c, s).path),
+                         value=lambda c, s=_stream: OutputConfig(
+                             getattr(c, s).kind, getattr(c, s).path,
+                             watched=getattr(c, s).watched),
                          show=lambda c, s=_stream: _show_output(getattr(c, s))),
         f"{_stream}_max_bytes": _Option(_parse_int(0),
                                         aliases=(f"{_stream}_stream.max_bytes",),
@@ -361,6 +369,16 @@ for _stream in ("stdout", "stderr"):
                                            aliases=(f"{_stream}_stream.backup_count",),
                                            change=_IN_PLACE,
                                            field=f"{_stream}.backup_count"),
+        # Rotation by time (Circus's TimedRotatingFileStream, timed_rotation.py).
+        f"{_stream}_rotate_when": _Option(_parse_rotate_when,
+                                          aliases=(f"{_stream}_stream.rotate_when",),
+                                          change=_IN_PLACE, field=f"{_stream}.rotate_when"),
+        f"{_stream}_rotate_interval": _Option(_parse_int(1, 1_000_000),
+                                              aliases=(f"{_stream}_stream.rotate_interval",),
+                                              change=_IN_PLACE,
+                                              field=f"{_stream}.rotate_interval"),
+        f"{_stream}_rotate_utc": _Option(_parse_bool, aliases=(f"{_stream}_stream.utc",),
+                                         change=_IN_PLACE, field=f"{_stream}.rotate_utc"),
         f"{_stream}_stream.class": _Option(_parse_circus_stream_class, change=_RESTART,
                                            who=_PRIVILEGED,
                                            ini_only=f"Circus's spelling of {_stream}"),
@@ -384,14 +402,12 @@ _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "hooks": _Unsupported("unknown hook; sockvisor runs these hook points as commands: "
                           + ", ".join(HOOK_POINTS) + " (Circus's extended_stats hook "
                           "is not supported: use the `stats` command)"),
-    "on_demand": _Unsupported("on-demand start is not supported"),
     "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
     "close_child_stdout": _Unsupported("use stdout = null"),
     "close_child_stderr": _Unsupported("use stderr = null"),
     "stop_children": _Ignored("sockvisor always stops a worker's whole process group"),
     "respawn_delay": _Unsupported("use backoff_base"),
     "executable": _Unsupported("put the program in cmd"),
-    "send_hup": _Unsupported("use stop_signal or the signal command"),
     "use_papa": _Unsupported("papa is not supported: sockvisor holds sockets itself"),
     "stream_backend": _Ignored("Circus's stream threading", meaningless=True),
     "stdin_socket": _Unsupported("stdin sockets are not supported"),
@@ -411,12 +427,6 @@ for _stream in ("stdout", "stderr"):
         f"{_stream}_stream.refresh_time": _Ignored("sockvisor writes output as it "
                                                    "arrives"),
         f"{_stream}_stream.color": _Ignored("sockvisor does not colour output"),
-        # TimedRotatingFileStream's options: rotating by time changes which files exist.
-        f"{_stream}_stream.rotate_when": _Unsupported(
-            f"time-based rotation is not supported; use {_stream}_max_bytes"),
-        f"{_stream}_stream.rotate_interval": _Unsupported(
-            f"time-based rotation is not supported; use {_stream}_max_bytes"),
-        f"{_stream}_stream.utc": _Ignored("time-based rotation is not supported"),
     })
 
 # Longest value any key may have.  execve refuses a single argument or environment

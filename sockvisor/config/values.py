@@ -15,6 +15,7 @@ import signal
 from typing import Callable
 
 from sockvisor import wholenumber
+from sockvisor.timed_rotation import parse_when
 from sockvisor.config.model import (UNLIMITED_RESTARTS, OutputConfig, OutputKind,
                                     ReadyKind, ReadyPolicy)
 
@@ -279,19 +280,31 @@ def _parse_ready(raw: str) -> ReadyPolicy:
     raise ValueError(f"expected started, notify or delay:SECONDS, got {raw.strip()!r}")
 
 
-def _parse_circus_stream_class(raw: str) -> OutputKind:
+# Circus's own stream classes (circus.stream) and what each is here.
+CIRCUS_STREAM_CLASSES = {
+    "FileStream": OutputKind.FILE, "WatchedFileStream": OutputKind.FILE,
+    "TimedRotatingFileStream": OutputKind.FILE, "NullStream": OutputKind.NULL,
+    "StdoutStream": OutputKind.PREFIX, "FancyStdoutStream": OutputKind.PREFIX}
+
+
+def _parse_circus_stream_class(raw: str) -> str:
+    """The Circus class name (a key of CIRCUS_STREAM_CLASSES)."""
     # Circus's own classes, bare or as circus.stream.X; `mypkg.FileStream` is a
     # user's class that happens to share the name, not ours to imitate.
     module, _, name = raw.strip().rpartition(".")
     if module and not (module + ".").startswith("circus.stream."):
         name = ""
-    kinds = {"FileStream": OutputKind.FILE, "WatchedFileStream": OutputKind.FILE,
-             "NullStream": OutputKind.NULL, "StdoutStream": OutputKind.PREFIX,
-             "FancyStdoutStream": OutputKind.PREFIX}
-    if name not in kinds:
-        raise ValueError(f"Circus stream class {raw.strip()!r} is not supported by "
-                         "sockvisor (supported: FileStream, NullStream, StdoutStream)")
-    return kinds[name]
+    if name not in CIRCUS_STREAM_CLASSES:
+        raise ValueError(
+            f"stream class {raw.strip()!r} is not one of Circus's own, which are all "
+            f"sockvisor runs ({', '.join(CIRCUS_STREAM_CLASSES)}): sockvisor writes "
+            "worker output itself and loads no stream code; use one of those, or "
+            "stdout = prefix and a log shipper reading sockvisor's output or journald")
+    return name
+
+
+def _parse_rotate_when(raw: str) -> str:
+    return parse_when(raw)
 
 
 def _parse_start_failure(raw: str) -> str:

@@ -565,22 +565,63 @@ def test_own_user_needs_no_root(tmp_path, monkeypatch):
      "hooks.extended_stats", "extended_stats hook is not supported"),
     (watcher("cmd = sleep 1\nhooks.before_start = mymodule.hook"), "watcher:web",
      "hooks.before_start", "'mymodule.hook' is a Python function"),
-    (watcher("cmd = sleep 1\nstdout_stream.class = some.Custom"), "watcher:web",
-     "stdout_stream.class", "'some.Custom' is not supported"),
-    (watcher("cmd = sleep 1\nstdout_stream.class = mypkg.FileStream\n"
-             "stdout_stream.filename = {tmp}/out.log"), "watcher:web",
-     "stdout_stream.class", "'mypkg.FileStream' is not supported"),
-    (watcher("cmd = sleep 1\nstderr_stream.class = TimedRotatingFileStream"),
-     "watcher:web", "stderr_stream.class", "not supported"),
     ("[socket:web]\nhost = 127.0.0.1\nport = 0\ninterface = eth0\n", "socket:web",
      "interface", "SO_BINDTODEVICE"),
     (watcher("cmd = sleep 1\nflapping.max_retries = 3"), "watcher:web",
      "flapping.max_retries", "flapping.max_retry"),
-    (watcher("cmd = sleep 1\nstderr_stream.rotate_when = H"), "watcher:web",
-     "stderr_stream.rotate_when", "use stderr_max_bytes"),
 ])
 def test_unsupported_circus_options(tmp_path, text, section, key, says):
     load_error(tmp_path, text, section=section, key=key, says=("not supported", says))
+
+
+@pytest.mark.parametrize("text,key,says", [
+    # Third-party (or misspelt) stream classes: sockvisor loads no stream code.
+    ("stdout_stream.class = some.Custom", "stdout_stream.class",
+     ("'some.Custom' is not one of Circus's own", "TimedRotatingFileStream")),
+    ("stdout_stream.class = mypkg.FileStream\nstdout_stream.filename = {tmp}/out.log",
+     "stdout_stream.class", ("'mypkg.FileStream' is not one of Circus's own",)),
+    ("stderr_stream.class = TimedRotatingFileStream", "stderr_stream.filename",
+     ("TimedRotatingFileStream needs a filename",)),
+    # Circus fails on it without rotate_when; it never rotates by size.
+    ("stderr_stream.class = TimedRotatingFileStream\nstderr_stream.filename = {tmp}/e.log",
+     "stderr_stream.class", ("needs stderr_stream.rotate_when", "midnight")),
+    ("stderr_stream.class = TimedRotatingFileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.rotate_when = H\nstderr_stream.max_bytes = 100",
+     "stderr_stream.max_bytes", ("rotates by time only",)),
+    ("stderr_stream.class = TimedRotatingFileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.rotate_when = fortnightly", "stderr_stream.rotate_when",
+     ("expected S, M, H, D, midnight or W0-W6", "'fortnightly'")),
+    ("stderr_stream.class = TimedRotatingFileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.rotate_when = W7", "stderr_stream.rotate_when", ("W0-W6",)),
+    # Circus's FileStream ignores rotate_when: not silently made to rotate by time.
+    ("stderr_stream.class = FileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.rotate_when = H", "stderr_stream.rotate_when",
+     ("only TimedRotatingFileStream rotates by time",)),
+    ("stderr_stream.rotate_when = H", "stderr_stream.rotate_when",
+     ("rotation is for a file: stderr is inherit",)),
+    # Circus's WatchedFileStream never rotates: not silently made to rotate by size.
+    ("stderr_stream.class = WatchedFileStream\nstderr_stream.filename = {tmp}/e.log"
+     "\nstderr_stream.max_bytes = 1000", "stderr_stream.max_bytes",
+     ("leaves rotation to logrotate",)),
+])
+def test_circus_stream_errors(tmp_path, text, key, says):
+    load_error(tmp_path, watcher(f"cmd = sleep 1\n{text}"), section="watcher:web",
+               key=key, says=says)
+
+
+def test_circus_timed_rotating_file_stream(tmp_path):
+    web = load_ok(tmp_path, watcher(
+        "cmd = sleep 1\nstdout_stream.class = TimedRotatingFileStream\n"
+        "stdout_stream.filename = {tmp}/o.log\nstdout_stream.rotate_when = midnight\n"
+        "stdout_stream.rotate_interval = 2\nstdout_stream.utc = True")).watchers["web"]
+    out = web.stdout
+    assert (out.kind, out.path, out.rotate_when, out.rotate_interval, out.rotate_utc,
+            out.max_bytes, out.backup_count) == (
+        OutputKind.FILE, f"{tmp_path}/o.log", "MIDNIGHT", 2, True, 0, 0)   # keep all
+    watched = load_ok(tmp_path, watcher(
+        "cmd = sleep 1\nstdout_stream.class = WatchedFileStream\n"
+        "stdout_stream.filename = {tmp}/w.log")).watchers["web"]
+    assert watched.stdout.watched and not web.stdout.watched
 
 
 def test_shell_false_is_accepted(tmp_path):

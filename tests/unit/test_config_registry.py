@@ -48,6 +48,9 @@ NEW_VALUES: dict[str, object] = {
     # Circus's (issue 11): the virtualenv is made by the test (VENV).
     "copy_path": "true", "virtualenv": "{venv}", "virtualenv_py_ver": "2.7",
     "shell": "true", "shell_args": "x", "singleton": "true", "priority": "5",
+    "send_hup": "true", "on_demand": "true",   # on_demand: on a base with a socket
+    "stdout_rotate_when": "H", "stdout_rotate_interval": "2", "stdout_rotate_utc": "true",
+    "stderr_rotate_when": "W6", "stderr_rotate_interval": "3", "stderr_rotate_utc": "true",
     **{key: "100" for key in _WATCHER_OPTIONS if key.startswith("rlimit_")},
     # Circus's hooks, as commands (issue 11 item 12).
     **{key: "/bin/true --hook" for key in _WATCHER_OPTIONS if key.startswith("hooks.")},
@@ -115,6 +118,8 @@ def test_a_change_of_each_option_is_classified_as_declared(base, key, tmp_path):
         new_value = str(tmp_path / "venv")
         (tmp_path / ("venv/lib/python%d.%d/site-packages" % sys.version_info[:2])).mkdir(
             parents=True)
+    if key == "on_demand":   # it needs a socket to watch
+        base = with_options(base, {"sockets": "web"}, SOCKETS, environ=ENVIRON)
     changed = with_options(base, {key: new_value}, SOCKETS, environ=ENVIRON)
     declared = _WATCHER_OPTIONS[key].change
     assert change_kind(base, changed) == {declared}, key

@@ -46,6 +46,34 @@ def config(max_restarts: int = 100, numprocesses: int = 2, sockets=(),
         **changes)
 
 
+def on_demand_socket() -> ListeningSocket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return ListeningSocket(SocketConfig(name="web", family=socket.AF_INET,
+                                        host="127.0.0.1", port=0), sock)
+
+
+def rig_for(state: WatcherState, event: WatcherEvent) -> "Rig":
+    """send_hup for the HUP cells, on_demand (with a listening socket) for WAITING,
+    DEMAND and IDLE ones; otherwise a plain watcher."""
+    changes = {"max_restarts": max_restarts_for(state, event)}
+    if event is E.HUP:
+        changes["send_hup"] = True
+    if state is S.WAITING or event in (E.DEMAND, E.IDLE):
+        changes.update(on_demand=True, sockets=("web",))
+        rig = Rig(config(**changes), sockets={"web": on_demand_socket()})
+    else:
+        rig = Rig(config(**changes))
+    rig.event = event
+    return rig
+
+
+def event_needs_no_workers(rig: "Rig") -> bool:
+    """WAITING with no worker left (DEMAND, RELOAD's first target); else with one."""
+    return rig.event in (E.DEMAND, E.RELOAD)
+
+
 class Rig:
     """A Watcher on a FakeLauncher, recording (state before, event, state after)
     for every event sent through its table."""
@@ -58,6 +86,8 @@ class Rig:
                                  workers_by_pid={})
         self.watcher = Watcher(watcher_config, context, make_launcher=FakeLauncher)
         self.launcher: FakeLauncher = self.watcher.launcher
+        self.event: WatcherEvent | None = None
+        self.pending: list[socket.socket] = []   # clients of on_demand's socket
         self.seen: list[tuple[WatcherState, WatcherEvent, WatcherState]] = []
         self.tasks: list[asyncio.Task] = []
         dispatch = self.watcher._dispatch
@@ -92,7 +122,24 @@ class Rig:
                                      f"{self.watcher.status()}")
             await asyncio.sleep(0.005)
 
+    @property
+    def address(self):
+        return self.sockets["web"].sock.getsockname()
+
+    async def demand(self) -> None:
+        """A client connects (the watcher wakes up), then the fake workers' stand-in
+        accepts it, so that it is not pending any more."""
+        client = socket.create_connection(self.address)
+        await self.until(lambda: self.watcher.state is not S.WAITING, what="a demand")
+        server, _ = self.sockets["web"].sock.accept()
+        server.close()
+        client.close()
+
     async def close(self) -> None:
+        for client in self.pending:
+            client.close()
+        for listening in self.sockets.values():
+            listening.sock.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -111,6 +158,12 @@ async def reach(rig: Rig, state: WatcherState) -> None:
     if state is S.STOPPED:
         return
     await w.start()
+    if w.config.on_demand:
+        assert w.state is S.WAITING
+        if state is S.WAITING and event_needs_no_workers(rig):
+            return
+        await rig.demand()                 # a connection: started, then taken away
+        await rig.until(lambda: w.state is S.ACTIVE)
     assert w.state is S.ACTIVE
     launcher.auto_ready = False
     if state is S.STOPPING:
@@ -120,6 +173,12 @@ async def reach(rig: Rig, state: WatcherState) -> None:
         return
     await w.incr(1)                        # the spare: alive, not ready
     if state is S.ACTIVE:
+        return
+    if state is S.WAITING:                 # a ready worker exits on its own
+        healthy = rig.ready()[0]
+        await rig.until(lambda: healthy.uptime > w.config.restart.min_uptime)
+        launcher.crash(healthy)
+        assert w.state is S.WAITING, w.status()
         return
     if state is S.RELOADING:
         rig.task(w.reload())               # candidates never ready (until timeout)
@@ -156,11 +215,13 @@ async def cause(rig: Rig, state: WatcherState, event: WatcherEvent) -> None:
         rig.task(w.kill_now() if state is S.RELOADING else w.stop())
     elif event is E.RESTART:
         rig.task(w.restart())
-    elif event is E.RELOAD:
+    elif event in (E.RELOAD, E.HUP):       # which one: the config's send_hup
         rig.task(w.reload())
+    elif event is E.DEMAND:
+        rig.pending.append(socket.create_connection(rig.address))
     elif event is E.SCALE:
         rig.task(w.incr(1))
-    elif event is E.WORKER_EXIT:       # a worker that ran long enough dies
+    elif event in (E.WORKER_EXIT, E.IDLE):   # a worker that ran long enough dies
         healthy = rig.ready()[0]
         await rig.until(lambda: healthy.uptime > w.config.restart.min_uptime)
         launcher.crash(healthy)
@@ -185,7 +246,7 @@ def test_cell(state, event):
     cell = WATCHER_TABLE[state][event]
 
     async def scenario():
-        rig = Rig(config(max_restarts=max_restarts_for(state, event)))
+        rig = rig_for(state, event)
         try:
             await reach(rig, state)
             assert rig.watcher.state is state, rig.watcher.status()
@@ -325,6 +386,32 @@ def test_backoff_is_a_state_with_its_timer():
                 [d["to"] for t, d in rig.events if t == "watcher.web.state"][-3:] == [
                     "backoff", "starting", "active"]
             assert len(rig.ready()) == 2 and "backoff" not in w.status()
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
+
+
+def test_on_demand_waits_for_a_connection_and_turning_it_off_starts_now():
+    async def scenario():
+        rig = Rig(config(on_demand=True, sockets=("web",), numprocesses=2),
+                  sockets={"web": on_demand_socket()})
+        w, launcher = rig.watcher, rig.launcher
+        try:
+            await w.start()
+            assert w.state is S.WAITING and not launcher.launched
+            assert w.status()["next"]["demand"] == "starting"
+            await rig.demand()
+            await rig.until(lambda: w.state is S.ACTIVE and len(rig.ready()) == 2)
+            # A worker exits on its own: not replaced until the next connection.
+            healthy = rig.ready()[0]
+            await rig.until(lambda: healthy.uptime > w.config.restart.min_uptime)
+            launcher.crash(healthy)
+            assert w.state is S.WAITING and len(rig.live()) == 1
+            assert len(launcher.launched) == 2
+            # on_demand turned off (set, reloadconfig): nothing to wait for.
+            await w.replace_config(dataclasses.replace(w.config, on_demand=False))
+            await rig.until(lambda: w.state is S.ACTIVE and len(rig.ready()) == 2)
+            assert w._demand is None
         finally:
             await rig.close()
     asyncio.run(scenario())

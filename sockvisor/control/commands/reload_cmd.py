@@ -21,6 +21,9 @@ class Reload(Command):
     after exec is only caught with `ready = notify` or `delay:N`.)  The reply comes when
     the reload is over.  (For circusctl: without `--waiting` the reply comes at
     once and the reload goes on in the background, as in Circus.)
+
+    A watcher with `send_hup = true` (Circus's) is not replaced: its workers get
+    SIGHUP, reload themselves and keep their pids; the reply lists them (`hup`).
     """
     name = "reload"
     access = "operate"
@@ -68,6 +71,8 @@ class Reload(Command):
         if not items:
             return reply.get("info", "ok")
         return "\n".join(
+            f"{w['name']}: SIGHUP sent to {len(w['hup'])} worker(s) (send_hup), "
+            f"{w['ready']}/{w['numprocesses']} ready" if "hup" in w else
             f"{w['name']}: generation {w['generation']}, {w['ready']}/{w['numprocesses']} "
             f"ready, {w.get('replaced', 0)} replaced in {w.get('seconds', 0)}s"
             for w in items)

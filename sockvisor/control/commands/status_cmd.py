@@ -12,9 +12,11 @@ RUNNING_STATES = ("active", "reloading")
 
 
 def healthy(watcher: dict[str, Any]) -> bool:
-    """Runs with every worker it should have ready (a status reply's summary)."""
-    return (watcher.get("state") in RUNNING_STATES
-            and watcher.get("ready", 0) >= watcher.get("numprocesses", 0))
+    """Runs with every worker it should have ready (a status reply's summary), or
+    is on_demand and waiting for a connection, as it should."""
+    return watcher.get("state") == "waiting" or (
+        watcher.get("state") in RUNNING_STATES
+        and watcher.get("ready", 0) >= watcher.get("numprocesses", 0))
 
 
 class Status(Command):
@@ -22,8 +24,9 @@ class Status(Command):
 
     With NAME: each worker's pid, generation, state, readiness, uptime and
     restarts.  Exit status 0 only when every watcher shown runs (active, or
-    reloading: the old workers serve meanwhile) with all its workers ready; 3
-    when one is stopped, starting, stopping, FATAL or short of ready workers
+    reloading: the old workers serve meanwhile) with all its workers ready, or
+    is waiting (on_demand: no worker until a connection comes); 3 when one is
+    stopped, starting, stopping, FATAL or short of ready workers
     (supervisorctl's convention), so that `status` is a health check.
 
     sockvisorctl status [NAME]
