@@ -382,6 +382,38 @@ class Worker:
         self.kill_group()
 
 
+    # ---- upgrade (handover.py): what the next sockvisor needs to take it over
+
+    def snapshot(self) -> dict:
+        """This worker's state for a handover (times are CLOCK_MONOTONIC)."""
+        return {"pid": self.pid, "wid": self.wid, "generation": self.generation,
+                "state": self.state.value, "started_at": self.started_at,
+                "started_wall": self.started_wall, "ready_at": self.ready_at,
+                "exec_ok": self.exec_ok, "stop_requested": self.stop_requested,
+                "ready_failed": self.ready_failed, "status_fd": self.status_fd,
+                "status_text": self.status_text,
+                "cgroup": self.cgroup.name if self.cgroup is not None else None}
+
+    @classmethod
+    def restore(cls, config: WatcherConfig, data: dict,
+                on_state: Callable[["Worker", WorkerState, WorkerState], None]) -> "Worker":
+        """The Worker a previous sockvisor (this very process before its exec)
+        was running, as `snapshot` described it; nothing is forked."""
+        worker = cls(config, data["wid"], data["generation"], data["pid"], on_state)
+        worker.state = WorkerState(data["state"])
+        worker.started_at = data["started_at"]
+        worker.started_wall = data["started_wall"]
+        worker.ready_at = data["ready_at"]
+        worker.exec_ok = data["exec_ok"]
+        worker.stop_requested = data["stop_requested"]
+        worker.ready_failed = data["ready_failed"]
+        worker.status_fd = data["status_fd"]
+        worker.status_text = data["status_text"]
+        if worker.state == WorkerState.RUNNING:
+            worker.ready.set_result(None)
+        return worker
+
+
 class WorkerNotReady(Exception):
     def __init__(self, worker: Worker, reason: str):
         self.worker = worker

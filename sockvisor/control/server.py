@@ -332,7 +332,9 @@ class ControlServer:
         if group_mode:
             os.chown(directory, -1, self.group)
 
-    async def close(self) -> None:
+    async def close(self, linger: int = 0) -> None:
+        """`linger` (ms): how long libzmq may take to send replies already queued
+        (an upgrade's own reply, before the exec)."""
         self.closing = True
         for each in self.relays:
             await each.close()
@@ -344,7 +346,7 @@ class ControlServer:
         if self.publish in self.supervisor.subscribers:
             self.supervisor.subscribers.remove(self.publish)
         for sock in self.sockets:
-            sock.close(linger=0)
+            sock.close(linger=linger)
         if self.authenticator is not None:
             self.authenticator.stop()
         self.context.term()

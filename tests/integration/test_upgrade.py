@@ -1,0 +1,196 @@
+"""End to end: `sockvisorctl upgrade` re-executes sockvisor in place (upgrade.py).
+
+Same pid, no worker restarted (pid, wid, generation all unchanged), no request
+failed under load, no line of worker output lost; a worker that dies during the
+exec is replaced right after; a broken new version is refused by its pre-flight
+and changes nothing.  A "new version" is made the way an install makes one: a
+copy of the package put first on sockvisor's PYTHONPATH after it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+import pytest
+
+import sockvisor as sockvisor_package
+from conftest import wait_for
+from control_helpers import (Load, ServeWorker, control, ctl, percentile, socket_section,
+                             watcher_section)
+
+PACKAGE = Path(sockvisor_package.__file__).parent
+
+
+def _workers(client, name: str) -> set[tuple[int, int, int]]:
+    return {(w["pid"], w["wid"], w["generation"]) for w in client.status(name)["workers"]}
+
+
+def _upgrade(sv, *args: str) -> dict:
+    result = ctl(sv, "--json", "upgrade", *args, timeout=60)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{sv.describe()}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _ticks(text: str, watcher: str = "tick") -> dict[int, list[int]]:
+    """The numbers each ticker worker printed, in the order sockvisor wrote them."""
+    seen: dict[int, list[int]] = defaultdict(list)
+    for pid, number in re.findall(rf"^{watcher}\[(\d+)\] tick \d+ (\d+)$", text, re.M):
+        seen[int(pid)].append(int(number))
+    return seen
+
+
+def _install_new_version(overlay: Path, *, version: str | None = None,
+                         broken: str | None = None) -> None:
+    """A copy of the package in `overlay` (first on sockvisor's PYTHONPATH)."""
+    target = overlay / "sockvisor"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
+    if version is not None:
+        init = target / "__init__.py"
+        init.write_text(re.sub(r'__version__ = ".*"', f'__version__ = "{version}"',
+                               init.read_text()))
+    if broken is not None:
+        module = target / broken
+        module.write_text(module.read_text() + '\nraise RuntimeError("broken release")\n')
+
+
+@pytest.mark.timeout(120)
+def test_upgrades_under_load_keep_pid_workers_requests_and_lines(sockvisor, scripts, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2)
+                   + f"[watcher:tick]\ncmd = {scripts.cmd('ticker.py')}\nstdout = prefix\n"
+                     "numprocesses = 2\n", loglevel="info")
+    created = psutil.Process(sv.pid).create_time()
+    gaps = []
+    with control(sv) as client:
+        port = client.port("web")
+        client.wait_ready("web", 2)
+        web, tick = _workers(client, "web"), _workers(client, "tick")
+        with Load(port, threads=3, pause=0.002, max_requests=100000, max_seconds=90) as load:
+            wait_for(lambda: load.answered_by({pid for pid, _, _ in web}), 5,
+                     message="the workers to answer")
+            for number in range(1, 11):
+                done = _upgrade(sv)
+                assert done["workers"] == 4 and done["serial"] == number, done
+                gaps.append(done["gap_ms"])
+                assert _workers(client, "web") == web
+                assert _workers(client, "tick") == tick
+            count = load.count()
+            wait_for(lambda: load.count() > count + 20, 10,
+                     message="requests to go on after the last upgrade")
+        samples = load.snapshot()
+    assert psutil.Process(sv.pid).create_time() == created
+    assert "--resume" in " ".join(psutil.Process(sv.pid).cmdline())
+    failures = [s for s in samples if s.pid is None]
+    assert not failures, f"{len(failures)} of {len(samples)} failed: {failures[:5]}"
+    assert set(load.pids()) == {pid for pid, _, _ in web}
+    # Every ticker line, in order, none lost or doubled across ten exec's.
+    sv.wait_log(r"upgraded in place", count=10)
+    ticks = _ticks(sv.stdout())
+    assert set(ticks) == {pid for pid, _, _ in tick}
+    for pid, numbers in ticks.items():
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
+            f"ticker {pid} lines lost or repeated: "
+            f"{[(a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1][:5]}")
+        assert numbers[0] == 0 and len(numbers) > 100
+    assert sv.log_count("exited unexpectedly") == 0
+    print(f"\n10 upgrades: gap median {percentile(gaps, 0.5):.0f} ms, max {max(gaps):.0f} ms; "
+          f"{len(samples)} requests, 0 failed, p99 "
+          f"{percentile([s.latency for s in samples], 0.99) * 1000:.1f} ms")
+
+
+@pytest.mark.timeout(60)
+def test_worker_killed_during_the_exec_is_replaced_after_resume(sockvisor, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2,
+                                                      backoff_base=0.05))
+    with control(sv) as client:
+        client.wait_ready("web", 2)
+        before = _workers(client, "web")
+        victim, wid, _ = min(before)
+        result = ctl(sv, "--json", "upgrade", "--no-wait")
+        assert result.returncode == 0, result.stderr
+        # Kill it once the process has exec'd the new code and before it resumed.
+        wait_for(lambda: "--resume" in " ".join(psutil.Process(sv.pid).cmdline()), 10,
+                 interval=0.001, message="the exec")
+        os.kill(victim, signal.SIGKILL)
+        after = client.wait_ready("web", 2, timeout=15)
+    now = {(w["pid"], w["wid"], w["generation"]) for w in after["workers"]}
+    assert victim not in {pid for pid, _, _ in now}
+    assert before - {(victim, wid, 1)} <= now
+    assert {w for _, w, _ in now} == {1, 2}
+    log = sv.log()
+    exec_at = log.index("upgrading: exec")
+    exited_at = log.index(f"web[{victim}] exited unexpectedly")
+    assert exited_at > exec_at, log[exec_at - 200:]
+    # Reaped by the resumed process: its exit is the first thing it saw.
+    assert re.search(rf"web\[{victim}\] exited unexpectedly.*killed by SIGKILL", log)
+
+
+@pytest.mark.timeout(90)
+def test_broken_new_version_is_refused_and_changes_nothing(sockvisor, tmp_path, monkeypatch):
+    overlay = tmp_path / "site"
+    overlay.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(overlay), str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]))
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2))
+    with control(sv) as client:
+        client.wait_ready("web", 2)
+        before = _workers(client, "web")
+        _install_new_version(overlay, broken="handover.py")
+        result = ctl(sv, "upgrade")
+        assert result.returncode != 0, result.stdout
+        assert "pre-flight" in result.stderr and "broken release" in result.stderr, \
+            result.stderr
+        assert "--resume" not in " ".join(psutil.Process(sv.pid).cmdline())
+        assert _workers(client, "web") == before
+        assert client.status("web")["state"] == "active"
+        # A good new version then goes through, and says which it is.
+        _install_new_version(overlay, version="9.9.9")
+        done = _upgrade(sv)
+        assert (done["from"], done["to"], done["workers"]) == (
+            sockvisor_package.__version__, "9.9.9", 2), done
+        assert _workers(client, "web") == before
+    assert "broken release" in sv.log()
+
+
+@pytest.mark.timeout(60)
+def test_upgrade_refused_while_a_command_runs(sockvisor, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=1,
+                                                      ready="notify", ready_timeout=20))
+    with control(sv) as client:
+        client.wait_ready("web", 1)
+        worker.set_mode("delay=3")
+        reload = subprocess.Popen([sys.executable, "-m", "sockvisor.cli.ctl", "--endpoint",
+                                   f"ipc://{sv.directory}/ctl", "reload", "web"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: client.status("web")["state"] == "reloading", 10)
+        result = ctl(sv, "upgrade")
+        assert result.returncode != 0
+        assert "refused" in result.stderr and "reloading" in result.stderr, result.stderr
+        assert reload.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_sigusr2_upgrades_too(sockvisor, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2))
+    with control(sv) as client:
+        client.wait_ready("web", 2)
+        before = _workers(client, "web")
+        os.kill(sv.pid, signal.SIGUSR2)
+        sv.wait_log(r"upgraded in place", timeout=20)
+        wait_for(lambda: client.raw("upgrade", result=True).get("upgrades") == 1, 10)
+        assert _workers(client, "web") == before
