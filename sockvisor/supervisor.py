@@ -318,12 +318,16 @@ class Supervisor:
 
         async def run() -> None:
             try:
-                await upgrade.upgrade(self)
-            except upgrade.UpgradeRefused as exc:
-                log.error("SIGUSR2: %s", exc)
+                await self.upgrade()
+            except upgrade.UpgradeRefused:
+                pass   # logged and published by upgrade.py
         task = asyncio.ensure_future(run())
         self._pending_closes.add(task)
         task.add_done_callback(self._pending_closes.discard)
+
+    async def upgrade(self, after: asyncio.Task | None = None) -> dict[str, Any]:
+        from sockvisor import upgrade
+        return await upgrade.upgrade(self, after)
 
     async def reopen_endpoints(self) -> None:
         """The control channel and web console again, after an exec that failed."""

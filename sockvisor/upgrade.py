@@ -43,13 +43,14 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sockvisor import __version__, handover, process
 from sockvisor.states import WatcherState, WorkerState
 
-if TYPE_CHECKING:
-    from sockvisor.supervisor import Supervisor
+# The supervisor is handed in (`Supervisor` below is sockvisor.supervisor's, by
+# name only: it imports this module, so this one does not import it).
+Supervisor = Any
 
 log = logging.getLogger("sockvisor.upgrade")
 
@@ -78,7 +79,7 @@ def new_argv(config_path: str, state_fd: int | None = None, check: bool = False)
 
 # --------------------------------------------------------------------------- the state
 
-def refusal(supervisor: "Supervisor") -> str | None:
+def refusal(supervisor: Supervisor) -> str | None:
     """Why an upgrade cannot happen now (None: it can)."""
     if not supervisor.started:
         return "sockvisor is still starting"
@@ -97,7 +98,7 @@ def refusal(supervisor: "Supervisor") -> str | None:
     return None
 
 
-def capture(supervisor: "Supervisor") -> dict[str, Any]:
+def capture(supervisor: Supervisor) -> dict[str, Any]:
     """The whole state (handover.py's format) as it is now.  Synchronous."""
     from sockvisor import config as config_module
     from sockvisor import output
@@ -212,7 +213,7 @@ def restore_watcher(config, data: dict[str, Any], context):
 
 # --------------------------------------------------------------------------- pre-flight
 
-async def preflight(supervisor: "Supervisor", state_fd: int) -> None:
+async def preflight(supervisor: Supervisor, state_fd: int) -> None:
     """Run the new code on the state (`sockvisor upgrade-check`) as a child;
     UpgradeRefused with its reason if it fails."""
     loop = asyncio.get_running_loop()
@@ -257,7 +258,7 @@ async def preflight(supervisor: "Supervisor", state_fd: int) -> None:
 
 # --------------------------------------------------------------------------- the upgrade
 
-async def upgrade(supervisor: "Supervisor", after: "asyncio.Task | None" = None
+async def upgrade(supervisor: Supervisor, after: "asyncio.Task | None" = None
                   ) -> dict[str, Any]:
     """Pre-flight, then exec once `after` (the task sending the reply) is done.
     UpgradeRefused if it cannot happen; nothing changed then."""
@@ -271,7 +272,7 @@ async def upgrade(supervisor: "Supervisor", after: "asyncio.Task | None" = None
         raise UpgradeRefused(reason) from None
 
 
-async def _upgrade(supervisor: "Supervisor", after: "asyncio.Task | None"
+async def _upgrade(supervisor: Supervisor, after: "asyncio.Task | None"
                    ) -> dict[str, Any]:
     reason = refusal(supervisor)
     if reason:
@@ -300,7 +301,7 @@ async def _upgrade(supervisor: "Supervisor", after: "asyncio.Task | None"
             "upgrades": supervisor.upgrades}
 
 
-def refusal_after_preflight(supervisor: "Supervisor") -> str | None:
+def refusal_after_preflight(supervisor: Supervisor) -> str | None:
     """The pre-flight took a while: is everything still at rest?"""
     supervisor.upgrading = False
     try:
@@ -309,7 +310,7 @@ def refusal_after_preflight(supervisor: "Supervisor") -> str | None:
         supervisor.upgrading = True
 
 
-async def _exec_after(supervisor: "Supervisor", after: "asyncio.Task | None") -> None:
+async def _exec_after(supervisor: Supervisor, after: "asyncio.Task | None") -> None:
     if after is not None and after is not asyncio.current_task():
         await asyncio.wait([after])
     try:
@@ -320,7 +321,7 @@ async def _exec_after(supervisor: "Supervisor", after: "asyncio.Task | None") ->
         supervisor.upgrading = False
 
 
-async def _exec(supervisor: "Supervisor") -> None:
+async def _exec(supervisor: Supervisor) -> None:
     notifier = supervisor.notifier
     if supervisor._ready_reported:
         notifier.reloading()

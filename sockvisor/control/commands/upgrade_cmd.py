@@ -41,10 +41,11 @@ class Upgrade(Command):
         if props.get("result"):
             return {"last_upgrade": supervisor.last_upgrade, "upgrades": supervisor.upgrades}
         import asyncio
-        from sockvisor import upgrade
+        from sockvisor.upgrade import UpgradeRefused
         try:
-            return await upgrade.upgrade(supervisor, after=asyncio.current_task())
-        except upgrade.UpgradeRefused as exc:
+            # The exec waits for this very task: the one that sends the reply.
+            return await supervisor.upgrade(after=asyncio.current_task())
+        except UpgradeRefused as exc:
             raise CommandError(str(exc), ErrNo.COMMAND_ERROR) from None
 
     def format(self, reply):
