@@ -29,6 +29,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 import time
 
 import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
@@ -77,7 +78,15 @@ class SpawnError(Exception):
 
 
 def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
-    """Fork and exec `spec`; return (pid, read end of the exec-status pipe)."""
+    """Fork and exec `spec`; return (pid, read end of the exec-status pipe).
+
+    From the main thread only (RuntimeError otherwise): PR_SET_PDEATHSIG fires
+    when the *thread* that forked the child ends, and an upgrade's exec
+    (upgrade.py) ends every thread but the main one -- a worker forked from a
+    thread would be killed by the upgrade that must keep it."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("workers are forked from the main thread only "
+                           "(PDEATHSIG follows the forking thread)")
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     parent_pid = os.getpid()

@@ -342,6 +342,8 @@ async def _exec(supervisor: Supervisor) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         handover.set_inheritable([*fds, state_fd], True)
+        if supervisor._watchdog_task is not None:
+            notifier.watchdog()   # the new process pings first thing (cli/main.py)
         try:
             os.execve(argv[0], argv, os.environ)
         except OSError as exc:

@@ -87,6 +87,11 @@ def _resume(args: argparse.Namespace) -> int:
     """`start --resume FD`: exec'd in place by an upgrade (upgrade.py).  The config
     is the one that was running, from the state; nothing is checked again that
     the pre-flight did not check, nothing is bound or spawned."""
+    from sockvisor import systemd
+    if systemd.watchdog_interval() is not None:
+        # First, before the heavy imports: the exec's gap must not eat the
+        # watchdog period (the old process pinged just before it).
+        systemd.Notifier.from_environ().watchdog()
     from sockvisor import fdlimit, handover, log, upgrade
     from sockvisor.supervisor import Supervisor
     state = handover.read(args.resume)

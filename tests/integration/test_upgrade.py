@@ -194,3 +194,20 @@ def test_sigusr2_upgrades_too(sockvisor, tmp_path):
         sv.wait_log(r"upgraded in place", timeout=20)
         wait_for(lambda: client.raw("upgrade", result=True).get("upgrades") == 1, 10)
         assert _workers(client, "web") == before
+
+
+@pytest.mark.timeout(60)
+def test_a_ctl_call_made_during_the_exec_waits_and_succeeds(sockvisor, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=1))
+    with control(sv) as client:
+        client.wait_ready("web", 1)
+        result = ctl(sv, "upgrade", "--no-wait")
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: "--resume" in " ".join(psutil.Process(sv.pid).cmdline()), 10,
+                 interval=0.001, message="the exec")
+        assert not (sv.directory / "ctl").exists()   # the endpoint is down right now
+        status = ctl(sv, "--json", "status", "web")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["watcher"]["state"] == "active"
+        assert client.raw("upgrade", result=True)["upgrades"] == 1
