@@ -398,6 +398,7 @@ class Supervisor:
         for watcher in self.watchers.values():
             watcher.resumed()
         if self.control is not None:
+            upgrade.unmark_endpoints(self.control.ipc_paths)
             self.control.serve()
         self.plugins.start(self.config.plugins)
         self.started = True

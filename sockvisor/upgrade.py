@@ -329,6 +329,8 @@ async def _exec(supervisor: Supervisor) -> None:
         await supervisor.http.close()
         supervisor.http = None
     if supervisor.control is not None:
+        # Clients that find the endpoint down meanwhile wait for it (client.py).
+        mark_endpoints(supervisor.control.ipc_paths)
         await supervisor.control.close(linger=REPLY_LINGER_MS)
         supervisor.control = None
     # From here on nothing awaits: the state is exactly what is exec'd with.
@@ -354,8 +356,37 @@ async def _exec(supervisor: Supervisor) -> None:
     else:
         log.error("upgrade abandoned: %s", reason)
     await supervisor.reopen_endpoints()
+    if supervisor.control is not None:
+        unmark_endpoints(supervisor.control.ipc_paths)
     if supervisor._ready_reported:
         notifier.ready(supervisor.status_line())
+
+
+def mark_endpoints(paths: list[str]) -> None:
+    """PATH.upgrading (our pid) beside each ipc endpoint while it is down: a
+    client then waits for it instead of reporting sockvisor gone."""
+    for path in paths:
+        # A fresh file (O_EXCL after unlinking whatever has the name): never
+        # written through a link someone else put there (DESIGN.md §5).
+        unmark_endpoints([path])
+        try:
+            fd = os.open(path + ".upgrading", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("cannot mark %s as upgrading: %s", path, exc.strerror)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+
+def unmark_endpoints(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path + ".upgrading")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s.upgrading: %s", path, exc.strerror)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -17,8 +17,9 @@ import zmq
 from sockvisor.control import protocol
 
 
-# How long a missing or dead ipc endpoint is given to come (back): longer than
-# the gap of an upgrade in place.
+# How long an ipc endpoint that is down because its sockvisor is upgrading
+# itself (a marker file says so: `_upgrading`) is given to come back: longer
+# than the gap of an upgrade in place.  Without the marker: unreachable at once.
 GAP_WAIT = 3.0
 
 
@@ -62,7 +63,7 @@ class ControlClient:
             try:
                 return self._check_ipc_once()
             except _NotListening:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or not _upgrading(self.endpoint):
                     raise
                 time.sleep(0.02)
 
@@ -152,6 +153,25 @@ class ControlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _upgrading(endpoint: str) -> bool:
+    """Is the sockvisor of this ipc endpoint exec'ing itself (upgrade.py)?  It
+    leaves PATH.upgrading, holding its pid, while its endpoint is down."""
+    try:
+        with open(endpoint[len("ipc://"):] + ".upgrading") as handle:
+            pid = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def protocol_decode(data: bytes) -> dict[str, Any]:
