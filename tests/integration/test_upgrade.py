@@ -148,6 +148,9 @@ def test_broken_new_version_is_refused_and_changes_nothing(sockvisor, tmp_path, 
     with control(sv) as client:
         client.wait_ready("web", 2)
         before = _workers(client, "web")
+        itself = client.call("status")["sockvisor"]
+        assert (itself["pid"], itself["upgrades"], itself["last_upgrade_at"]) == (
+            sv.pid, 0, None)
         _install_new_version(overlay, broken="handover.py")
         result = ctl(sv, "upgrade")
         assert result.returncode != 0, result.stdout
@@ -162,6 +165,13 @@ def test_broken_new_version_is_refused_and_changes_nothing(sockvisor, tmp_path, 
         assert (done["from"], done["to"], done["workers"]) == (
             sockvisor_package.__version__, "9.9.9", 2), done
         assert _workers(client, "web") == before
+        now = client.call("status")["sockvisor"]
+        assert (now["version"], now["pid"], now["upgrades"], now["started_at"]) == (
+            "9.9.9", sv.pid, 1, itself["started_at"])
+        assert now["last_upgrade_from"] == sockvisor_package.__version__
+        assert now["last_upgrade_at"] > itself["started_at"]
+        text = ctl(sv, "status").stdout
+        assert f"sockvisor 9.9.9 (pid {sv.pid})" in text and "upgraded in place 1 time" in text
     assert "broken release" in sv.log()
 
 

@@ -171,6 +171,7 @@ class FakeSupervisor:
 
     upgrades = 0
     last_upgrade = None
+    started_at = 0.0
 
     async def upgrade(self, after=None) -> dict[str, Any]:
         from sockvisor.upgrade import UpgradeRefused
