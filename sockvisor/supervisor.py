@@ -376,7 +376,15 @@ class Supervisor:
         except StartupError as exc:   # the workers must not be abandoned for it
             log.error("%s; carrying on without it", exc)
         if self.config.globals.pidfile is not None:
-            self.pidfile = PidFile(self.config.globals.pidfile)   # it says our pid
+            # It says our pid already; written again so that this process knows
+            # it as its own and removes it at exit.
+            self.pidfile = PidFile(self.config.globals.pidfile)
+            try:
+                self.pidfile.write(os.getpid())
+            except OSError as exc:
+                log.error("[sockvisor] pidfile: cannot write %s: %s",
+                          self.config.globals.pidfile, exc)
+                self.pidfile = None
         self.reaper = Reaper(loop)
         self.reaper.stops_orphans = self.adopts_orphans and self.cgroups is None
         if self.cgroups is not None:

@@ -351,10 +351,13 @@ async def _exec(supervisor: Supervisor) -> None:
         except OSError as exc:
             handover.set_inheritable(fds, False)
             os.close(state_fd)
-            log.error("upgrade: exec %s failed: %s; carrying on as before", argv[0],
-                      exc.strerror)
-    else:
-        log.error("upgrade abandoned: %s", reason)
+            reason = f"exec {argv[0]} failed: {exc.strerror}"
+    # Still here: the upgrade did not happen.  Said to whoever asks how it went
+    # (`sockvisorctl upgrade` does), in the log, and as an event.
+    log.error("upgrade abandoned: %s; carrying on as before", reason)
+    supervisor.last_upgrade = {**(supervisor.last_upgrade or {}),
+                               "failed_attempt": {"at": time.time(), "reason": reason}}
+    supervisor.publish("sockvisor.upgrade.failed", {"reason": reason})
     await supervisor.reopen_endpoints()
     if supervisor.control is not None:
         unmark_endpoints(supervisor.control.ipc_paths)

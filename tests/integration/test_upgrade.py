@@ -194,9 +194,11 @@ def test_upgrade_refused_while_a_command_runs(sockvisor, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_sigusr2_upgrades_too(sockvisor, tmp_path):
+def test_sigusr2_upgrades_too_and_the_pidfile_stays_ours(sockvisor, tmp_path):
     worker = ServeWorker(tmp_path / "worker")
-    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2))
+    pidfile = tmp_path / "sockvisor.pid"
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2),
+                   globals=f"pidfile = {pidfile}")
     with control(sv) as client:
         client.wait_ready("web", 2)
         before = _workers(client, "web")
@@ -204,6 +206,9 @@ def test_sigusr2_upgrades_too(sockvisor, tmp_path):
         sv.wait_log(r"upgraded in place", timeout=20)
         wait_for(lambda: client.raw("upgrade", result=True).get("upgrades") == 1, 10)
         assert _workers(client, "web") == before
+    assert pidfile.read_text().strip() == str(sv.pid)
+    assert sv.stop() == 0
+    assert not pidfile.exists()   # removed at exit by the resumed process
 
 
 @pytest.mark.timeout(60)

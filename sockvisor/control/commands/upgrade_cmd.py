@@ -59,16 +59,22 @@ class Upgrade(Command):
         """Ask the upgraded sockvisor how it went (retrying through the gap)."""
         import json
         from sockvisor.control.client import Unreachable
+        asked = time.time()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 answer = client.call(self.name, {"result": True}, timeout=POLL)
             except Unreachable:
                 continue
-            done = answer.get("last_upgrade")
+            done = answer.get("last_upgrade") or {}
             if answer.get("upgrades", 0) > reply["upgrades"] and done:
                 print(json.dumps(done) if as_json else _describe(done), flush=True)
                 return 0
+            failed = done.get("failed_attempt")
+            if failed and failed["at"] >= asked - 1:
+                print(f"sockvisorctl upgrade: not upgraded: {failed['reason']}",
+                      file=sys.stderr)
+                return 1
             time.sleep(0.05)   # the old process is still closing: ask again shortly
         print(f"sockvisorctl upgrade: no word from the upgraded sockvisor within "
               f"{timeout:g}s", file=sys.stderr)
