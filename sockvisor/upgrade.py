@@ -296,7 +296,8 @@ async def _upgrade(supervisor: Supervisor, after: "asyncio.Task | None"
         raise
     workers = sum(len(w["workers"]) for w in state["watchers"])
     task = asyncio.ensure_future(_exec_after(supervisor, after))
-    supervisor._pending_closes.add(task)
+    supervisor._pending_closes.add(task)   # a strong reference until it is done
+    task.add_done_callback(supervisor._pending_closes.discard)
     return {"from": __version__, "pid": os.getpid(), "workers": workers,
             "upgrades": supervisor.upgrades}
 
@@ -328,6 +329,9 @@ async def _exec(supervisor: Supervisor) -> None:
     if supervisor.http is not None:
         await supervisor.http.close()
         supervisor.http = None
+    # To subscribers while they are connected: the one after the exec reaches
+    # only those that have reconnected by then.
+    supervisor.publish("sockvisor.upgrading", {"from": __version__, "pid": os.getpid()})
     if supervisor.control is not None:
         # Clients that find the endpoint down meanwhile wait for it (client.py).
         mark_endpoints(supervisor.control.ipc_paths)

@@ -24,8 +24,8 @@ import pytest
 
 import sockvisor as sockvisor_package
 from conftest import wait_for
-from control_helpers import (Load, ServeWorker, control, ctl, percentile, socket_section,
-                             watcher_section)
+from control_helpers import (Load, ServeWorker, control, ctl, endpoint, percentile,
+                             socket_section, subscribed, sync_events, watcher_section)
 
 PACKAGE = Path(sockvisor_package.__file__).parent
 
@@ -276,3 +276,18 @@ def test_backoff_and_restart_history_survive_the_upgrade(sockvisor, tmp_path):
         assert 0 < resumed["backoff"] < detail["backoff"]   # the remaining delay, not anew
         worker.set_mode("")
         client.wait_ready("web", 1, timeout=15)
+
+
+@pytest.mark.timeout(60)
+def test_subscribers_hear_of_the_upgrade(sockvisor, tmp_path):
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=1))
+    with control(sv) as client:
+        client.wait_ready("web", 1)
+        with subscribed(f"{endpoint(sv)}.events") as events:
+            sync_events(events, endpoint(sv), "web")
+            done = _upgrade(sv)
+            upgrading = events.wait("sockvisor.upgrading")
+            assert upgrading == {"from": done["from"], "pid": sv.pid}
+            # The SUB socket reconnects by itself; what is published next reaches it.
+            sync_events(events, endpoint(sv), "web")
