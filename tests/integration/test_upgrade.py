@@ -291,3 +291,33 @@ def test_subscribers_hear_of_the_upgrade(sockvisor, tmp_path):
             assert upgrading == {"from": done["from"], "pid": sv.pid}
             # The SUB socket reconnects by itself; what is published next reaches it.
             sync_events(events, endpoint(sv), "web")
+
+
+@pytest.mark.timeout(90)
+def test_changes_made_at_run_time_are_what_resumes(sockvisor, tmp_path):
+    """add, set (in place and by a reload) and incr: the running config, not the file."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=1))
+    with control(sv) as client:
+        client.wait_ready("web", 1)
+        client.call("add", name="extra", cmd="/bin/sleep 300", start=True)
+        client.call("set", name="web", options={"env": {"VERSION": "b,1"}})   # a reload
+        client.call("set", name="web", options={"graceful_timeout": "7"})    # in place
+        client.call("incr", name="web")
+        client.wait_ready("web", 2, generation=2)
+        wait_for(lambda: len(client.status("extra")["workers"]) == 1, 10)
+        web, extra = _workers(client, "web"), _workers(client, "extra")
+        done = _upgrade(sv)
+        assert done["workers"] == 3
+        assert _workers(client, "web") == web and _workers(client, "extra") == extra
+        options = client.call("get", name="web",
+                              keys=["graceful_timeout", "numprocesses", "env"])["options"]
+        assert options["graceful_timeout"] == 7 and options["numprocesses"] == 2
+        assert options["env"]["VERSION"] == "b,1", options
+        # A worker started now is of the running config (env from `set`).
+        client.call("incr", name="web")
+        detail = client.wait_ready("web", 3, generation=2)
+        new = {w["pid"] for w in detail["workers"]} - {pid for pid, _, _ in web}
+        [pid] = new
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"VERSION=b,1" in environ
