@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import sockvisor as sockvisor_package
-from conftest import wait_for
+from conftest import fd_targets, wait_for
 from control_helpers import (Load, ServeWorker, control, ctl, endpoint, percentile,
                              socket_section, subscribed, sync_events, watcher_section)
 
@@ -321,3 +321,60 @@ def test_changes_made_at_run_time_are_what_resumes(sockvisor, tmp_path):
         [pid] = new
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"VERSION=b,1" in environ
+
+
+@pytest.mark.timeout(60)
+def test_file_output_continues_without_a_lost_line(sockvisor, scripts, tmp_path):
+    log = tmp_path / "tick.log"
+    sv = sockvisor(f"[watcher:tick]\ncmd = {scripts.cmd('ticker.py')}\nstdout = file:{log}\n"
+                   "numprocesses = 1\n", loglevel="info")
+    wait_for(lambda: log.exists() and log.stat().st_size > 0, 10)
+    for _ in range(3):
+        _upgrade(sv)
+    size = log.stat().st_size
+    wait_for(lambda: log.stat().st_size > size + 200, 10, message="lines after the upgrades")
+    numbers = [int(n) for n in re.findall(r"^tick \d+ (\d+)$", log.read_text(), re.M)]
+    assert numbers == list(range(len(numbers))), \
+        [(a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1][:5]
+
+
+PARTIAL = r'''
+import signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: (sys.stdout.write("world\n"), sys.stdout.flush()))
+sys.stdout.write("hello-")
+sys.stdout.flush()
+while True:
+    signal.pause()
+'''
+
+
+def _pipe_pending(pid: int, fd: int) -> int:
+    """Bytes waiting in the pipe that is `pid`'s fd `fd` (FIONREAD on a new
+    description of the same pipe)."""
+    import fcntl
+    import struct
+    import termios
+    handle = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(handle, termios.FIONREAD, b"\0" * 4))[0]
+    finally:
+        os.close(handle)
+
+
+@pytest.mark.timeout(60)
+def test_a_partial_line_read_before_the_upgrade_is_completed_after_it(sockvisor, tmp_path):
+    script = tmp_path / "partial.py"
+    script.write_text(PARTIAL)
+    sv = sockvisor(f"[watcher:part]\ncmd = {sys.executable} {script}\nstdout = prefix\n",
+                   loglevel="info")
+    with control(sv) as client:
+        [pid] = [w["pid"] for w in client.wait_ready("part", 1)["workers"]]
+    pipe = os.readlink(f"/proc/{pid}/fd/1")
+    [read_end] = [fd for fd, target in fd_targets(sv.pid).items() if target == pipe]
+    # "hello-" has left the pipe: it is in sockvisor's memory, not the kernel's.
+    wait_for(lambda: _pipe_pending(sv.pid, read_end) == 0 and
+             psutil.Process(pid).status() == psutil.STATUS_SLEEPING, 10)
+    _upgrade(sv)
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: f"part[{pid}] hello-world\n" in sv.stdout(), 10,
+             message=lambda: f"the whole line; stdout: {sv.stdout()[-300:]!r}")
