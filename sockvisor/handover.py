@@ -35,7 +35,8 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
   watchers        a list of Watcher.snapshot(): name, state, generation,
                   numprocesses, fatal_reason, restart counters, the restart
                   tracker's history (monotonic times), backoff_remaining, wids,
-                  and `workers`: Worker.snapshot() each (pid, wid, generation,
+                  `output` (the `logs` ring: seq and the last lines per stream,
+                  optional), and `workers`: Worker.snapshot() each (pid, wid, generation,
                   state, started_at, ready_at, exec_ok, stop_requested,
                   ready_failed, status_fd, status_text, cgroup leaf, `config`:
                   null if the watcher's own, else its option values) with

@@ -498,6 +498,17 @@ class OutputRing:
                  if seq > after and (pid is None or who == pid)]
         return sorted(found)
 
+    def snapshot(self) -> dict:
+        """The kept lines and the sequence number, for an upgrade (handover.py):
+        `logs` and `logs -f` go on across it as if nothing happened."""
+        return {"seq": self.seq, **{stream: [list(entry) for entry in ring]
+                                    for stream, ring in self._lines.items()}}
+
+    def restore(self, data: dict) -> None:
+        self.seq = data["seq"]
+        for stream, ring in self._lines.items():
+            ring.extend(tuple(entry) for entry in data.get(stream, []))
+
     async def wait(self, after: int, timeout: float) -> None:
         """Return when a line numbered above `after` exists, or after `timeout`."""
         if self.seq > after or timeout <= 0:

@@ -762,6 +762,7 @@ class Watcher:
                 "wid_restarts": {str(k): v for k, v in self._wid_restarts.items()},
                 "wid_high": self._wid_high, "restarts": self.restarts.snapshot(),
                 "backoff_remaining": max(0.0, self._backoff_until - time.monotonic()),
+                "output": self.output.snapshot(),
                 "workers": [w.snapshot() for w in self.workers.values()]}
 
     @classmethod
@@ -780,6 +781,8 @@ class Watcher:
         watcher.restart_reasons = dict(data["restart_reasons"])
         watcher._wid_restarts = {int(k): v for k, v in data["wid_restarts"].items()}
         watcher.restarts.restore(data["restarts"])
+        if "output" in data:
+            watcher.output.restore(data["output"])
         watcher._current = watcher.launcher.generation(watcher.generation, config)
         generations: dict[int, Generation] = {}   # by id(config)
         for item in data["workers"]:

@@ -378,3 +378,18 @@ def test_a_partial_line_read_before_the_upgrade_is_completed_after_it(sockvisor,
     os.kill(pid, signal.SIGUSR1)
     wait_for(lambda: f"part[{pid}] hello-world\n" in sv.stdout(), 10,
              message=lambda: f"the whole line; stdout: {sv.stdout()[-300:]!r}")
+
+
+@pytest.mark.timeout(60)
+def test_logs_keeps_its_lines_and_numbers_across_the_upgrade(sockvisor, scripts):
+    sv = sockvisor(f"[watcher:tick]\ncmd = {scripts.cmd('ticker.py')}\nstdout = null\n",
+                   loglevel="info")
+    with control(sv) as client:
+        wait_for(lambda: client.call("logs", name="tick")["lines"], 10)
+        before = client.call("logs", name="tick")
+        _upgrade(sv)
+        after = client.call("logs", name="tick", after=before["seq"])["lines"]
+        # Numbered on from where they were (the ticker's line N is the ring's
+        # line N + 1): a follower asking for what came after is not confused.
+        assert after and all(line["seq"] == int(line["line"].split()[-1]) + 1
+                             for line in before["lines"] + after), after[:3]
