@@ -134,17 +134,22 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
         "readiness": ({"fd": supervisor.readiness.fileno(),
                        "address": supervisor.readiness.address}
                       if supervisor.readiness is not None else None),
-        "control": ({"endpoint": control.endpoint, "admin": control.admin_endpoint,
-                     "events": control.events_endpoint} if control is not None else None),
+        "control": _endpoints(control),
         "cgroup": ({"path": supervisor.cgroups.path}
                    if supervisor.cgroups is not None else None),
-        "adopts_orphans": bool(supervisor.reaper and (supervisor.reaper.stops_orphans
-                                                      or supervisor.adopts_orphans)),
+        "adopts_orphans": supervisor.adopts_orphans,
         "ready_reported": supervisor._ready_reported,
         "stream_pending": {str(fd): handover.b64(data)
                            for fd, data in output.pending_output().items()},
         "watchers": watchers,
     }
+
+
+def _endpoints(control: Any) -> dict[str, Any] | None:
+    if control is None:
+        return None
+    return {"endpoint": control.endpoint, "admin": control.admin_endpoint,
+            "events": control.events_endpoint}
 
 
 def decode_config(state: dict[str, Any]):
@@ -332,6 +337,7 @@ async def _exec(supervisor: Supervisor) -> None:
     # To subscribers while they are connected: the one after the exec reaches
     # only those that have reconnected by then.
     supervisor.publish("sockvisor.upgrading", {"from": __version__, "pid": os.getpid()})
+    endpoints = _endpoints(supervisor.control)
     if supervisor.control is not None:
         # Clients that find the endpoint down meanwhile wait for it (client.py).
         mark_endpoints(supervisor.control.ipc_paths)
@@ -341,6 +347,7 @@ async def _exec(supervisor: Supervisor) -> None:
     reason = refusal_after_preflight(supervisor)
     if reason is None:
         state = capture(supervisor)
+        state["control"] = endpoints   # closed by now: as they were
         fds = handover.named_fds(state)
         state_fd = handover.write(state)
         argv = new_argv(supervisor.config.path, state_fd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from sockvisor import __version__
@@ -94,7 +95,16 @@ def _resume(args: argparse.Namespace) -> int:
         systemd.Notifier.from_environ().watchdog()
     from sockvisor import fdlimit, handover, log, upgrade
     from sockvisor.supervisor import Supervisor
-    state = handover.read(args.resume)
+    try:
+        state = handover.read(args.resume)
+    except handover.StateError as exc:
+        print(f"sockvisor: --resume: {exc}", file=sys.stderr)
+        return 2
+    if state.get("pid") != os.getpid():
+        # Its fds are another process's: nothing here is what it describes.
+        print(f"sockvisor: --resume: the state is pid {state.get('pid')}'s, not ours "
+              f"({os.getpid()}); --resume is for sockvisor's own upgrade", file=sys.stderr)
+        return 2
     handover.take_fds(state, args.resume)
     config = upgrade.decode_config(state)
     log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)

@@ -393,3 +393,22 @@ def test_logs_keeps_its_lines_and_numbers_across_the_upgrade(sockvisor, scripts)
         # line N + 1): a follower asking for what came after is not confused.
         assert after and all(line["seq"] == int(line["line"].split()[-1]) + 1
                              for line in before["lines"] + after), after[:3]
+
+
+def test_resume_refuses_a_state_that_is_not_its_own(tmp_path):
+    """`--resume` takes over fds by number: only the process that wrote the state
+    (itself, before its exec) may; anyone else gets exit 2 and nothing runs."""
+    from sockvisor import handover
+    fixture = Path(__file__).parent.parent / "unit" / "fixtures" / "upgrade_state_format1.json"
+    fd = handover.write(json.loads(fixture.read_text()))
+    conf = tmp_path / "c.ini"
+    conf.write_text("[watcher:idle]\ncmd = /bin/sleep 30\n")
+    try:
+        result = subprocess.run([sys.executable, "-m", "sockvisor", "start", str(conf),
+                                 "--resume", str(fd)], pass_fds=(fd,), capture_output=True,
+                                text=True, timeout=30)
+    finally:
+        os.close(fd)
+    assert result.returncode == 2, result
+    assert "not ours" in result.stderr and "--resume is for sockvisor's own upgrade" in \
+        result.stderr
