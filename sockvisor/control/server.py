@@ -349,7 +349,10 @@ class ControlServer:
             sock.close(linger=linger)
         if self.authenticator is not None:
             self.authenticator.stop()
-        self.context.term()
+        if linger:
+            await asyncio.to_thread(self.context.term)   # the loop goes on meanwhile
+        else:
+            self.context.term()
         for path in self.ipc_paths:
             try:
                 os.unlink(path)
