@@ -380,6 +380,8 @@ def mark_endpoints(paths: list[str]) -> None:
     """PATH.upgrading (our pid) beside each ipc endpoint while it is down: a
     client then waits for it instead of reporting sockvisor gone."""
     for path in paths:
+        if not _ours(os.path.dirname(path)):
+            continue   # clients there report the endpoint down instead of waiting
         # A fresh file (O_EXCL after unlinking whatever has the name): never
         # written through a link someone else put there (DESIGN.md §5).
         unmark_endpoints([path])
@@ -393,8 +395,22 @@ def mark_endpoints(paths: list[str]) -> None:
             handle.write(f"{os.getpid()}\n")
 
 
+def _ours(directory: str) -> bool:
+    """A directory only root or we can write (not a symlink): root creates and
+    removes the markers by name, so nobody else may swap what the name means."""
+    import stat
+    try:
+        st = os.lstat(directory or ".")
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid in (0, os.geteuid())
+            and not st.st_mode & 0o022)
+
+
 def unmark_endpoints(paths: list[str]) -> None:
     for path in paths:
+        if not _ours(os.path.dirname(path)):
+            continue
         try:
             os.unlink(path + ".upgrading")
         except FileNotFoundError:

@@ -144,3 +144,25 @@ def test_the_state_memfd_is_close_on_exec_and_read_without_moving():
         assert handover.read(fd)["x"] == "y" * 100000
     finally:
         os.close(fd)
+
+
+def test_upgrade_markers_only_in_a_directory_nobody_else_can_write(tmp_path):
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = tmp_path / "link"
+    link.symlink_to(ours)
+    paths = [str(ours / "ctl"), str(shared / "ctl"), str(link / "ctl")]
+    (ours / "ctl.upgrading").symlink_to(tmp_path / "target")   # planted: replaced
+    upgrade.mark_endpoints(paths)
+    try:
+        assert (ours / "ctl.upgrading").read_text() == f"{os.getpid()}\n"
+        assert not (ours / "ctl.upgrading").is_symlink()
+        assert not (tmp_path / "target").exists()
+        assert not (shared / "ctl.upgrading").exists()
+        assert [p.name for p in ours.iterdir()] == ["ctl.upgrading"]   # not via the link
+    finally:
+        upgrade.unmark_endpoints(paths)
+    assert not (ours / "ctl.upgrading").exists()
