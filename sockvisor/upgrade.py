@@ -20,20 +20,31 @@ Order, and why:
     over).  Any failure refuses the upgrade with the child's reason; nothing
     has changed.
  3. The reply goes out (the command returns), then the exec task waits for the
-    reply's handler to finish, closes the control endpoints with a linger so
-    that libzmq flushes the reply, closes the web console, tells the service
-    manager RELOADING=1, and -- synchronously from here, so that nothing
+    reply's handler to finish, tells the service manager RELOADING=1, closes
+    the web console, publishes `sockvisor.upgrading`, leaves PATH.upgrading
+    beside each ipc endpoint (so that a client finding it down waits:
+    control/client.py), closes the control endpoints with a linger so that
+    libzmq flushes the reply, and -- synchronously from here, so that nothing
     happens in between -- captures the state again, writes it to a memfd,
-    clears close-on-exec on exactly the fds it names, and execs
+    clears close-on-exec on exactly the fds it names, pings the watchdog, and
+    execs
     `sockvisor start CONF --resume FD`.
- 4. If execve fails, close-on-exec is set again, the endpoints are opened
-    again, and sockvisor carries on as it was (READY=1 again).
+ 4. If execve fails (or something started meanwhile), close-on-exec is set
+    again, the endpoints are opened again, and sockvisor carries on as it was
+    (READY=1 again); the waiting `sockvisorctl upgrade` is told why.
  5. The new process (Supervisor._run_resumed) takes the state: the sockets,
     the notify socket and every pipe by fd, the watchers and workers without
     spawning, each worker's pid registered with the reaper *before* the reaper
     first looks, so a worker that exited during the gap is reaped then and
     replaced as any crash is.  The endpoints are bound again at the same
     places; a `sockvisorctl` call made in the gap is retried by the client.
+    It reports (`sockvisor.upgrade`, `status`, the `upgrade` command's result)
+    the versions, the gap -- from just before the exec until it serves again --
+    and the workers kept.
+
+Not carried over: what lives only in a coroutine (hence the refusals above),
+the output sinks' drop counters (`stats`), and events published during the
+gap (ZeroMQ subscribers reconnect by themselves and miss what came meanwhile).
 """
 
 from __future__ import annotations
