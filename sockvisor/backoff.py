@@ -67,3 +67,11 @@ class RestartTracker:
     def reset(self) -> None:
         self.failures.clear()
         self.consecutive = 0
+
+    def snapshot(self) -> dict:
+        """The history, for an upgrade (handover.py): monotonic times survive exec."""
+        return {"failures": list(self.failures), "consecutive": self.consecutive}
+
+    def restore(self, data: dict) -> None:
+        self.failures.extend(data["failures"])
+        self.consecutive = data["consecutive"]

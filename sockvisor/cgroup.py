@@ -211,6 +211,21 @@ class CgroupTree:
             raise
         return tree
 
+    @classmethod
+    def adopt(cls, path: str, leaves: list[str]) -> "CgroupTree":
+        """This run's directory again, after an upgrade exec'd sockvisor in place
+        (handover.py): nothing is swept or created -- the owner tag (our pid and
+        its start time, which exec does not change) is still right -- and the
+        running workers' `leaves` are ours again.  OSError if it is gone."""
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        tree = cls(path, dir_fd, os.path.exists(os.path.join(path, "cgroup.kill")))
+        for name in leaves:
+            tree.leaves[name] = WorkerCgroup(tree, name, None)
+            serial = name.rpartition(".")[2]
+            if serial.isdecimal():
+                tree._serial = max(tree._serial, int(serial))
+        return tree
+
     @property
     def description(self) -> str:
         how = "cgroup.kill" if self.has_kill else "SIGKILL to each pid in cgroup.procs"

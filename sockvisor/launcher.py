@@ -194,6 +194,33 @@ class Launcher:
                   worker.label, wid, generation.number)
         return worker
 
+    def adopt(self, worker: process.Worker, generation: Generation,
+              sinks: "tuple[OutputSink, OutputSink]",
+              pipes: "dict[str, tuple[int, bytes] | None]") -> None:
+        """Take over `worker`, started by this process before an upgrade exec'd it
+        (handover.py): what `launch` does after the fork -- the reaper's callback,
+        the output pipes (`pipes`: stream -> (read end, partial line)), the
+        exec-status pipe if not read yet, the readiness timers for what is left
+        of their time.  Nothing is forked."""
+        self.context.workers_by_pid[worker.pid] = worker
+        self.context.reaper.register(worker.pid, lambda status: self._reaped(
+            worker, generation, status), worker.before_reap)
+        loop = asyncio.get_running_loop()
+        for sink, stream in zip(sinks, ("stdout", "stderr")):
+            pipe = pipes.get(stream)
+            if pipe is not None:
+                sink.attach(loop, pipe[0], worker.pid, pipe[1])
+        if worker.status_fd is not None:
+            loop.add_reader(worker.status_fd, self._collect_exec_status, worker)
+        elif worker.exec_ok and worker.state == WorkerState.STARTING:
+            ready = worker.config.ready
+            elapsed = loop.time() - worker.started_at   # both CLOCK_MONOTONIC
+            if ready.kind == ReadyKind.DELAY:
+                worker.add_timer(loop.call_later(max(0.0, ready.delay - elapsed),
+                                                 worker.mark_ready))
+            worker.add_timer(loop.call_later(max(0.0, ready.timeout - elapsed),
+                                             self._ready_timeout, worker))
+
     def _collect_exec_status(self, worker: process.Worker) -> None:
         """The exec-status pipe is readable (or the worker exited): exec or error."""
         fd = worker.status_fd

@@ -487,6 +487,21 @@ class StreamWriter:
 
 
 _streams: dict[int, StreamWriter] = {}
+# Every worker pipe being read: read end -> (pid, stream, partial line not yet
+# emitted).  What an upgrade hands over (handover.py) to go on reading them.
+attached: dict[int, tuple[int, str, bytearray]] = {}
+
+
+def pending_output() -> dict[int, bytes]:
+    """What sockvisor's own stdout/stderr readers have not taken yet, by fd."""
+    return {fd: bytes(writer._pending) for fd, writer in _streams.items()
+            if writer._pending}
+
+
+def write_carried(pending: dict[int, bytes]) -> None:
+    """After an upgrade: write first what the previous run had not written yet."""
+    for fd, data in pending.items():
+        _stream(fd, "stdout" if fd == 1 else "stderr").write(data)
 
 
 def _stream(fd: int, name: str) -> StreamWriter:
@@ -541,6 +556,17 @@ class OutputRing:
                  for seq, when, who, text in ring
                  if seq > after and (pid is None or who == pid)]
         return sorted(found)
+
+    def snapshot(self) -> dict:
+        """The kept lines and the sequence number, for an upgrade (handover.py):
+        `logs` and `logs -f` go on across it as if nothing happened."""
+        return {"seq": self.seq, **{stream: [list(entry) for entry in ring]
+                                    for stream, ring in self._lines.items()}}
+
+    def restore(self, data: dict) -> None:
+        self.seq = data["seq"]
+        for stream, ring in self._lines.items():
+            ring.extend(tuple(entry) for entry in data.get(stream, []))
 
     async def wait(self, after: int, timeout: float) -> None:
         """Return when a line numbered above `after` exists, or after `timeout`."""
@@ -601,8 +627,10 @@ class OutputSink:
         os.set_blocking(write_end, True)
         return write_end, read_end
 
-    def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int) -> None:
-        """Read a worker's pipe until it closes; the sink stays open until then."""
+    def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int,
+               carried: bytes = b"") -> None:
+        """Read a worker's pipe until it closes; the sink stays open until then.
+        `carried`: a partial line read before an upgrade (handover.py)."""
         prefix = (f"{self.watcher_name}[{pid}] ".encode()
                   if self.config.kind == OutputKind.PREFIX else b"")
         emit = self.emit
@@ -614,7 +642,8 @@ class OutputSink:
                 (now, pid, line[:_RECENT_WIDTH].decode(errors="replace"))
                 for line in lines.rstrip(b"\n").rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]])
             emit(prefix, lines, pid)
-        partial = bytearray()
+        partial = bytearray(carried)
+        attached[read_end] = (pid, self.stream, partial)
         self.acquire()
         if self.file is not None:
             self.file.recheck()
@@ -628,6 +657,7 @@ class OutputSink:
                 data = b""
             if not data:
                 loop.remove_reader(read_end)
+                attached.pop(read_end, None)
                 os.close(read_end)
                 if partial:
                     remember_and_emit(prefix, bytes(partial) + b"\n")

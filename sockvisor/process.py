@@ -29,6 +29,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 import time
 
 import _signal  # pthread_sigmask without the enum conversion (0.3 ms a call)
@@ -77,7 +78,15 @@ class SpawnError(Exception):
 
 
 def fork_exec(spec: SpawnSpec) -> tuple[int, int]:
-    """Fork and exec `spec`; return (pid, read end of the exec-status pipe)."""
+    """Fork and exec `spec`; return (pid, read end of the exec-status pipe).
+
+    From the main thread only (RuntimeError otherwise): PR_SET_PDEATHSIG fires
+    when the *thread* that forked the child ends, and an upgrade's exec
+    (upgrade.py) ends every thread but the main one -- a worker forked from a
+    thread would be killed by the upgrade that must keep it."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("workers are forked from the main thread only "
+                           "(PDEATHSIG follows the forking thread)")
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     parent_pid = os.getpid()
@@ -380,6 +389,38 @@ class Worker:
         pre-fork master's children must not live on serving old code.  We are a
         zombie now, so our pid, the process group's id, cannot be reused yet."""
         self.kill_group()
+
+
+    # ---- upgrade (handover.py): what the next sockvisor needs to take it over
+
+    def snapshot(self) -> dict:
+        """This worker's state for a handover (times are CLOCK_MONOTONIC)."""
+        return {"pid": self.pid, "wid": self.wid, "generation": self.generation,
+                "state": self.state.value, "started_at": self.started_at,
+                "started_wall": self.started_wall, "ready_at": self.ready_at,
+                "exec_ok": self.exec_ok, "stop_requested": self.stop_requested,
+                "ready_failed": self.ready_failed, "status_fd": self.status_fd,
+                "status_text": self.status_text,
+                "cgroup": self.cgroup.name if self.cgroup is not None else None}
+
+    @classmethod
+    def restore(cls, config: WatcherConfig, data: dict,
+                on_state: Callable[["Worker", WorkerState, WorkerState], None]) -> "Worker":
+        """The Worker a previous sockvisor (this very process before its exec)
+        was running, as `snapshot` described it; nothing is forked."""
+        worker = cls(config, data["wid"], data["generation"], data["pid"], on_state)
+        worker.state = WorkerState(data["state"])
+        worker.started_at = data["started_at"]
+        worker.started_wall = data["started_wall"]
+        worker.ready_at = data["ready_at"]
+        worker.exec_ok = data["exec_ok"]
+        worker.stop_requested = data["stop_requested"]
+        worker.ready_failed = data["ready_failed"]
+        worker.status_fd = data["status_fd"]
+        worker.status_text = data["status_text"]
+        if worker.state == WorkerState.RUNNING:
+            worker.ready.set_result(None)
+        return worker
 
 
 class WorkerNotReady(Exception):

@@ -131,6 +131,19 @@ class ReadinessListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callback: Callback | None = None
 
+    @classmethod
+    def from_fd(cls, fd: int, address: str) -> "ReadinessListener":
+        """The listener an upgraded sockvisor inherited (handover.py): the very
+        socket every running worker's $NOTIFY_SOCKET names."""
+        listener = cls.__new__(cls)
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        listener._sock = sock
+        listener._name = address[1:] if address.startswith("@") else address
+        listener._loop = None
+        listener._callback = None
+        return listener
+
     @property
     def address(self) -> str:
         """The NOTIFY_SOCKET value for workers: ``@sockvisor/...``."""

@@ -42,7 +42,7 @@ import signal
 import time
 from typing import Any, Callable
 
-from sockvisor import cgroup
+from sockvisor import __version__, cgroup
 from sockvisor import config as config_module
 from sockvisor import log as log_setup
 from sockvisor import output, phase_bounds, systemd
@@ -100,6 +100,13 @@ class Supervisor:
         # Strong references to retire_socket's tasks (the loop keeps weak ones).
         self._pending_closes: set[asyncio.Task] = set()
         self.pidfile: PidFile | None = None
+        # Upgrades in place (upgrade.py): the state to resume from, if exec'd so.
+        self.resume_state: dict[str, Any] | None = None
+        self.started = False        # start-up (or a resume) is over
+        self.upgrading = False
+        self.upgrades = 0           # how many times this process was upgraded
+        self.last_upgrade: dict[str, Any] | None = None
+        self.adopts_orphans = False
 
     # ------------------------------------------------------------------ events
 
@@ -199,6 +206,8 @@ class Supervisor:
             watcher.on_notify(worker, fields)
 
     async def run(self) -> int:
+        if self.resume_state is not None:
+            return await self._run_resumed(self.resume_state)
         loop = asyncio.get_running_loop()
         for warning in self.config.warnings:
             log.warning("%s", warning)
@@ -209,6 +218,7 @@ class Supervisor:
         # (cgroup.py) frees the ports its workers' daemons may still hold.
         adopts_orphans = os.getpid() == 1 or (self.config.globals.subreaper
                                               and become_subreaper())
+        self.adopts_orphans = adopts_orphans
         try:
             self.cgroups = self._contain(adopts_orphans)
         except cgroup.CgroupUnavailable as exc:
@@ -247,12 +257,7 @@ class Supervisor:
             self.cgroups.start(loop)
         self.readiness = ReadinessListener(os.path.basename(self.config.path))
         self.readiness.start(loop, self._on_notify)
-        for signum, mode in ((signal.SIGTERM, StopMode.GRACEFUL),
-                             (signal.SIGINT, StopMode.GRACEFUL),
-                             (signal.SIGQUIT, StopMode.IMMEDIATE)):
-            loop.add_signal_handler(signum, self.request_stop, mode)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
+        self._handle_signals(loop)
         self.notifier.mainpid(os.getpid())
         self.notifier.extend_timeout(phase_bounds.start(self.config))
         context = self._context()
@@ -272,6 +277,7 @@ class Supervisor:
         if startup in stop_or_started[0] and startup.exception() is not None:
             return await self._fail_start(startup.exception())
         if startup in stop_or_started[0]:
+            self.started = True
             log.info("sockvisor ready: %s", self.status_line())
             self.notifier.ready(self.status_line())
             self._ready_reported = True
@@ -295,6 +301,130 @@ class Supervisor:
                      "descendants that leave its process group escape (set "
                      "`subreaper = true`, or make cgroup v2 writable)", why_not)
         return tree
+
+    def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum, mode in ((signal.SIGTERM, StopMode.GRACEFUL),
+                             (signal.SIGINT, StopMode.GRACEFUL),
+                             (signal.SIGQUIT, StopMode.IMMEDIATE)):
+            loop.add_signal_handler(signum, self.request_stop, mode)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
+
+    # ------------------------------------------------------------------ upgrade in place
+
+    def _on_sigusr2(self) -> None:
+        """nginx's binary upgrade signal: `sockvisorctl upgrade` without a client."""
+        from sockvisor import upgrade
+
+        async def run() -> None:
+            try:
+                await self.upgrade()
+            except upgrade.UpgradeRefused:
+                pass   # logged and published by upgrade.py
+        task = asyncio.ensure_future(run())
+        self._pending_closes.add(task)
+        task.add_done_callback(self._pending_closes.discard)
+
+    async def upgrade(self, after: asyncio.Task | None = None) -> dict[str, Any]:
+        from sockvisor import upgrade
+        return await upgrade.upgrade(self, after)
+
+    async def reopen_endpoints(self) -> None:
+        """The control channel and web console again, after an exec that failed."""
+        try:
+            await self._open_control()
+            self.http = await start_console(self)
+        except StartupError as exc:
+            log.error("%s; carrying on without it", exc)
+        if self.control is not None:
+            self.control.serve()
+
+    async def _run_resumed(self, state: dict[str, Any]) -> int:
+        """`sockvisor start CONF --resume FD`: this process was exec'd by an upgrade
+        (upgrade.py) and takes over what it ran before, spawning nothing: the
+        sockets, the workers' notify socket and pipes by fd, the cgroup tree, the
+        watchers and their workers (registered with the reaper before it first
+        looks, so those that exited in the gap are reaped and replaced now)."""
+        from sockvisor import handover
+        loop = asyncio.get_running_loop()
+        self._stop_requested = loop.create_future()
+        if self.config.globals.umask is not None:
+            os.umask(self.config.globals.umask)
+        self.started_at = state["started_at"]
+        self.upgrades = state["upgrades"] + 1
+        self.adopts_orphans = state["adopts_orphans"]
+        output.write_carried({int(fd): handover.unb64(data)
+                              for fd, data in state["stream_pending"].items()})
+        if state["cgroup"] is not None:
+            leaves = [w["cgroup"] for watcher in state["watchers"]
+                      for w in watcher["workers"] if w["cgroup"]]
+            try:
+                self.cgroups = cgroup.CgroupTree.adopt(state["cgroup"]["path"], leaves)
+            except OSError as exc:
+                log.error("cannot take the cgroup tree %s back: %s; process groups only",
+                          state["cgroup"]["path"], exc)
+        import socket as socket_module
+        for entry in state["sockets"]:
+            self.sockets[entry["name"]] = ListeningSocket(
+                self.config.sockets[entry["name"]],
+                socket_module.socket(fileno=entry["fd"]), adopted=entry["adopted"],
+                unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
+                relistened=entry["relistened"])
+        try:
+            await self._open_control()
+            self.http = await start_console(self)
+        except StartupError as exc:   # the workers must not be abandoned for it
+            log.error("%s; carrying on without it", exc)
+        if self.config.globals.pidfile is not None:
+            # It says our pid already; written again so that this process knows
+            # it as its own and removes it at exit.
+            self.pidfile = PidFile(self.config.globals.pidfile)
+            try:
+                self.pidfile.write(os.getpid())
+            except OSError as exc:
+                log.error("[sockvisor] pidfile: cannot write %s: %s",
+                          self.config.globals.pidfile, exc)
+                self.pidfile = None
+        self.reaper = Reaper(loop)
+        self.reaper.stops_orphans = self.adopts_orphans and self.cgroups is None
+        if self.cgroups is not None:
+            self.cgroups.start(loop)
+        if state["readiness"] is not None:
+            self.readiness = ReadinessListener.from_fd(state["readiness"]["fd"],
+                                                       state["readiness"]["address"])
+        else:
+            self.readiness = ReadinessListener(os.path.basename(self.config.path))
+        self.readiness.start(loop, self._on_notify)
+        self._handle_signals(loop)
+        self.notifier.mainpid(os.getpid())
+        context = self._context()
+        from sockvisor import upgrade
+        for data in state["watchers"]:
+            self.watchers[data["name"]] = upgrade.restore_watcher(
+                self.config, data, context)
+        self.reaper.start()   # now: every worker's exit has its callback
+        for watcher in self.watchers.values():
+            watcher.resumed()
+        if self.control is not None:
+            upgrade.unmark_endpoints(self.control.ipc_paths)
+            self.control.serve()
+        self.plugins.start(self.config.plugins)
+        self.started = True
+        gap_ms = round((time.time() - state["written_at"]) * 1000, 1)
+        workers = sum(len(w.workers) for w in self.watchers.values())
+        self.last_upgrade = {"from": state["version"], "to": __version__, "at": time.time(),
+                             "gap_ms": gap_ms, "workers": workers, "serial": self.upgrades}
+        log.info("upgraded in place: sockvisor %s -> %s, pid %d, %d workers kept; "
+                 "gap %.1f ms", state["version"], __version__, os.getpid(), workers, gap_ms)
+        self.publish("sockvisor.upgrade", dict(self.last_upgrade))
+        if state["ready_reported"]:
+            self._ready_reported = True
+            self.notifier.ready(self.status_line())
+            self._start_watchdog()
+        mode = await self._stop_requested
+        await self._teardown(mode)
+        return EXIT_OK
 
     def _on_sigusr1(self) -> None:
         """logrotate's postrotate: every worker log file, and sockvisor's own."""

@@ -953,6 +953,71 @@ class Watcher:
             self._dispatch(E.WORKER_EXIT)
             self._reconcile()
 
+    # ------------------------------------------------------------------ upgrade
+
+    def snapshot(self) -> dict[str, Any]:
+        """This watcher's state for an upgrade (handover.py); its workers' output
+        pipes are added by the caller.  Only taken when no command is running
+        (upgrade.refusal), so nothing is in flight but timers."""
+        return {"name": self.name, "state": self.state.value,
+                "generation": self.generation, "numprocesses": self.numprocesses,
+                "fatal_reason": self.fatal_reason, "restart_count": self.restart_count,
+                "restart_reasons": dict(self.restart_reasons),
+                "wid_restarts": {str(k): v for k, v in self._wid_restarts.items()},
+                "wid_high": self._wid_high, "restarts": self.restarts.snapshot(),
+                "backoff_remaining": max(0.0, self._backoff_until - time.monotonic()),
+                "output": self.output.snapshot(),
+                "workers": [w.snapshot() for w in self.workers.values()]}
+
+    @classmethod
+    def restore(cls, config: WatcherConfig, context: WatcherContext, data: dict[str, Any],
+                worker_configs: Mapping[int, WatcherConfig],
+                pipes: Mapping[int, dict[str, tuple[int, bytes] | None]]) -> "Watcher":
+        """The watcher as `snapshot` described it, its workers taken over (not
+        spawned): registered with the reaper, their pipes read again.  Call
+        `resumed()` once the reaper runs."""
+        watcher = cls(config, context)
+        watcher.state = WatcherState(data["state"])
+        watcher.generation = data["generation"]
+        watcher.numprocesses = data["numprocesses"]
+        watcher.fatal_reason = data["fatal_reason"]
+        watcher.restart_count = data["restart_count"]
+        watcher.restart_reasons = dict(data["restart_reasons"])
+        watcher._wid_restarts = {int(k): v for k, v in data["wid_restarts"].items()}
+        watcher.restarts.restore(data["restarts"])
+        if "output" in data:
+            watcher.output.restore(data["output"])
+        watcher._current = watcher.launcher.generation(watcher.generation, config)
+        generations: dict[int, Generation] = {}   # by id(config)
+        for item in data["workers"]:
+            worker_config = worker_configs.get(item["pid"], config)
+            generation = (watcher._current if worker_config is config else
+                          generations.setdefault(id(worker_config), watcher.launcher.generation(
+                              item["generation"], worker_config, watcher._current)))
+            worker = process.Worker.restore(worker_config, item, watcher._on_worker_state)
+            if item["cgroup"] and context.cgroups is not None:
+                worker.cgroup = context.cgroups.leaves.get(item["cgroup"])
+            watcher.workers[worker.pid] = worker
+            watcher._used_wids.add(worker.wid)
+            watcher.launcher.adopt(worker, generation, (watcher._stdout, watcher._stderr),
+                                   pipes.get(worker.pid, {}))
+        watcher._wid_high = max([data["wid_high"], *watcher._used_wids])
+        for wid in range(1, watcher._wid_high + 1):
+            if wid not in watcher._used_wids:
+                heapq.heappush(watcher._released_wids, wid)
+        watcher._backoff_until = time.monotonic() + data["backoff_remaining"]
+        return watcher
+
+    def resumed(self) -> None:
+        """After an upgrade, with the reaper running: the backoff timer again (its
+        remaining time), and the desired count again (a worker that died during
+        the exec was reaped by now and is replaced)."""
+        if self.state is S.BACKOFF:
+            self._enter(S.BACKOFF, "resumed after an upgrade")
+        else:
+            self._backoff_until = 0.0
+            self._reconcile()
+
     # ------------------------------------------------------------------ reporting
 
     def summary(self) -> dict[str, Any]:

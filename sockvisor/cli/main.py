@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from sockvisor import __version__
@@ -29,8 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("config", help="the INI file")
     start.add_argument("--log-level", default=None,
                        help="override [sockvisor] loglevel (debug, info, warning, error)")
+    start.add_argument("--resume", type=int, default=None, metavar="FD",
+                       help=argparse.SUPPRESS)   # exec'd by an upgrade (upgrade.py)
     check = commands.add_parser("check", help="validate a config without binding or spawning")
     check.add_argument("config", help="the INI file")
+    upgrade_check = commands.add_parser(
+        "upgrade-check", help="the pre-flight of an upgrade: can this version resume "
+                              "the state on --state-fd?")
+    upgrade_check.add_argument("config", help="the INI file")
+    upgrade_check.add_argument("--state-fd", type=int, required=True, metavar="FD")
     return parser
 
 
@@ -38,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sockvisor import config as config_module
     from sockvisor import log
+    if args.command == "upgrade-check":
+        from sockvisor import upgrade
+        return upgrade.check_main(args.config, args.state_fd)
+    if args.command == "start" and args.resume is not None:
+        return _resume(args)
 
     try:
         config = config_module.load(args.config)
@@ -69,6 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     fdlimit.raise_own()   # two pipe fds per worker (fdlimit.py)
     from sockvisor.supervisor import Supervisor
     return asyncio.run(Supervisor(config).run())
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """`start --resume FD`: exec'd in place by an upgrade (upgrade.py).  The config
+    is the one that was running, from the state; nothing is checked again that
+    the pre-flight did not check, nothing is bound or spawned."""
+    from sockvisor import systemd
+    if systemd.watchdog_interval() is not None:
+        # First, before the heavy imports: the exec's gap must not eat the
+        # watchdog period (the old process pinged just before it).
+        systemd.Notifier.from_environ().watchdog()
+    from sockvisor import fdlimit, handover, log, upgrade
+    from sockvisor.supervisor import Supervisor
+    try:
+        state = handover.read(args.resume)
+    except handover.StateError as exc:
+        print(f"sockvisor: --resume: {exc}", file=sys.stderr)
+        return 2
+    if state.get("pid") != os.getpid():
+        # Its fds are another process's: nothing here is what it describes.
+        print(f"sockvisor: --resume: the state is pid {state.get('pid')}'s, not ours "
+              f"({os.getpid()}); --resume is for sockvisor's own upgrade", file=sys.stderr)
+        return 2
+    handover.take_fds(state, args.resume)
+    config = upgrade.decode_config(state)
+    log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)
+    fdlimit.raise_own()
+    supervisor = Supervisor(config)
+    supervisor.resume_state = state
+    return asyncio.run(supervisor.run())
 
 
 if __name__ == "__main__":

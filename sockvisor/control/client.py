@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -16,8 +17,18 @@ import zmq
 from sockvisor.control import protocol
 
 
+# How long an ipc endpoint that is down because its sockvisor is upgrading
+# itself (a marker file says so: `_upgrading`) is given to come back: longer
+# than the gap of an upgrade in place.  Without the marker: unreachable at once.
+GAP_WAIT = 3.0
+
+
 class Unreachable(Exception):
     """No sockvisor answered at the endpoint in time."""
+
+
+class _NotListening(Unreachable):
+    """Nothing listens at the ipc endpoint (yet, or any more)."""
 
 
 class ControlClient:
@@ -42,9 +53,21 @@ class ControlClient:
         self.socket.connect(endpoint)
 
     def _check_ipc(self) -> None:
-        # ZeroMQ connects lazily and would just time out; say what is wrong at once.
+        # ZeroMQ connects lazily and would just time out; say what is wrong at once
+        # -- unless it comes right: sockvisor upgrading itself (upgrade.py) has
+        # its endpoint closed for a few hundred ms, and a call then must wait.
         if not self.endpoint.startswith("ipc://"):
             return
+        deadline = time.monotonic() + min(self.timeout, GAP_WAIT)
+        while True:
+            try:
+                return self._check_ipc_once()
+            except _NotListening:
+                if time.monotonic() >= deadline or not _upgrading(self.endpoint):
+                    raise
+                time.sleep(0.02)
+
+    def _check_ipc_once(self) -> None:
         path = self.endpoint[len("ipc://"):]
         if path.startswith("@"):
             return
@@ -52,7 +75,7 @@ class ControlClient:
         if not os.path.exists(path):
             if os.path.isdir(directory) and not os.access(directory, os.X_OK):
                 raise Unreachable(f"permission denied: {self.endpoint}")
-            raise Unreachable(f"no sockvisor at {self.endpoint} (no such socket file)")
+            raise _NotListening(f"no sockvisor at {self.endpoint} (no such socket file)")
         if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.X_OK):
             raise Unreachable(f"permission denied: {self.endpoint}")
         # A file left behind by a sockvisor that was killed: nobody accepts on it,
@@ -61,7 +84,7 @@ class ControlClient:
         try:
             probe.connect(path)
         except ConnectionRefusedError:
-            raise Unreachable(f"no sockvisor at {self.endpoint} (stale socket file: "
+            raise _NotListening(f"no sockvisor at {self.endpoint} (stale socket file: "
                               "nothing listens on it)") from None
         except OSError:
             pass   # let ZeroMQ try and report
@@ -130,6 +153,25 @@ class ControlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _upgrading(endpoint: str) -> bool:
+    """Is the sockvisor of this ipc endpoint exec'ing itself (upgrade.py)?  It
+    leaves PATH.upgrading, holding its pid, while its endpoint is down."""
+    try:
+        with open(endpoint[len("ipc://"):] + ".upgrading") as handle:
+            pid = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def protocol_decode(data: bytes) -> dict[str, Any]:

@@ -48,3 +48,11 @@ class Host(Protocol):
     def remove_watcher(self, name: str) -> Awaitable[None]: ...
 
     def reload_config(self) -> Awaitable[dict[str, Any]]: ...
+
+    # Upgrades in place (upgrade.py): how many, and the last one's report.
+    upgrades: int
+    last_upgrade: "dict[str, Any] | None"
+
+    def upgrade(self, after: "asyncio.Task | None" = None) -> Awaitable[dict[str, Any]]:
+        """Pre-flight the installed sockvisor, then exec it once `after` is done;
+        upgrade.UpgradeRefused (nothing changed) if it cannot be."""

@@ -332,7 +332,9 @@ class ControlServer:
         if group_mode:
             os.chown(directory, -1, self.group)
 
-    async def close(self) -> None:
+    async def close(self, linger: int = 0) -> None:
+        """`linger` (ms): how long libzmq may take to send replies already queued
+        (an upgrade's own reply, before the exec)."""
         self.closing = True
         for each in self.relays:
             await each.close()
@@ -344,10 +346,13 @@ class ControlServer:
         if self.publish in self.supervisor.subscribers:
             self.supervisor.subscribers.remove(self.publish)
         for sock in self.sockets:
-            sock.close(linger=0)
+            sock.close(linger=linger)
         if self.authenticator is not None:
             self.authenticator.stop()
-        self.context.term()
+        if linger:
+            await asyncio.to_thread(self.context.term)   # the loop goes on meanwhile
+        else:
+            self.context.term()
         for path in self.ipc_paths:
             try:
                 os.unlink(path)

@@ -169,6 +169,14 @@ class FakeSupervisor:
     async def remove_watcher(self, name: str) -> None:
         self.watchers.pop(name, None)
 
+    upgrades = 0
+    last_upgrade = None
+    started_at = 0.0
+
+    async def upgrade(self, after=None) -> dict[str, Any]:
+        from sockvisor.upgrade import UpgradeRefused
+        raise UpgradeRefused("upgrade refused: not a real sockvisor")
+
 
 WEB_CONFIG = watcher_from_options("<test>", "web", {"cmd": "/bin/true",
                                                     "env": "SECRET=x"}, {})

@@ -14,7 +14,7 @@ from sockvisor.control.commands.base import Command
 COMMAND_MODULES = (
     "list", "status", "numprocesses", "numwatchers", "incr", "decr", "start", "stop",
     "restart", "reload", "reloadconfig", "signal", "listsockets", "stats", "dstats",
-    "options", "get", "set", "quit", "add", "rm", "logs", "console", "console_token",
+    "options", "get", "set", "quit", "add", "rm", "logs", "console", "console_token", "upgrade",
 )
 
 _registry: dict[str, Command] | None = None

@@ -52,7 +52,8 @@ class Status(Command):
             watcher = get_watcher(supervisor, props)
             return {"status": watcher.state.value, "watcher": watcher.status()}
         return {"statuses": {name: w.state.value for name, w in supervisor.watchers.items()},
-                "watchers": [w.summary() for w in supervisor.watchers.values()]}
+                "watchers": [w.summary() for w in supervisor.watchers.values()],
+                "sockvisor": _itself(supervisor)}
 
     def exit_status(self, reply: dict[str, Any]) -> int:
         watchers = [reply["watcher"]] if "watcher" in reply else reply.get("watchers", [])
@@ -75,7 +76,30 @@ class Status(Command):
                                               "UPTIME", "RESTARTS"])
         rows = [[w["name"], w["state"], f"{w['ready']}/{w['numprocesses']}",
                  w["processes"], w["generation"]] for w in reply.get("watchers", [])]
-        return table(rows, ["WATCHER", "STATE", "READY", "PROCESSES", "GEN"])
+        text = table(rows, ["WATCHER", "STATE", "READY", "PROCESSES", "GEN"])
+        itself = reply.get("sockvisor")
+        if itself:
+            text += (f"\nsockvisor {itself['version']} (pid {itself['pid']}), started "
+                     f"{_when(itself['started_at'])}")
+            if itself.get("last_upgrade_at"):
+                text += (f", upgraded in place {itself['upgrades']} time(s), last "
+                         f"{_when(itself['last_upgrade_at'])}")
+        return text
+
+
+def _itself(supervisor) -> dict[str, Any]:
+    """sockvisor's own version, start and last upgrade in place (upgrade.py)."""
+    import os
+    from sockvisor import __version__
+    last = supervisor.last_upgrade or {}
+    return {"version": __version__, "pid": os.getpid(),
+            "started_at": supervisor.started_at, "upgrades": supervisor.upgrades,
+            "last_upgrade_at": last.get("at"), "last_upgrade_from": last.get("from")}
+
+
+def _when(timestamp: float) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 COMMAND = Status()
