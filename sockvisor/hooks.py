@@ -77,6 +77,12 @@ class HookRunner:
         self.context = context
         self.sinks = sinks
         self._background: set[asyncio.Task] = set()
+        self.running = 0   # hooks whose process has not been reaped yet
+
+    def busy(self) -> bool:
+        """Whether a hook runs or waits to run (an upgrade waits for none: its
+        process and the task awaiting it would not cross the exec)."""
+        return self.running > 0 or bool(self._background)
 
     def has(self, config: WatcherConfig, *points: str) -> bool:
         return any(point in config.hooks for point in points)
@@ -94,7 +100,11 @@ class HookRunner:
         if hook is None:
             return ""
         started = time.time()
-        status, failure = await self._execute(config, point, hook.argv, context)
+        self.running += 1
+        try:
+            status, failure = await self._execute(config, point, hook.argv, context)
+        finally:
+            self.running -= 1
         if failure is None and status == 0:
             self.context.publish(f"watcher.{self.name}.hook_success",
                                  {"name": point, "time": started})

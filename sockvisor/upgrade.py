@@ -103,6 +103,8 @@ def refusal(supervisor: Supervisor) -> str | None:
     for watcher in supervisor.watchers.values():
         if watcher._lock.locked() or watcher.state not in _STEADY:
             return f"watcher {watcher.name} is {watcher.state.value}, a command is running"
+        if watcher.hook_runner.busy():
+            return f"a hook of watcher {watcher.name} is running"
         for worker in watcher.workers.values():
             if worker.state == WorkerState.STOPPING or worker.stop_requested:
                 return f"{worker.label} is being stopped"
@@ -345,6 +347,10 @@ async def _exec(supervisor: Supervisor) -> None:
     if supervisor.http is not None:
         await supervisor.http.close()
         supervisor.http = None
+    # The plugins' tasks would not cross the exec, and a third-party plugin's
+    # process would run twice once the new code starts its own: stopped here,
+    # started again by the resumed process (or below, if the exec fails).
+    await supervisor.plugins.close(shutting_down=False)
     # To subscribers while they are connected: the one after the exec reaches
     # only those that have reconnected by then.
     supervisor.publish("sockvisor.upgrading", {"from": __version__, "pid": os.getpid()})
@@ -381,6 +387,7 @@ async def _exec(supervisor: Supervisor) -> None:
                                "failed_attempt": {"at": time.time(), "reason": reason}}
     supervisor.publish("sockvisor.upgrade.failed", {"reason": reason})
     await supervisor.reopen_endpoints()
+    supervisor.plugins.start(supervisor.config.plugins)
     if supervisor.control is not None:
         unmark_endpoints(supervisor.control.ipc_paths)
     if supervisor._ready_reported:

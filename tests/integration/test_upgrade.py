@@ -194,6 +194,28 @@ def test_upgrade_refused_while_a_command_runs(sockvisor, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_upgrade_refused_while_a_hook_runs(sockvisor, tmp_path):
+    """A hook's process and the task awaiting its answer would not cross the exec:
+    the upgrade waits for none, it is refused with the reason, and then goes
+    through once the hook is done."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section(
+        "web", worker, numprocesses=1, **{"hooks.after_reap": "/bin/sleep 3"}))
+    with control(sv) as client:
+        before = client.wait_ready("web", 1)
+        victim = before["workers"][0]["pid"]
+        sv.track(victim)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: (lambda d: d if d["ready"] == 1 and victim not in
+                          {w["pid"] for w in d["workers"]} else None)(client.status("web")),
+                 10)
+        result = ctl(sv, "upgrade")
+        assert result.returncode != 0, result.stdout
+        assert "refused" in result.stderr and "hook" in result.stderr, result.stderr
+        wait_for(lambda: ctl(sv, "upgrade").returncode == 0, 20)
+
+
+@pytest.mark.timeout(60)
 def test_sigusr2_upgrades_too_and_the_pidfile_stays_ours(sockvisor, tmp_path):
     worker = ServeWorker(tmp_path / "worker")
     pidfile = tmp_path / "sockvisor.pid"
