@@ -161,6 +161,11 @@ class HookRunner:
                                  groups=groups, umask=config.umask,
                                  cwd=config.working_dir)
         try:
+            # Contained as a worker is (DESIGN §5): its own cgroup where cgroups are
+            # in use, its own process group always; whatever it started ends when
+            # it is reaped -- a hook is no way to leave a daemon behind.
+            if self.context.cgroups is not None:
+                spec.cgroup = self.context.cgroups.new_leaf(f"{self.name}.hook")
             pid, status_r = process.fork_exec(spec)
         except OSError as exc:
             os.close(out_read)
@@ -171,12 +176,21 @@ class HookRunner:
             os.close(err_child)
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[int] = loop.create_future()
+        cgroup = spec.cgroup
+
+        def before_reap() -> None:
+            # A zombie still: its pid, the group's id, cannot be reused yet.
+            if cgroup is not None:
+                cgroup.kill()
+            _kill_group(pid)
 
         def reaped(status: int) -> None:
+            if cgroup is not None:
+                cgroup.release()
             if not exited.done():
                 exited.set_result(status)
         # Registered before the loop runs again: the exit cannot be missed.
-        self.context.reaper.register(pid, reaped)
+        self.context.reaper.register(pid, reaped, before_reap)
         stdout.attach(loop, out_read, pid)
         stderr.attach(loop, err_read, pid)
         log.debug("watcher %s: %s hook started as pid %d", self.name, point, pid)

@@ -516,7 +516,13 @@ class PluginRunner:
         if control is None:
             log.error("[%s] not started: the control channel is disabled", spec.section)
             return
-        argv = [sys.executable, "-c", "from circus import plugins; plugins.main()",
+        # -P and cwd "/": `-c` would put sockvisor's working directory first on
+        # the plugin's sys.path -- a folder another user may write, whose
+        # `circus/` would then run as root.  Likewise sys.path[0] (the folder of
+        # sockvisor's script, or its working directory under `python -m`) is
+        # not handed on; the rest of sockvisor's path is, so the same circus
+        # and plugin packages are found.
+        argv = [sys.executable, "-P", "-c", "from circus import plugins; plugins.main()",
                 "--endpoint", control.endpoint, "--pubsub", control.events_endpoint,
                 "--log-level", self.supervisor.config.globals.loglevel]
         if spec.options:
@@ -524,12 +530,13 @@ class PluginRunner:
             argv += ["--config", ":::".join(f"{key}:{value}" for key, value in spec.options)]
         argv.append(spec.use)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path[1:] if path)
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             exited: asyncio.Future[int] = loop.create_future()
-            pid, status_r = process.fork_exec(process.SpawnSpec(argv=argv, env=env, fds=[]))
+            pid, status_r = process.fork_exec(process.SpawnSpec(argv=argv, env=env, fds=[],
+                                                                cwd="/"))
             self.supervisor.reaper.register(
                 pid, lambda status: exited.done() or exited.set_result(status))
             log.info("[%s] started %s (pid %d)", spec.section, spec.use, pid)

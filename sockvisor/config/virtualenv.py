@@ -7,9 +7,12 @@ As circus/util.py `load_virtualenv` (0.19) does it:
     version sockvisor runs on; neither existing is an error;
   * VENV/bin, if it exists, goes first in PATH;
   * PYTHONPATH becomes: the directories the site directory's `*.pth` files
-    name (those that exist; not `#` comments or `import` lines), then the
-    PYTHONPATH the worker had, then the site directory itself (unless already
-    there).
+    name (not `#` comments, `import` lines or blank ones), then the PYTHONPATH
+    the worker had, then the site directory itself (unless already there).
+    Unlike Circus, a named directory is kept whether or not it exists: root
+    asking would tell whoever writes the .pth files whether paths root alone
+    can see exist (PYTHONPATH is theirs to read), and the worker's Python
+    skips a missing directory anyway.
   * `copy_path`: sockvisor's own `sys.path`, joined, is the worker's PYTHONPATH
     before the watcher's env is applied (so an explicit PYTHONPATH wins).
 
@@ -19,12 +22,14 @@ worker's PATH is sockvisor's either way, and what is added is the same.
 The virtualenv is often the application user's, writable by the worker: root
 reads its `.pth` files without following a symlink and without blocking on a
 FIFO (O_NOFOLLOW | O_NONBLOCK, regular files only, a bounded size), through a
-descriptor of the site directory, so nothing planted there makes `check`,
-`start` or `reloadconfig` hang or read another file.
+descriptor of the site directory opened one component at a time below the
+virtualenv without following a symlink, so nothing planted there makes `check`,
+`start` or `reloadconfig` hang or read another folder's files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -75,23 +80,46 @@ def _pth_packages(site: str) -> list[str]:
     """The existing directories `site`'s .pth files name, in a stable order
     (Circus keeps them in a set: its order is arbitrary; ours is by file name)."""
     packages: list[str] = []
-    try:
-        dir_fd = os.open(site, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ValueError(f"cannot open {site}: {exc.strerror}") from None
+    dir_fd = _open_site(site)
     try:
         for name in sorted(os.listdir(dir_fd)):
             if not name.endswith(".pth"):
                 continue
             for line in _read_pth(dir_fd, name).splitlines():
-                if line.startswith(("#", "import")):
+                if not line.strip() or line.startswith(("#", "import")):
                     continue
                 candidate = os.path.abspath(os.path.join(site, line.rstrip()))
-                if os.path.exists(candidate) and candidate not in packages:
+                if candidate not in packages:
                     packages.append(candidate)
     finally:
         os.close(dir_fd)
     return packages
+
+
+def _open_site(site: str) -> int:
+    """A descriptor of `site` (VENV/lib/pythonX.Y/site-packages): VENV as the
+    config names it, each folder below it without following a symlink -- one
+    planted by whoever owns the virtualenv would make root list another folder
+    and read its .pth files into a PYTHONPATH they can read."""
+    lib = os.path.dirname(os.path.dirname(site))
+    venv = os.path.dirname(lib)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(venv, flags)
+    except OSError as exc:
+        raise ValueError(f"cannot open {venv}: {exc.strerror}") from None
+    try:
+        for part in os.path.relpath(site, venv).split(os.sep):
+            below = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except OSError as exc:
+        os.close(fd)
+        # O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR (or ELOOP).
+        why = ("a symlink, or not a directory" if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+               else exc.strerror)
+        raise ValueError(f"cannot open {site}: {why}") from None
+    return fd
 
 
 def _read_pth(dir_fd: int, name: str) -> str:

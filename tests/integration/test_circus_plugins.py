@@ -333,6 +333,8 @@ def test_flapping_plugin_becomes_the_restart_limit(sockvisor, scripts):
 
 THIRD_PARTY_PLUGIN = '''
 import json
+import os
+import sys
 from circus.plugins import CircusPlugin
 from circus.util import AsyncPeriodicCallback
 
@@ -356,7 +358,8 @@ class Scaler(CircusPlugin):
             self.done = True
             listing = self.call("list")
             with open(self.out, "w") as handle:
-                json.dump({"list": listing, "config": self.config}, handle)
+                json.dump({"list": listing, "config": self.config,
+                           "cwd": os.getcwd(), "path": sys.path}, handle)
             self.cast("incr", name=self.watcher)
 
     def handle_recv(self, data):
@@ -393,6 +396,10 @@ def test_third_party_plugin_runs_as_circus_runs_it(sockvisor, scripts, tmp_path,
     seen = __import__("json").loads(out.read_text())
     assert seen["list"]["status"] == "ok" and seen["list"]["watchers"] == ["web"]
     assert seen["config"]["name"] == "plugin:scaler"   # Circus's --config, as Circus builds it
+    # Runs as root: nothing may be imported from sockvisor's working directory,
+    # which may be a folder another user can write (a planted `circus/`).
+    assert seen["cwd"] == "/", seen["cwd"]
+    assert not {"", str(sv.directory)} & set(seen["path"]), seen["path"]
     wait_for(lambda: (tmp_path / "plugin.json.events").exists()
              and "watcher.web.spawn" in (tmp_path / "plugin.json.events").read_text())
     plugin_pid = int(sv.wait_log(r"\[plugin:scaler\] started \S+ \(pid (\d+)\)")[0].group(1))

@@ -333,3 +333,32 @@ def test_a_circus_dotted_hook_is_refused_with_what_to_do(tmp_path):
     assert f"{path}: [watcher:web]: hooks.before_start:" in message, message
     assert "mycoolapp.myplugins.check_redis" in message
     assert "python3 -c" in message and "exit status" in message, message
+
+
+@pytest.mark.timeout(40)
+def test_what_a_hook_starts_ends_with_it(sockvisor, tmp_path):
+    """A hook is contained as a worker is: what it leaves running in its process
+    group -- and, where cgroups are used, what it setsid()s away -- is killed when
+    it is reaped, instead of living on after the hook, the watcher and sockvisor."""
+    setup = Setup(tmp_path / "hooks")
+    pids = tmp_path / "hooks" / "children"
+    script = (f"sleep 4343 & echo $! > {pids}.group; "
+              f"setsid sleep 4242 & echo $! > {pids}.session; exit 0")
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {setup.worker_cmd()}
+        hooks.after_spawn = /bin/sh -c {shlex.quote(script)}
+    """)
+    with control(sv) as ctl:
+        wait_for(lambda: ctl.status("web")["ready"] == 1, 10)
+        wait_for(lambda: Path(f"{pids}.group").exists() and Path(f"{pids}.session").exists()
+                 and Path(f"{pids}.session").read_text().strip(), 10)
+        in_group = int(Path(f"{pids}.group").read_text())
+        in_session = int(Path(f"{pids}.session").read_text())
+        sv.track(in_group)
+        sv.track(in_session)
+        wait_for(lambda: is_reaped(in_group), 10,
+                 message=lambda: "the hook's child outlived it:\n" + sv.log())
+        if "process containment: cgroup" in sv.log():
+            wait_for(lambda: is_reaped(in_session), 10,
+                     message=lambda: "a setsid()ed child escaped the hook's cgroup")

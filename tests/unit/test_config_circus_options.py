@@ -112,9 +112,11 @@ def test_virtualenv_as_circus_loads_it(tmp_path):
     venv = tmp_path / "venv"
     site = make_venv(venv)
     config = web(tmp_path, f"copy_env = true\nvirtualenv = {venv}\n")
-    # Circus: the .pth packages, then the existing PYTHONPATH, then site-packages.
+    # Circus: the .pth packages, then the existing PYTHONPATH, then site-packages;
+    # a named directory that does not exist is kept (root does not probe for the
+    # .pth's writer whether a path exists: see virtualenv.py).
     assert config.env["PYTHONPATH"].split(os.pathsep) == [
-        f"{venv}/src/pkg", "/from/env", str(site)]
+        f"{venv}/src/pkg", "/does/not/exist", "/from/env", str(site)]
     assert config.env["PATH"] == f"{venv}/bin:/usr/bin:/bin"
 
 
@@ -137,6 +139,33 @@ def test_virtualenv_without_site_packages(tmp_path):
     error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\n"
                                f"virtualenv = {tmp_path}/venv\nvirtualenv_py_ver = 3.99\n")
     assert error.key == "virtualenv" and "python3.99/site-packages" in error.message
+
+
+def test_virtualenv_pth_tells_nobody_what_exists_where_only_root_looks(tmp_path):
+    """Root filtering the .pth's lines by existence would tell whoever writes them
+    (through the worker's PYTHONPATH) whether a root-only path exists."""
+    venv = tmp_path / "venv"
+    site = make_venv(venv)
+    (site / "probe.pth").write_text("/root/.bashrc\n/root/surely-not-there\n")
+    paths = web(tmp_path, f"virtualenv = {venv}\n").env["PYTHONPATH"].split(os.pathsep)
+    assert "/root/.bashrc" in paths and "/root/surely-not-there" in paths
+
+
+def test_virtualenv_site_packages_through_a_symlink_is_refused(tmp_path):
+    """site-packages replaced by a link to another folder: root would list that
+    folder and read its .pth files into the worker's PYTHONPATH."""
+    venv = tmp_path / "venv"
+    site = make_venv(venv)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.pth").write_text("/the/secret/line\n")
+    for item in site.iterdir():
+        item.unlink()
+    site.rmdir()
+    site.symlink_to(elsewhere)
+    error = error_of(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\n"
+                               f"virtualenv = {venv}\n")
+    assert error.key == "virtualenv" and "symlink" in error.message, error.message
 
 
 def test_virtualenv_pth_fifo_does_not_block(tmp_path):
