@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from sockvisor.config import SocketConfig
+from sockvisor.control import peer
 
 log = logging.getLogger("sockvisor.sockets")
 
@@ -80,8 +81,14 @@ class ListeningSocket:
     bound_at: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.bound_at is None and self.sock.family != socket.AF_UNIX:
-            self.bound_at = self.sock.getsockname()
+        if self.sock.family != socket.AF_UNIX:
+            if self.bound_at is None:
+                self.bound_at = self.sock.getsockname()
+            # Root's socket in a worker's hands: its kernel uid (0) must never
+            # vouch for a control client (control/peer.py, step 5).  Every
+            # ListeningSocket is made here: bound, adopted, reloaded in, or
+            # taken back after an upgrade.  (A unix socket cannot be a TCP peer.)
+            peer.shared_by_us(self.sock)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 import uuid
 from typing import Any
@@ -155,19 +156,36 @@ class ControlClient:
         self.close()
 
 
+MARKER_SIZE = 32   # a pid and a newline, with room to spare
+
+
 def _upgrading(endpoint: str) -> bool:
     """Is the sockvisor of this ipc endpoint exec'ing itself (upgrade.py)?  It
-    leaves PATH.upgrading, holding its pid, while its endpoint is down."""
+    leaves PATH.upgrading, holding its pid, while its endpoint is down.
+
+    The endpoint's folder may be writable by others (a worker's /run/app): the
+    marker is read only if it is a regular file, not through a symlink, without
+    blocking on a FIFO (O_NONBLOCK: open() of a FIFO with no writer would wait),
+    and at most MARKER_SIZE bytes -- no /dev/zero can make root's client hang or
+    fill memory."""
     try:
-        with open(endpoint[len("ipc://"):] + ".upgrading") as handle:
-            pid = int(handle.read().strip() or 0)
+        fd = os.open(endpoint[len("ipc://"):] + ".upgrading",
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        pid = int(os.read(fd, MARKER_SIZE).strip() or 0)
     except (OSError, ValueError):
         return False
+    finally:
+        os.close(fd)
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):   # 32 digits fit; no pid is that big
         return False
     except PermissionError:
         pass

@@ -20,6 +20,16 @@ the ipc endpoint of the client's rights.  `peer_uid`
 4. looks up our end again: still ESTABLISHED means the peer did not close (and
    its port could not be handed to someone else) while we looked.
 
+5. refuses a peer socket that sockvisor itself created for others to use:
+   the listening sockets it binds or adopts and hands to workers (fd 3…).
+   Their kernel uid is root's, but a worker holding one can take it out of
+   LISTEN (connect() with AF_UNSPEC) and connect() it to this port: its peer
+   uid would read 0 and a `nobody` worker would get owner rights.  sockets.py
+   records the inode of every such socket (`shared_by_us`), for sockvisor's
+   life -- retired ones too, a worker may still hold one -- and a peer whose
+   socket has one of those inodes is judged a stranger.  (A connection a
+   worker accepts is not one: the kernel gives it the acceptor's uid.)
+
 Any step that finds nothing, something else, or fails answers None: fail closed.
 Why each check:
   * the exact lookup falls back to *listening* sockets when no connection
@@ -48,10 +58,16 @@ at once; it does not wait on the network.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import struct
 from typing import NamedTuple
+
+from sockvisor import ratelimit
+
+log = logging.getLogger("sockvisor.control")
+_quiet = ratelimit.RateLimitedLog(log)
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -71,6 +87,19 @@ _SOCKID_TAIL = struct.Struct("=III")
 _MSG_HEAD = struct.Struct("=BBBB")
 _MSG_TAIL = struct.Struct("=IIIII")
 _SOCKID_SIZE = _SOCKID.size + _SOCKID_TAIL.size   # 48
+
+
+# Inodes of the sockets sockvisor created (or adopted) for workers to hold:
+# created by root, used by others, so their kernel uid says nothing about who
+# uses them.  Bounded by the sockets configs ever named (reloads add some).
+_SHARED_INODES: set[int] = set()
+
+
+def shared_by_us(sock: socket.socket) -> None:
+    """Remember that `sock` (one sockvisor hands to workers) is no credential:
+    a peer connecting through it is a stranger, whatever its uid says."""
+    # sock_diag reports the inode as 32 bits; sockfs inode numbers fit in them.
+    _SHARED_INODES.add(os.fstat(sock.fileno()).st_ino & 0xFFFFFFFF)
 
 
 class Tuple(NamedTuple):
@@ -190,5 +219,12 @@ def peer_uid(sock: socket.socket) -> int | None:
         if not _our_end_holds(conn, inode):
             return None
     except (OSError, ValueError):
+        return None
+    if peer.inode in _SHARED_INODES:
+        _quiet.warning(("shared-socket-peer",),
+                       "a connection to %s:%s came from a socket sockvisor hands to "
+                       "workers (inode %d, its kernel uid %d): a worker connected its "
+                       "listening socket; served as a stranger", conn.local[0],
+                       conn.local[1], peer.inode, peer.uid)
         return None
     return peer.uid

@@ -151,3 +151,30 @@ def test_another_users_socket_is_theirs():
         finally:
             child.stdin.close()
             child.wait(10)
+
+
+def _unlisten(sock: socket.socket) -> None:
+    """connect() with AF_UNSPEC, as a worker can do on its fd 3: out of LISTEN."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = ctypes.create_string_buffer(16)   # struct sockaddr, sa_family 0
+    assert libc.connect(sock.fileno(), unspec, 16) == 0, ctypes.get_errno()
+
+
+def test_a_listening_socket_we_hand_out_is_no_credential(monkeypatch):
+    """A listening socket sockvisor shares with workers, taken out of LISTEN and
+    connected: its kernel uid is ours (root's), yet the peer is a stranger."""
+    monkeypatch.setattr(peer, "_SHARED_INODES", set())
+    target = socket.create_server(("127.0.0.1", 0))
+    shared = socket.create_server(("127.0.0.1", 0))
+    other = socket.socket()
+    with target, shared, other:
+        peer.shared_by_us(shared)
+        _unlisten(shared)
+        shared.connect(target.getsockname())
+        hijacked, _ = target.accept()
+        other.connect(target.getsockname())
+        honest, _ = target.accept()
+        with hijacked, honest:
+            assert peer.peer_uid(hijacked) is None
+            assert peer.peer_uid(honest) == os.geteuid()
