@@ -22,7 +22,8 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
   config          the config as running: `path`; `globals`, `sockets` (by name)
                   as encoded dataclasses; `watchers` by name, each the option
                   values of its WatcherConfig (config.current_values, so changes
-                  made by `set`, `incr` and `add` are kept) -- never INI text
+                  made by `set`, `incr` and `add` are kept; `uid` as {"$uid": N},
+                  its passwd entry looked up again on reading) -- never INI text
   sockets         the socket table: name, fd, address, adopted (from the service
                   manager, else bound by us), unix_inode, relistened
   readiness       the workers' NOTIFY_SOCKET: fd and address

@@ -52,11 +52,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import sys
 import time
 from typing import Any
 
-from sockvisor import __version__, handover, process
+from sockvisor import __version__, fdlimit, handover, process
 from sockvisor.states import WatcherState, WorkerState
 
 # The supervisor is handed in (`Supervisor` below is sockvisor.supervisor's, by
@@ -113,7 +114,6 @@ def refusal(supervisor: Supervisor) -> str | None:
 
 def capture(supervisor: Supervisor) -> dict[str, Any]:
     """The whole state (handover.py's format) as it is now.  Synchronous."""
-    from sockvisor import config as config_module
     from sockvisor import output
     config = supervisor.config
     pipes: dict[int, dict[str, Any]] = {}
@@ -125,8 +125,7 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
         for item, worker in zip(data["workers"], watcher.workers.values()):
             item.update(pipes.get(worker.pid, {}))
             item["config"] = (None if worker.config is watcher.config else
-                              handover.encode(config_module.current_values(
-                                  worker.config, f"watcher:{watcher.name}")))
+                              _encode_values(worker.config, f"watcher:{watcher.name}"))
         watchers.append(data)
     control = supervisor.control
     return {
@@ -138,8 +137,8 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
             "sockets": {n: handover.encode(s) for n, s in config.sockets.items()},
             "plugins": handover.encode(config.plugins),
             "warnings": list(config.warnings),
-            "watchers": {n: handover.encode(config_module.current_values(
-                w.config, f"watcher:{n}")) for n, w in supervisor.watchers.items()}},
+            "watchers": {n: _encode_values(w.config, f"watcher:{n}")
+                         for n, w in supervisor.watchers.items()}},
         "sockets": [{"name": name, "fd": s.fd, "address": s.address, "adopted": s.adopted,
                      "unix_inode": list(s.unix_inode) if s.unix_inode else None,
                      "relistened": s.relistened}
@@ -156,6 +155,27 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
                            for fd, data in output.pending_output().items()},
         "watchers": watchers,
     }
+
+
+def _encode_values(config, section: str) -> Any:
+    """A watcher's option values (config.current_values) for the state.  `uid`
+    is a passwd entry there, which JSON would flatten into a bare tuple: the
+    state carries the uid number, and `_decode_values` looks the entry up again."""
+    from sockvisor import config as config_module
+    values = config_module.current_values(config, section)
+    for key, value in values.items():
+        if isinstance(value, pwd.struct_passwd):
+            values[key] = {"$uid": value.pw_uid}
+    return handover.encode(values)
+
+
+def _decode_values(data: Any) -> dict[str, Any]:
+    from sockvisor.config.values import _parse_user
+    values = handover.decode(data)
+    for key, value in values.items():
+        if isinstance(value, dict) and set(value) == {"$uid"}:
+            values[key] = _parse_user(str(value["$uid"]))
+    return values
 
 
 def _endpoints(control: Any) -> dict[str, Any] | None:
@@ -176,7 +196,7 @@ def decode_config(state: dict[str, Any]):
     watchers = {}
     for name, values in data["watchers"].items():
         watchers[name] = loader.watcher_from_values(name, f"watcher:{name}",
-                                                    handover.decode(values), sockets)
+                                                    _decode_values(values), sockets)
     return Config(path=data["path"], globals=handover.decode(data["globals"]),
                   sockets=sockets, watchers=watchers,
                   warnings=tuple(data.get("warnings", ())),
@@ -198,7 +218,7 @@ def check(state: dict[str, Any]) -> str:
             WorkerState(worker["state"])
             if worker.get("config") is not None:
                 loader.watcher_from_values(watcher["name"], f"watcher:{watcher['name']}",
-                                           handover.decode(worker["config"]),
+                                           _decode_values(worker["config"]),
                                            config.sockets)
             workers += 1
     for entry in state["sockets"]:
@@ -222,7 +242,7 @@ def restore_watcher(config, data: dict[str, Any], context):
             key = repr(item["config"])
             if key not in decoded:
                 decoded[key] = loader.watcher_from_values(
-                    name, f"watcher:{name}", handover.decode(item["config"]), config.sockets)
+                    name, f"watcher:{name}", _decode_values(item["config"]), config.sockets)
             worker_configs[item["pid"]] = decoded[key]
         pipes[item["pid"]] = {stream: (item[stream]["fd"], handover.unb64(item[stream]["partial"]))
                               for stream in ("stdout", "stderr") if item.get(stream)}
