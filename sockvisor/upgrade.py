@@ -68,8 +68,10 @@ log = logging.getLogger("sockvisor.upgrade")
 
 PREFLIGHT_TIMEOUT = 30.0
 REPLY_LINGER_MS = 1000   # how long closing the control channel waits to flush replies
+# WAITING (an idle on_demand watcher) too: nothing of it lives in a coroutine,
+# and Watcher.resumed arms the watch on its sockets again.
 _STEADY = (WatcherState.ACTIVE, WatcherState.STOPPED, WatcherState.FATAL,
-           WatcherState.BACKOFF)
+           WatcherState.BACKOFF, WatcherState.WAITING)
 
 
 class UpgradeRefused(Exception):
