@@ -30,6 +30,8 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
   control         the control and events endpoints (re-bound at the same places)
   cgroup          the run's cgroup directory, or null
   adopts_orphans  whether we are PID 1 or a child subreaper
+  nofile_started_with  the soft RLIMIT_NOFILE workers get back (fdlimit.py),
+                  or null; optional (a state without it: none carried over)
   ready_reported  whether READY=1 was sent to the service manager
   stream_pending  bytes sockvisor had not yet written to its own stdout/stderr
                   (base64, by fd number)

@@ -152,6 +152,7 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
         "cgroup": ({"path": supervisor.cgroups.path}
                    if supervisor.cgroups is not None else None),
         "adopts_orphans": supervisor.adopts_orphans,
+        "nofile_started_with": fdlimit.started_with(),
         "ready_reported": supervisor._ready_reported,
         "stream_pending": {str(fd): handover.b64(data)
                            for fd, data in output.pending_output().items()},
