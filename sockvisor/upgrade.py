@@ -378,16 +378,23 @@ async def _exec(supervisor: Supervisor) -> None:
     # only those that have reconnected by then.
     supervisor.publish("sockvisor.upgrading", {"from": __version__, "pid": os.getpid()})
     endpoints = _endpoints(supervisor.control)
+    marked: list[str] = []
     if supervisor.control is not None:
         # Clients that find the endpoint down meanwhile wait for it (client.py).
-        mark_endpoints(supervisor.control.ipc_paths)
+        marked = list(supervisor.control.ipc_paths)
+        mark_endpoints(marked)
+        # The tcp relays' ports stay bound through the exec (and if it fails):
+        # only the ZeroMQ sockets close.
+        supervisor.relay_fds = supervisor.control.hand_over_relays()
         await supervisor.control.close(linger=REPLY_LINGER_MS)
         supervisor.control = None
     # From here on nothing awaits: the state is exactly what is exec'd with.
     reason = refusal_after_preflight(supervisor)
     if reason is None:
         state = capture(supervisor)
-        state["control"] = endpoints   # closed by now: as they were
+        if endpoints is not None:   # closed by now: as they were
+            state["control"] = {**endpoints, "relays": supervisor.relay_fds,
+                                "marked": marked}
         fds = handover.named_fds(state)
         state_fd = handover.write(state)
         argv = new_argv(supervisor.config.path, state_fd)
@@ -409,10 +416,8 @@ async def _exec(supervisor: Supervisor) -> None:
     supervisor.last_upgrade = {**(supervisor.last_upgrade or {}),
                                "failed_attempt": {"at": time.time(), "reason": reason}}
     supervisor.publish("sockvisor.upgrade.failed", {"reason": reason})
-    await supervisor.reopen_endpoints()
+    await supervisor.reopen_endpoints(marked)
     supervisor.plugins.start(supervisor.config.plugins)
-    if supervisor.control is not None:
-        unmark_endpoints(supervisor.control.ipc_paths)
     if supervisor._ready_reported:
         notifier.ready(supervisor.status_line())
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from sockvisor import paths
 from conftest import Scripts, Sockvisor, http_get, wait_for
-from control_helpers import (ServeWorker, control, ctl, socket_section,
+from control_helpers import (ServeWorker, control, ctl, run_ctl, socket_section,
                              watcher_section)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -126,4 +130,79 @@ def test_workers_started_after_an_upgrade_get_the_soft_open_files_limit(tmp_path
         assert _soft_nofile(second) == 1024
         assert _soft_nofile(sv.pid) == 20000
     finally:
+        sv.cleanup()
+
+
+SQUAT = r'''
+import socket, sys, time
+port, out = int(sys.argv[1]), sys.argv[2]
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen(16)
+    except OSError:
+        s.close()
+        time.sleep(0.0005)
+        continue
+    with open(out, "a") as f:
+        f.write("squatted\n")
+    time.sleep(2)
+    s.close()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.root
+@root_only
+@pytest.mark.timeout(150)
+def test_nobody_cannot_take_the_tcp_control_port_during_upgrades(world_readable_dir,
+                                                                 tmp_path):
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"{SYSTEM_PYTHON} is not available for the unprivileged squatter")
+    port, events = _free_port(), _free_port()
+    directory = tmp_path / "sv"
+    directory.mkdir()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    config = (f"[sockvisor]\nendpoint = {endpoint}\n"
+              f"pubsub_endpoint = tcp://127.0.0.1:{events}\n\n"
+              "[watcher:web]\ncmd = /bin/sleep 3600\nnumprocesses = 1\ngraceful_timeout = 1\n")
+    script = world_readable_dir / "squat.py"
+    script.write_text(SQUAT)
+    script.chmod(0o644)
+    nobody = pwd.getpwnam("nobody")
+    drop = world_readable_dir / "squatter"
+    drop.mkdir()
+    os.chown(drop, nobody.pw_uid, nobody.pw_gid)
+    out = drop / "squatted"
+    sv = Sockvisor(directory, config)
+    squatter = None
+    try:
+        sv.wait_ready(30)
+        squatter = subprocess.Popen([SYSTEM_PYTHON, str(script), str(port), str(out)],
+                                    user=nobody.pw_uid, group=nobody.pw_gid,
+                                    extra_groups=[], cwd=world_readable_dir)
+        for number in range(1, 4):
+            result = run_ctl("--endpoint", endpoint, "--json", "upgrade", timeout=60)
+            assert result.returncode == 0, f"{result.stderr}\n{sv.describe()}"
+            assert json.loads(result.stdout.strip().splitlines()[-1])["serial"] == number
+            status = run_ctl("--endpoint", endpoint, "--json", "status", "web", timeout=30)
+            assert status.returncode == 0, f"{status.stderr}\n{sv.describe()}"
+            assert json.loads(status.stdout)["watcher"]["state"] == "active"
+        assert not out.exists(), out.read_text()
+        assert squatter.poll() is None
+        # No marker left behind beside the ipc endpoints the relay serves.
+        place = Path(paths.runtime_dir(str(sv.conf)))
+        assert place.is_dir() and not list(place.glob("*.upgrading"))
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait()
         sv.cleanup()
