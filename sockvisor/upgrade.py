@@ -118,14 +118,16 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
     """The whole state (handover.py's format) as it is now.  Synchronous."""
     from sockvisor import output
     config = supervisor.config
-    pipes: dict[int, dict[str, Any]] = {}
-    for fd, (pid, stream, partial) in output.attached.items():
-        pipes.setdefault(pid, {})[stream] = {"fd": fd, "partial": handover.b64(bytes(partial))}
     watchers = []
     for watcher in supervisor.watchers.values():
         data = watcher.snapshot()
         for item, worker in zip(data["workers"], watcher.workers.values()):
-            item.update(pipes.get(worker.pid, {}))
+            for stream, (fd, partial) in worker.pipes.items():
+                entry = output.attached.get(fd)
+                # Still this worker's pipe (read to its end, its fd may be
+                # another's by now): the very buffer its reader was given.
+                if entry is not None and entry[2] is partial:
+                    item[stream] = {"fd": fd, "partial": handover.b64(bytes(partial))}
             item["config"] = (None if worker.config is watcher.config else
                               _encode_values(worker.config, f"watcher:{watcher.name}"))
         watchers.append(data)
