@@ -100,10 +100,15 @@ class Relay:
         upgrade's exec: `close` then stops accepting but the port stays ours."""
         return [os.dup(sock.fileno()) for server in self.servers for sock in server.sockets]
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; the connections under way get `grace` seconds to carry
+        what is in flight (a reply sent just before the ipc side closed: its
+        closing ends them), then end."""
         for server in self.servers:
             server.close()
         self.servers.clear()
+        if grace and self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

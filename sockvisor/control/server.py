@@ -345,8 +345,6 @@ class ControlServer:
         """`linger` (ms): how long libzmq may take to send replies already queued
         (an upgrade's own reply, before the exec)."""
         self.closing = True
-        for each in self.relays:
-            await each.close()
         for task in self.serve_tasks:
             task.cancel()
         for task in list(self.handlers):
@@ -362,6 +360,10 @@ class ControlServer:
             await asyncio.to_thread(self.context.term)   # the loop goes on meanwhile
         else:
             self.context.term()
+        # The relays after the ZeroMQ sockets: a reply libzmq flushed to a relay's
+        # ipc side (the upgrade's own) still has to be carried to its tcp client.
+        for each in self.relays:
+            await each.close(grace=linger / 1000)
         for path in self.ipc_paths:
             try:
                 os.unlink(path)
