@@ -12,6 +12,10 @@ break when a high soft limit lets them open one.  sockvisor waits with epoll
 (asyncio) and poll() only, so it raises its own; a worker gets the soft limit
 sockvisor was started with (and the hard limit unchanged) unless its watcher
 sets `rlimit_nofile`.
+
+Across an upgrade (upgrade.py) the exec'd process starts with the raised limit
+already, so the soft limit to give back travels in the state (`started_with`,
+`resume`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,20 @@ def raise_own() -> None:
         return
     _started_with = soft
     log.info("open-files limit raised from %d to %d; workers get %d", soft, hard, soft)
+
+
+def started_with() -> int | None:
+    """The soft limit workers get back (None: their own, unchanged), for the
+    upgrade's state."""
+    return _started_with
+
+
+def resume(soft: int | None) -> None:
+    """After an upgrade's exec: the soft limit the first process was started with
+    (`raise_own` here found it raised already)."""
+    global _started_with
+    if soft is not None:
+        _started_with = soft
 
 
 def give_back() -> None:

@@ -22,13 +22,19 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
   config          the config as running: `path`; `globals`, `sockets` (by name)
                   as encoded dataclasses; `watchers` by name, each the option
                   values of its WatcherConfig (config.current_values, so changes
-                  made by `set`, `incr` and `add` are kept) -- never INI text
+                  made by `set`, `incr` and `add` are kept; `uid` as {"$uid": N},
+                  its passwd entry looked up again on reading) -- never INI text
   sockets         the socket table: name, fd, address, adopted (from the service
                   manager, else bound by us), unix_inode, relistened
   readiness       the workers' NOTIFY_SOCKET: fd and address
-  control         the control and events endpoints (re-bound at the same places)
+  control         the control and events endpoints (re-bound at the same places),
+                  or null; optional in it: `relays` (by tcp endpoint, the fds of
+                  the relay's listening sockets, taken over instead of bound again)
+                  and `marked` (the ipc paths left with a PATH.upgrading marker)
   cgroup          the run's cgroup directory, or null
   adopts_orphans  whether we are PID 1 or a child subreaper
+  nofile_started_with  the soft RLIMIT_NOFILE workers get back (fdlimit.py),
+                  or null; optional (a state without it: none carried over)
   ready_reported  whether READY=1 was sent to the service manager
   stream_pending  bytes sockvisor had not yet written to its own stdout/stderr
                   (base64, by fd number)
@@ -207,6 +213,8 @@ def named_fds(state: Mapping[str, Any]) -> list[int]:
     readiness = state.get("readiness")
     if readiness:
         fds.append(readiness["fd"])
+    for relay_fds in (state.get("control") or {}).get("relays", {}).values():
+        fds.extend(relay_fds)
     for watcher in state.get("watchers", []):
         for worker in watcher["workers"]:
             for stream in ("stdout", "stderr"):

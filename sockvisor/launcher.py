@@ -186,8 +186,8 @@ class Launcher:
                                                                       status),
                                      worker.before_reap)
         loop = asyncio.get_running_loop()
-        stdout.attach(loop, out_read, pid)
-        stderr.attach(loop, err_read, pid)
+        worker.pipes = {"stdout": (out_read, stdout.attach(loop, out_read, pid)),
+                        "stderr": (err_read, stderr.attach(loop, err_read, pid))}
         worker.status_fd = status_r
         loop.add_reader(status_r, self._collect_exec_status, worker)
         log.debug("watcher %s: spawned %s (wid %d, generation %d)", self.name,
@@ -209,7 +209,8 @@ class Launcher:
         for sink, stream in zip(sinks, ("stdout", "stderr")):
             pipe = pipes.get(stream)
             if pipe is not None:
-                sink.attach(loop, pipe[0], worker.pid, pipe[1])
+                worker.pipes[stream] = (pipe[0], sink.attach(loop, pipe[0], worker.pid,
+                                                             pipe[1]))
         if worker.status_fd is not None:
             loop.add_reader(worker.status_fd, self._collect_exec_status, worker)
         elif worker.exec_ok and worker.state == WorkerState.STARTING:

@@ -488,7 +488,9 @@ class StreamWriter:
 
 _streams: dict[int, StreamWriter] = {}
 # Every worker pipe being read: read end -> (pid, stream, partial line not yet
-# emitted).  What an upgrade hands over (handover.py) to go on reading them.
+# emitted).  An upgrade hands over (handover.py) each worker's own pipes, found
+# by the read end and buffer the worker keeps (Worker.pipes), never by pid: an
+# exited worker's pipe still held by a grandchild has the pid of a new worker.
 attached: dict[int, tuple[int, str, bytearray]] = {}
 
 
@@ -628,9 +630,11 @@ class OutputSink:
         return write_end, read_end
 
     def attach(self, loop: asyncio.AbstractEventLoop, read_end: int, pid: int,
-               carried: bytes = b"") -> None:
+               carried: bytes = b"") -> bytearray:
         """Read a worker's pipe until it closes; the sink stays open until then.
-        `carried`: a partial line read before an upgrade (handover.py)."""
+        `carried`: a partial line read before an upgrade (handover.py).  Returns
+        the pipe's partial-line buffer: its `attached` entry, for as long as that
+        entry is the very same object, is this pipe's (not a reused fd's)."""
         prefix = (f"{self.watcher_name}[{pid}] ".encode()
                   if self.config.kind == OutputKind.PREFIX else b"")
         emit = self.emit
@@ -678,6 +682,7 @@ class OutputSink:
                 self.fallback.hold(read_end, lambda: loop.add_reader(read_end, on_readable))
 
         loop.add_reader(read_end, on_readable)
+        return partial
 
     def emit(self, prefix: bytes, lines: bytes, pid: int) -> None:
         if self.config.kind == OutputKind.NULL:

@@ -241,6 +241,9 @@ class Worker:
         self.stop_requested = False   # its exit is expected: no replacement
         self.ready_failed = False     # stopped for missing ready_timeout
         self.status_fd: int | None = None   # exec-status pipe, until read
+        # Its output pipes: stream -> (read end, the partial-line buffer
+        # output.attached holds for it while that pipe is read).
+        self.pipes: dict[str, tuple[int, bytearray]] = {}
         self.status_text = ""         # last STATUS= it sent
         self.cgroup: WorkerCgroup | None = None   # its own cgroup, if cgroups are used
         loop = asyncio.get_running_loop()

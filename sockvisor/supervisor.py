@@ -62,6 +62,11 @@ from sockvisor.watcher import Watcher, WatcherContext
 
 log = logging.getLogger("sockvisor")
 
+# Opening the control channel again after an upgrade's exec: how many tries,
+# how far apart, before carrying on without it.
+CONTROL_REOPEN_TRIES = 3
+CONTROL_REOPEN_DELAY = 0.2
+
 class StopMode(enum.Enum):
     GRACEFUL = "graceful"
     IMMEDIATE = "immediate"
@@ -88,6 +93,9 @@ class Supervisor:
         self.cgroups: cgroup.CgroupTree | None = None
         self.readiness: ReadinessListener | None = None
         self.control: Any = None
+        # The control relays' listening sockets by tcp endpoint, held across an
+        # upgrade's exec until the control channel is open again (upgrade.py).
+        self.relay_fds: dict[str, list[int]] = {}
         self.http: Any = None   # the web console (sockvisor/http/), when `http` is set
         self.plugins = PluginRunner(self)   # Circus's bundled plugins, max_age
         self._stop_requested: asyncio.Future[StopMode] | None = None
@@ -330,15 +338,37 @@ class Supervisor:
         from sockvisor import upgrade
         return await upgrade.upgrade(self, after)
 
-    async def reopen_endpoints(self) -> None:
+    async def reopen_endpoints(self, marked: list[str] | None) -> None:
         """The control channel and web console again, after an exec that failed."""
+        await self._reopen_control(marked)
         try:
-            await self._open_control()
             self.http = await start_console(self)
         except StartupError as exc:
             log.error("%s; carrying on without it", exc)
         if self.control is not None:
             self.control.serve()
+
+    async def _reopen_control(self, marked: list[str] | None) -> None:
+        """After an upgrade's exec (or one that failed): the control endpoints
+        again, the relays on the listening sockets carried over; a few tries, then
+        the `marked` endpoints lose their PATH.upgrading whatever happened: a
+        marker left behind would make every client wait for nothing."""
+        from sockvisor import upgrade
+        for attempt in range(1, CONTROL_REOPEN_TRIES + 1):
+            try:
+                await self._open_control()
+                break
+            except StartupError as exc:
+                if attempt == CONTROL_REOPEN_TRIES:
+                    # The relays' ports stay held (relay_fds): free, another
+                    # local user could bind them and answer in our place.
+                    log.error("%s; carrying on without it", exc)
+                else:
+                    log.warning("%s; trying again", exc)
+                    await asyncio.sleep(CONTROL_REOPEN_DELAY)
+        if marked is None:   # a state from before `marked` was carried
+            marked = self.control.ipc_paths if self.control is not None else []
+        upgrade.unmark_endpoints(marked)
 
     async def _run_resumed(self, state: dict[str, Any]) -> int:
         """`sockvisor start CONF --resume FD`: this process was exec'd by an upgrade
@@ -371,8 +401,11 @@ class Supervisor:
                 socket_module.socket(fileno=entry["fd"]), adopted=entry["adopted"],
                 unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
                 relistened=entry["relistened"])
+        control_state = state["control"] or {}
+        self.relay_fds = {endpoint: list(fds)
+                          for endpoint, fds in control_state.get("relays", {}).items()}
+        await self._reopen_control(control_state.get("marked"))
         try:
-            await self._open_control()
             self.http = await start_console(self)
         except StartupError as exc:   # the workers must not be abandoned for it
             log.error("%s; carrying on without it", exc)
@@ -407,7 +440,6 @@ class Supervisor:
         for watcher in self.watchers.values():
             watcher.resumed()
         if self.control is not None:
-            upgrade.unmark_endpoints(self.control.ipc_paths)
             self.control.serve()
         self.plugins.start(self.config.plugins)
         self.started = True
@@ -509,11 +541,15 @@ class Supervisor:
             return
         control = ControlServer(self)
         try:
-            await control.open()   # closes what it opened if it fails
+            await control.open(self.relay_fds)   # closes what it opened if it fails
         except Exception as exc:   # OSError, zmq.ZMQError: either way we cannot serve
             raise StartupError(f"cannot open the control endpoint: {exc}",
                                EXIT_SOCKET) from None
         self.control = control
+        for fds in self.relay_fds.values():   # the relays hold copies now
+            for fd in fds:
+                os.close(fd)
+        self.relay_fds = {}
 
     def _start_watchdog(self) -> None:
         interval = systemd.watchdog_interval()

@@ -52,11 +52,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import sys
 import time
 from typing import Any
 
-from sockvisor import __version__, handover, process
+from sockvisor import __version__, fdlimit, handover, process
 from sockvisor.states import WatcherState, WorkerState
 
 # The supervisor is handed in (`Supervisor` below is sockvisor.supervisor's, by
@@ -67,8 +68,10 @@ log = logging.getLogger("sockvisor.upgrade")
 
 PREFLIGHT_TIMEOUT = 30.0
 REPLY_LINGER_MS = 1000   # how long closing the control channel waits to flush replies
+# WAITING (an idle on_demand watcher) too: nothing of it lives in a coroutine,
+# and Watcher.resumed arms the watch on its sockets again.
 _STEADY = (WatcherState.ACTIVE, WatcherState.STOPPED, WatcherState.FATAL,
-           WatcherState.BACKOFF)
+           WatcherState.BACKOFF, WatcherState.WAITING)
 
 
 class UpgradeRefused(Exception):
@@ -113,20 +116,20 @@ def refusal(supervisor: Supervisor) -> str | None:
 
 def capture(supervisor: Supervisor) -> dict[str, Any]:
     """The whole state (handover.py's format) as it is now.  Synchronous."""
-    from sockvisor import config as config_module
     from sockvisor import output
     config = supervisor.config
-    pipes: dict[int, dict[str, Any]] = {}
-    for fd, (pid, stream, partial) in output.attached.items():
-        pipes.setdefault(pid, {})[stream] = {"fd": fd, "partial": handover.b64(bytes(partial))}
     watchers = []
     for watcher in supervisor.watchers.values():
         data = watcher.snapshot()
         for item, worker in zip(data["workers"], watcher.workers.values()):
-            item.update(pipes.get(worker.pid, {}))
+            for stream, (fd, partial) in worker.pipes.items():
+                entry = output.attached.get(fd)
+                # Still this worker's pipe (read to its end, its fd may be
+                # another's by now): the very buffer its reader was given.
+                if entry is not None and entry[2] is partial:
+                    item[stream] = {"fd": fd, "partial": handover.b64(bytes(partial))}
             item["config"] = (None if worker.config is watcher.config else
-                              handover.encode(config_module.current_values(
-                                  worker.config, f"watcher:{watcher.name}")))
+                              _encode_values(worker.config, f"watcher:{watcher.name}"))
         watchers.append(data)
     control = supervisor.control
     return {
@@ -138,8 +141,8 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
             "sockets": {n: handover.encode(s) for n, s in config.sockets.items()},
             "plugins": handover.encode(config.plugins),
             "warnings": list(config.warnings),
-            "watchers": {n: handover.encode(config_module.current_values(
-                w.config, f"watcher:{n}")) for n, w in supervisor.watchers.items()}},
+            "watchers": {n: _encode_values(w.config, f"watcher:{n}")
+                         for n, w in supervisor.watchers.items()}},
         "sockets": [{"name": name, "fd": s.fd, "address": s.address, "adopted": s.adopted,
                      "unix_inode": list(s.unix_inode) if s.unix_inode else None,
                      "relistened": s.relistened}
@@ -151,11 +154,33 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
         "cgroup": ({"path": supervisor.cgroups.path}
                    if supervisor.cgroups is not None else None),
         "adopts_orphans": supervisor.adopts_orphans,
+        "nofile_started_with": fdlimit.started_with(),
         "ready_reported": supervisor._ready_reported,
         "stream_pending": {str(fd): handover.b64(data)
                            for fd, data in output.pending_output().items()},
         "watchers": watchers,
     }
+
+
+def _encode_values(config, section: str) -> Any:
+    """A watcher's option values (config.current_values) for the state.  `uid`
+    is a passwd entry there, which JSON would flatten into a bare tuple: the
+    state carries the uid number, and `_decode_values` looks the entry up again."""
+    from sockvisor import config as config_module
+    values = config_module.current_values(config, section)
+    for key, value in values.items():
+        if isinstance(value, pwd.struct_passwd):
+            values[key] = {"$uid": value.pw_uid}
+    return handover.encode(values)
+
+
+def _decode_values(data: Any) -> dict[str, Any]:
+    from sockvisor.config.values import _parse_user
+    values = handover.decode(data)
+    for key, value in values.items():
+        if isinstance(value, dict) and set(value) == {"$uid"}:
+            values[key] = _parse_user(str(value["$uid"]))
+    return values
 
 
 def _endpoints(control: Any) -> dict[str, Any] | None:
@@ -176,7 +201,7 @@ def decode_config(state: dict[str, Any]):
     watchers = {}
     for name, values in data["watchers"].items():
         watchers[name] = loader.watcher_from_values(name, f"watcher:{name}",
-                                                    handover.decode(values), sockets)
+                                                    _decode_values(values), sockets)
     return Config(path=data["path"], globals=handover.decode(data["globals"]),
                   sockets=sockets, watchers=watchers,
                   warnings=tuple(data.get("warnings", ())),
@@ -198,7 +223,7 @@ def check(state: dict[str, Any]) -> str:
             WorkerState(worker["state"])
             if worker.get("config") is not None:
                 loader.watcher_from_values(watcher["name"], f"watcher:{watcher['name']}",
-                                           handover.decode(worker["config"]),
+                                           _decode_values(worker["config"]),
                                            config.sockets)
             workers += 1
     for entry in state["sockets"]:
@@ -222,7 +247,7 @@ def restore_watcher(config, data: dict[str, Any], context):
             key = repr(item["config"])
             if key not in decoded:
                 decoded[key] = loader.watcher_from_values(
-                    name, f"watcher:{name}", handover.decode(item["config"]), config.sockets)
+                    name, f"watcher:{name}", _decode_values(item["config"]), config.sockets)
             worker_configs[item["pid"]] = decoded[key]
         pipes[item["pid"]] = {stream: (item[stream]["fd"], handover.unb64(item[stream]["partial"]))
                               for stream in ("stdout", "stderr") if item.get(stream)}
@@ -355,16 +380,23 @@ async def _exec(supervisor: Supervisor) -> None:
     # only those that have reconnected by then.
     supervisor.publish("sockvisor.upgrading", {"from": __version__, "pid": os.getpid()})
     endpoints = _endpoints(supervisor.control)
+    marked: list[str] = []
     if supervisor.control is not None:
         # Clients that find the endpoint down meanwhile wait for it (client.py).
-        mark_endpoints(supervisor.control.ipc_paths)
+        marked = list(supervisor.control.ipc_paths)
+        mark_endpoints(marked)
+        # The tcp relays' ports stay bound through the exec (and if it fails):
+        # only the ZeroMQ sockets close.
+        supervisor.relay_fds = supervisor.control.hand_over_relays()
         await supervisor.control.close(linger=REPLY_LINGER_MS)
         supervisor.control = None
     # From here on nothing awaits: the state is exactly what is exec'd with.
     reason = refusal_after_preflight(supervisor)
     if reason is None:
         state = capture(supervisor)
-        state["control"] = endpoints   # closed by now: as they were
+        if endpoints is not None:   # closed by now: as they were
+            state["control"] = {**endpoints, "relays": supervisor.relay_fds,
+                                "marked": marked}
         fds = handover.named_fds(state)
         state_fd = handover.write(state)
         argv = new_argv(supervisor.config.path, state_fd)
@@ -386,10 +418,8 @@ async def _exec(supervisor: Supervisor) -> None:
     supervisor.last_upgrade = {**(supervisor.last_upgrade or {}),
                                "failed_attempt": {"at": time.time(), "reason": reason}}
     supervisor.publish("sockvisor.upgrade.failed", {"reason": reason})
-    await supervisor.reopen_endpoints()
+    await supervisor.reopen_endpoints(marked)
     supervisor.plugins.start(supervisor.config.plugins)
-    if supervisor.control is not None:
-        unmark_endpoints(supervisor.control.ipc_paths)
     if supervisor._ready_reported:
         notifier.ready(supervisor.status_line())
 

@@ -1010,10 +1010,11 @@ class Watcher:
 
     def resumed(self) -> None:
         """After an upgrade, with the reaper running: the backoff timer again (its
-        remaining time), and the desired count again (a worker that died during
-        the exec was reaped by now and is replaced)."""
-        if self.state is S.BACKOFF:
-            self._enter(S.BACKOFF, "resumed after an upgrade")
+        remaining time), the watch on an idle on_demand watcher's sockets
+        again, and the desired count again (a worker that died during the exec
+        was reaped by now and is replaced)."""
+        if self.state in (S.BACKOFF, S.WAITING):
+            self._enter(self.state, "resumed after an upgrade")
         else:
             self._backoff_until = 0.0
             self._reconcile()

@@ -109,6 +109,7 @@ def _resume(args: argparse.Namespace) -> int:
     config = upgrade.decode_config(state)
     log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)
     fdlimit.raise_own()
+    fdlimit.resume(state.get("nofile_started_with"))   # absent from older states
     supervisor = Supervisor(config)
     supervisor.resume_state = state
     return asyncio.run(supervisor.run())

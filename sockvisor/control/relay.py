@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+import os
+import socket
+from typing import Awaitable, Callable, Sequence
 
 from sockvisor import ratelimit
 from sockvisor.control import peer
@@ -58,11 +60,15 @@ def split(endpoint: str) -> tuple[str, int]:
 
 
 class Relay:
-    def __init__(self, endpoint: str, route: Route, what: str):
+    def __init__(self, endpoint: str, route: Route, what: str,
+                 inherited: Sequence[int] = ()):
         self.endpoint = endpoint
         self.route = route
         self.what = what   # "control" or "events", for the log
-        self.server: asyncio.AbstractServer | None = None
+        # Listening sockets an upgrade carried across its exec (upgrade.py): taken
+        # over, never bound again, so the port is never free for someone else.
+        self.inherited = list(inherited)
+        self.servers: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
         self.per_uid: dict[int | None, int] = {}
         self.quiet = ratelimit.RateLimitedLog(log)
@@ -70,19 +76,39 @@ class Relay:
     async def open(self) -> None:
         host, port = split(self.endpoint)
         try:
-            self.server = await asyncio.start_server(self._accepted, host, port,
-                                                     reuse_address=True)
+            if self.inherited:
+                # Copies: the fds themselves stay with their holder (the
+                # supervisor) until the whole control channel is open.
+                for fd in self.inherited:
+                    self.servers.append(await asyncio.start_server(
+                        self._accepted, sock=socket.socket(fileno=os.dup(fd))))
+            else:
+                self.servers.append(await asyncio.start_server(
+                    self._accepted, host, port, reuse_address=True))
         except OSError as exc:
+            await self.close()
             raise RelayError(f"cannot bind {self.endpoint}: {exc.strerror or exc}") from None
-        for sock in self.server.sockets:
-            address = sock.getsockname()[0]
-            if not peer.is_loopback(address):   # config.py lets only loopback through
-                await self.close()
-                raise RelayError(f"{self.endpoint} resolved to {address}, not loopback")
+        for server in self.servers:
+            for sock in server.sockets:
+                address = sock.getsockname()[0]
+                if not peer.is_loopback(address):   # config.py lets only loopback through
+                    await self.close()
+                    raise RelayError(f"{self.endpoint} resolved to {address}, not loopback")
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+    def hand_over(self) -> list[int]:
+        """Copies of the listening sockets' fds (close-on-exec), to carry across an
+        upgrade's exec: `close` then stops accepting but the port stays ours."""
+        return [os.dup(sock.fileno()) for server in self.servers for sock in server.sockets]
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; the connections under way get `grace` seconds to carry
+        what is in flight (a reply sent just before the ipc side closed: its
+        closing ends them), then end."""
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+        if grace and self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

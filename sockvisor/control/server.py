@@ -54,7 +54,7 @@ import logging
 import os
 import socket
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import zmq
 import zmq.asyncio
@@ -163,11 +163,13 @@ class ControlServer:
 
     # ------------------------------------------------------------------ start / close
 
-    async def open(self) -> None:
-        """Bind every endpoint; on failure close what was opened and raise."""
+    async def open(self, listening: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Bind every endpoint; on failure close what was opened and raise.
+        `listening`: by tcp endpoint, the relay's listening sockets an upgrade
+        carried over (`hand_over_relays`), taken instead of binding again."""
         try:
             self._open()
-            await self._open_relays()
+            await self._open_relays(listening or {})
         except BaseException:
             await self.close()
             raise
@@ -191,12 +193,13 @@ class ControlServer:
                  f" (group-operable; owner endpoint {self.admin_endpoint})"
                  if self.admin_endpoint else "", self.events_endpoint)
 
-    async def _open_relays(self) -> None:
+    async def _open_relays(self, listening: Mapping[str, Sequence[int]]) -> None:
         if self.control_bind != self.endpoint:
-            self.relays.append(relay.Relay(self.endpoint, self._route_control, "control"))
+            self.relays.append(relay.Relay(self.endpoint, self._route_control, "control",
+                                           listening.get(self.endpoint, ())))
         if self.events_bind != self.events_endpoint:
             self.relays.append(relay.Relay(self.events_endpoint, self._route_events,
-                                           "events"))
+                                           "events", listening.get(self.events_endpoint, ())))
         for each in self.relays:
             try:
                 await each.open()
@@ -205,6 +208,12 @@ class ControlServer:
             log.info("%s: loopback tcp, each client judged by the kernel's record of "
                      "its socket (relayed to %s)", each.endpoint,
                      self.control_bind if each.what == "control" else self.events_bind)
+
+    def hand_over_relays(self) -> dict[str, list[int]]:
+        """For an upgrade, before `close`: copies of the relays' listening sockets
+        by endpoint, so that the port is never free while sockvisor execs (another
+        local user could bind it and answer sockvisorctl in its place)."""
+        return {each.endpoint: each.hand_over() for each in self.relays}
 
     async def _rights(self, uid: int | None) -> access.Caller | None:
         if uid is None:
@@ -336,8 +345,6 @@ class ControlServer:
         """`linger` (ms): how long libzmq may take to send replies already queued
         (an upgrade's own reply, before the exec)."""
         self.closing = True
-        for each in self.relays:
-            await each.close()
         for task in self.serve_tasks:
             task.cancel()
         for task in list(self.handlers):
@@ -353,6 +360,10 @@ class ControlServer:
             await asyncio.to_thread(self.context.term)   # the loop goes on meanwhile
         else:
             self.context.term()
+        # The relays after the ZeroMQ sockets: a reply libzmq flushed to a relay's
+        # ipc side (the upgrade's own) still has to be carried to its tcp client.
+        for each in self.relays:
+            await each.close(grace=linger / 1000)
         for path in self.ipc_paths:
             try:
                 os.unlink(path)

@@ -166,3 +166,41 @@ def test_upgrade_markers_only_in_a_directory_nobody_else_can_write(tmp_path):
     finally:
         upgrade.unmark_endpoints(paths)
     assert not (ours / "ctl.upgrading").exists()
+
+
+def test_capture_hands_over_each_workers_own_pipes_never_by_pid(tmp_path, monkeypatch):
+    """An exited worker's pipe still held by a grandchild, and a new worker that
+    got the same pid: the new worker resumes with its own pipe, not the old one."""
+    from types import SimpleNamespace
+
+    from sockvisor import output
+    path = tmp_path / "c.ini"
+    path.write_text(CONFIG.format(dir=tmp_path))
+    config = config_module.load(str(path))
+    pid = 4242
+    worker = SimpleNamespace(pid=pid, config=config.watchers["web"], pipes={})
+    watcher = SimpleNamespace(name="web", config=worker.config, workers={pid: worker},
+                              snapshot=lambda: {"name": "web", "workers": [{"pid": pid}]})
+    supervisor = SimpleNamespace(config=config, watchers={"web": watcher}, control=None,
+                                 sockets={}, readiness=None, cgroups=None,
+                                 adopts_orphans=False, _ready_reported=False,
+                                 started_at=0.0, upgrades=0)
+    own_r, own_w = os.pipe()
+    old_r, old_w = os.pipe()
+    try:
+        own, old = bytearray(b"new worker"), bytearray(b"old worker")
+        worker.pipes = {"stdout": (own_r, own)}
+        # The old pipe's entry is the later one, as a dict keeps them.
+        monkeypatch.setattr(output, "attached", {own_r: (pid, "stdout", own),
+                                                 old_r: (pid, "stdout", old)})
+        [item] = upgrade.capture(supervisor)["watchers"][0]["workers"]
+        assert item["stdout"] == {"fd": own_r, "partial": handover.b64(b"new worker")}
+        assert "stderr" not in item
+        # Its pipe read to its end, and the fd number reused for another pipe of
+        # the same pid: nothing is handed over as this worker's.
+        monkeypatch.setattr(output, "attached", {own_r: (pid, "stdout", old)})
+        [item] = upgrade.capture(supervisor)["watchers"][0]["workers"]
+        assert "stdout" not in item
+    finally:
+        for fd in (own_r, own_w, old_r, old_w):
+            os.close(fd)
