@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-
-import pytest
 
 from sockvisor import process
 from conftest import wait_for
@@ -30,12 +27,17 @@ def test_pdeathsig_follows_the_forking_thread():
     forked: list[int] = []
 
     def fork_in_thread() -> None:
+        armed_r, armed_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(armed_r)
             libc.prctl(process.PR_SET_PDEATHSIG, 9, 0, 0, 0)
+            os.close(armed_w)   # says "armed" (EOF) to the thread; exec closes nothing more
             os.execv("/bin/sleep", ["sleep", "30"])
+        os.close(armed_w)
         forked.append(pid)
-        time.sleep(0.2)   # the child has set PDEATHSIG by then; then the thread ends
+        os.read(armed_r, 1)     # EOF once the child has PDEATHSIG set; then the thread ends
+        os.close(armed_r)
     thread = threading.Thread(target=fork_in_thread)
     thread.start()
     thread.join()
