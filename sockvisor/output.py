@@ -264,11 +264,16 @@ class LogFile:
                               "stays under stdout_max_bytes", self.path, exc)
             self._truncate()
             return
+        self._start_new_file()
+
+    def _start_new_file(self) -> None:
+        """After NAME was renamed away: a new NAME in our directory fd, written
+        to from now on."""
         try:
             fd = logdir.open_file(self.dirfd, self.name, self.path, self.trust)
         except OSError as exc:
             # Something took the name between the rename and the open: keep
-            # writing to the file we have (now NAME.1) rather than follow it.
+            # writing to the file we have (now renamed) rather than follow it.
             _warnings.warning((self.path, "rotate", exc.errno),
                               "cannot start a new %s after rotating it: %s", self.path, exc)
             return
@@ -305,14 +310,7 @@ class LogFile:
                     os.unlink(name, dir_fd=self.dirfd)
                 except OSError:
                     pass   # not ours to force (a folder a worker made there)
-        try:
-            fd = logdir.open_file(self.dirfd, self.name, self.path, self.trust)
-        except OSError as exc:
-            _warnings.warning((self.path, "rotate", exc.errno),
-                              "cannot start a new %s after rotating it: %s", self.path, exc)
-            return
-        os.close(self.fd)
-        self.fd = fd
+        self._start_new_file()
 
     def _truncate(self) -> None:
         """Empty our own file through its fd (never by path), then check that it
