@@ -6,8 +6,6 @@ their pids kept; the very first connection answered).
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,41 +13,6 @@ from conftest import http_get, wait_for
 from control_helpers import control, ctl
 
 pytestmark = pytest.mark.timeout(60)
-
-# Appends "hup PID" to OUT on SIGHUP and goes on; prints "line N" to stdout on
-# SIGUSR1 (flushed at once); with --tick, prints "tick N" every 0.1 s.
-HUPPER = r'''
-import os, signal, sys, time
-args = sys.argv[1:]
-out = args[args.index("--out") + 1] if "--out" in args else None
-count = [0]
-def hup(signum, frame):
-    with open(out, "a") as handle:
-        handle.write(f"hup {os.getpid()}\n")
-def line(signum, frame):
-    count[0] += 1
-    sys.stdout.write(f"line {count[0]}\n")
-    sys.stdout.flush()
-signal.signal(signal.SIGHUP, hup)
-signal.signal(signal.SIGUSR1, line)
-number = 0
-while True:
-    if "--tick" in args:
-        sys.stdout.write(f"tick {number}\n")
-        sys.stdout.flush()
-        number += 1
-        time.sleep(0.1)
-    else:
-        signal.pause()
-'''
-
-
-@pytest.fixture
-def hupper(tmp_path: Path) -> str:
-    path = tmp_path / "hupper.py"
-    path.write_text(HUPPER)
-    return f"{sys.executable} {path}"
-
 
 def pids(c, name: str) -> set[int]:
     return {w["pid"] for w in c.status(name)["workers"]}
