@@ -1,9 +1,23 @@
-"""Circus's watcher hooks, run as commands (issue 11, item 12).
+"""Circus's watcher hooks (issue 11, item 12): commands and Python callables.
 
-A Circus hook is a Python function circusd calls at a point of a watcher's life;
-here it is a command (config/hooks.py reads it), and its exit status is the
-function's return value: 0 is True, anything else False.  What a False does is
-Circus 0.19's (circus/watcher.py):
+A Circus hook is a Python function circusd calls at a point of a watcher's life,
+and its return value is the answer.  config/hooks.py reads either kind:
+
+  * a command: its exit status is the answer (0 is True, anything else False);
+  * a Python callable, `module.function` as Circus configs name it: called with
+    Circus's arguments (watcher, arbiter, hook_name, pid, signum, ...) in a
+    process of its own (circus_hook_shim.py), whose stand-ins for circusd's
+    watcher and arbiter offer what hooks use -- name, env, numprocesses,
+    processes[pid].wid/.started, send_signal -- and its return value is the
+    answer.  A change to watcher.env applies to the next workers (Launcher.
+    change_env), as in Circus; send_signal asks sockvisor, which signals only
+    this watcher's own live workers.  A hook that raises is Circus's hook that
+    raised (below).  Why a process and not circusd's in-process call: the hook
+    is the config author's code, run with the worker's rights and not root's
+    (DESIGN §5), it cannot block the event loop or corrupt sockvisor's state,
+    and at hook_timeout it is killed -- a thread could not be.
+
+What a False does is Circus 0.19's (circus/watcher.py):
 
   before_start   False: the start fails (the watcher goes FATAL, `start` errs)
   after_start    False: the workers just started are stopped, the start fails
@@ -19,18 +33,23 @@ Circus 0.19's (circus/watcher.py):
   after_signal, before_reap, after_reap, before_stop, after_stop: logged only
 
 A hook that *cannot answer* -- its program will not exec, it is killed by a
-signal, it overruns `hook_timeout` -- is Circus's hook that raised: counted as
+signal, it overruns `hook_timeout`, a Python hook raises -- is Circus's hook
+that raised: counted as
 False, except for the hooks Circus ignores failures of (before_stop, after_stop,
 before_signal, after_signal) and those given `, true` (Circus's ignore_failure).
 Either way sockvisor publishes `watcher.NAME.hook_success` / `hook_failure`, as
 Circus does.
 
-How it runs: forked and exec'd as a worker is (process.fork_exec: its own
+How either runs: forked and exec'd as a worker is (process.fork_exec: its own
 session and process group, the watcher's uid, gid, groups, umask and
 working_dir; never as root unless the watcher's workers are), with the
 watcher's environment and the hook's context: SOCKVISOR_HOOK, SOCKVISOR_WATCHER
 and, where Circus passes them, SOCKVISOR_PID, SOCKVISOR_WID, SOCKVISOR_SIGNAL,
-SOCKVISOR_EXIT_CODE.  No sockets, no NOTIFY_SOCKET.  Its exit comes through the
+SOCKVISOR_EXIT_CODE.  No sockets, no NOTIFY_SOCKET.  A Python hook's
+interpreter is `hook_python`, else the watcher's virtualenv's python, else
+sockvisor's own; it reads the shim from fd 3 (the worker's user need not be
+able to read sockvisor's installation), its context from fd 4, and talks to
+sockvisor over fd 5 (_Conversation: every line checked and bounded).  Its exit comes through the
 reaper (the one place that waits for children: asyncio's subprocesses would wait
 for themselves and race it), so nothing blocks the event loop; at `hook_timeout`
 its whole process group is SIGKILLed.  Its output goes where the watcher's
@@ -44,14 +63,19 @@ that order, and neither delays the replacement.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from sockvisor import process
 from sockvisor.config import WatcherConfig
+from sockvisor.config.hooks import python_for_hooks, python_hook_env
+from sockvisor.config.model import HookCommand, HookPython
 from sockvisor.reaper import describe_status
 
 if TYPE_CHECKING:
@@ -64,6 +88,29 @@ log = logging.getLogger("sockvisor.hooks")
 FAILURE_IGNORED = frozenset({"before_stop", "after_stop", "before_signal", "after_signal"})
 
 
+# The shim a Python hook's interpreter runs (read from fd 3, see _execute_python),
+# and the most a hook may send sockvisor in one line: a hostile hook (it runs as
+# the worker's user) must not make sockvisor buffer without bound.
+SHIM_SOURCE = Path(__file__).with_name("circus_hook_shim.py")
+_BOOTSTRAP = ("import sys; exec(compile(open(3).read(), 'sockvisor-circus-hook', 'exec'))")
+MAX_MESSAGE = 1 << 20
+
+
+class HookHost(Protocol):
+    """What a Python hook's stand-in for circusd's watcher reads and does (the
+    watcher implements it; circus_hook_shim.py says what the stand-ins offer)."""
+
+    def hook_view(self) -> dict[str, Any]:
+        """numprocesses, env_changes, processes {pid: {wid, started}}, fields,
+        options: the stand-in's contents, JSON-ready."""
+
+    def hook_signal(self, pid: int, signum: int) -> str:
+        """Signal worker `pid` of this watcher: "" or why not."""
+
+    def hook_env_changed(self, changes: Mapping[str, str | None]) -> None:
+        """The hook changed watcher.env: applies to the next workers."""
+
+
 class HookFailed(Exception):
     """A guarding hook said False (or could not answer); the text says which and why."""
 
@@ -72,10 +119,12 @@ class HookRunner:
     """Runs one watcher's hooks; `sinks` gives the watcher's current output sinks."""
 
     def __init__(self, name: str, context: "WatcherContext",
-                 sinks: Callable[[], "tuple[OutputSink, OutputSink]"]):
+                 sinks: Callable[[], "tuple[OutputSink, OutputSink]"],
+                 host: HookHost | None = None):
         self.name = name
         self.context = context
         self.sinks = sinks
+        self.host = host
         self._background: set[asyncio.Task] = set()
         self.running = 0   # hooks whose process has not been reaped yet
 
@@ -99,31 +148,54 @@ class HookRunner:
         hook = config.hooks.get(point)
         if hook is None:
             return ""
+        return (await self._run(config, point, hook, context))[0]
+
+    async def extended_stats(self, config: WatcherConfig, pid: int,
+                             stats: dict[str, Any]) -> dict[str, Any]:
+        """Circus's `stats --extended`: `stats` as the extended_stats hook edited
+        it (unchanged if there is none or it failed: logged)."""
+        hook = config.hooks.get("extended_stats")
+        if not isinstance(hook, HookPython):
+            return stats
+        failure, answer = await self._run(config, "extended_stats", hook,
+                                          {"pid": pid, "stats": stats})
+        edited = answer.get("stats") if answer else None
+        return {**stats, **edited} if not failure and isinstance(edited, dict) else stats
+
+    async def _run(self, config: WatcherConfig, point: str,
+                   hook: HookCommand | HookPython, context: dict[str, Any]
+                   ) -> tuple[str, dict[str, Any] | None]:
+        """("" or why it counts as False, a Python hook's answer)."""
         started = time.time()
         self.running += 1
+        answer = None
         try:
-            status, failure = await self._execute(config, point, hook.argv, context)
+            if isinstance(hook, HookPython):
+                said_false, failure, answer = await self._execute_python(
+                    config, point, hook, context)
+            else:
+                said_false, failure = await self._execute(config, point, hook.argv,
+                                                          context)
         finally:
             self.running -= 1
-        if failure is None and status == 0:
+        if said_false is None and failure is None:
             self.context.publish(f"watcher.{self.name}.hook_success",
                                  {"name": point, "time": started})
             log.debug("watcher %s: %s hook succeeded", self.name, point)
-            return ""
+            return "", answer
         if failure is None:
-            answer = f"{hook.argv[0]} exited with status {os.WEXITSTATUS(status)}"
+            why = said_false
             ignored = False
         else:
-            answer = failure
+            why = failure
             ignored = point in FAILURE_IGNORED or hook.ignore_failure
         self.context.publish(f"watcher.{self.name}.hook_failure",
-                             {"name": point, "time": started, "error": answer})
+                             {"name": point, "time": started, "error": why})
         if ignored:
-            log.warning("watcher %s: %s hook failed (%s); ignored", self.name, point,
-                        answer)
-            return ""
-        log.warning("watcher %s: %s hook: %s", self.name, point, answer)
-        return answer
+            log.warning("watcher %s: %s hook failed (%s); ignored", self.name, point, why)
+            return "", answer
+        log.warning("watcher %s: %s hook: %s", self.name, point, why)
+        return why, answer
 
     def run_later(self, config: WatcherConfig, points: tuple[str, ...],
                   **context: Any) -> None:
@@ -142,21 +214,122 @@ class HookRunner:
     # ------------------------------------------------------------------ the process
 
     async def _execute(self, config: WatcherConfig, point: str, argv: tuple[str, ...],
-                       context: dict[str, Any]) -> tuple[int, str | None]:
-        """(wait status, None) once the hook exited; (-1, why) if it never answered."""
-        env = process.identity_env(config)
+                       context: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Run a command hook: (None, None) for True (exit 0); (why, None) if it
+        said False (another exit status); (None, why) if it never answered."""
+        status, failure = await self._spawn_and_wait(
+            config, point, list(argv), self._hook_env(config, point, context), [])
+        if failure is None and status != 0:
+            return f"{argv[0]} exited with status {os.WEXITSTATUS(status)}", None
+        return None, failure
+
+    def _hook_env(self, config: WatcherConfig, point: str,
+                  context: dict[str, Any]) -> dict[str, str]:
+        env = self.watcher_env(config)
         env.update(SOCKVISOR_HOOK=point, SOCKVISOR_WATCHER=self.name)
         for key, variable in (("pid", "SOCKVISOR_PID"), ("wid", "SOCKVISOR_WID"),
                               ("signum", "SOCKVISOR_SIGNAL"),
                               ("exit_code", "SOCKVISOR_EXIT_CODE")):
             if context.get(key) is not None:
                 env[variable] = str(context[key])
+        return env
+
+    def watcher_env(self, config: WatcherConfig) -> dict[str, str]:
+        """Circus's watcher.env: the config's, as Python hooks left it."""
+        env = process.identity_env(config)
+        view = self.host.hook_view() if self.host is not None else {}
+        for key, value in view.get("env_changes", {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    async def _execute_python(self, config: WatcherConfig, point: str, hook: HookPython,
+                              context: dict[str, Any]
+                              ) -> tuple[str | None, str | None, dict[str, Any] | None]:
+        """Call a Python hook through circus_hook_shim.py: (said False, could not
+        answer, its answer) as _execute, and the answer it sent."""
+        interpreter = python_for_hooks(config)
+        env = python_hook_env(self._hook_env(config, point, context))
+        view = self.host.hook_view() if self.host is not None else {}
+        watcher_env = self.watcher_env(config)
+        kwargs = circus_arguments(point, context)
+        payload = {"watcher": self.name, "env": watcher_env, "kwargs": kwargs,
+                   "numprocesses": view.get("numprocesses", config.numprocesses),
+                   "processes": view.get("processes", {}),
+                   "fields": view.get("fields", {}), "options": view.get("options", {})}
+        source = _memfd("sockvisor-hook-shim", SHIM_SOURCE.read_bytes())
+        try:
+            data = _memfd("sockvisor-hook-context", json.dumps(payload).encode())
+        except BaseException:
+            os.close(source)
+            raise
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        conversation = _Conversation(self, ours)
+        talking = asyncio.ensure_future(conversation.run())
+        try:
+            status, failure = await self._spawn_and_wait(
+                config, point, [interpreter, "-c", _BOOTSTRAP, point, hook.target], env,
+                [source, data, theirs.fileno()], after_fork=theirs.close)
+            if failure is None:
+                # Exited: what it sent is in the socket, or nobody holds its end.
+                try:
+                    await asyncio.wait_for(asyncio.shield(talking), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for fd in (source, data):
+                os.close(fd)
+            theirs.close()
+            talking.cancel()
+            ours.close()
+        if conversation.problem:
+            return None, f"{hook.target}: {conversation.problem}", None
+        if failure is not None:
+            return None, failure.replace(interpreter, hook.target, 1), None
+        answer = conversation.answer
+        if answer is None:
+            how = (f"exited with status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+                   else describe_status(status))
+            return None, (f"{hook.target} did not answer ({interpreter} {how}; its "
+                          f"output is in `sockvisorctl logs {self.name}`)"), None
+        problem = self._take_env(watcher_env, answer.get("env"))
+        if problem:
+            return None, f"{hook.target}: {problem}", None
+        if "raised" in answer:
+            return None, f"{hook.target} raised {answer['raised']}", answer
+        if answer.get("result") is not True:
+            return f"{hook.target} returned False", None, answer
+        return None, None, answer
+
+    def _take_env(self, before: dict[str, str], after: Any) -> str:
+        """Apply the hook's changes to watcher.env; "" or why they are refused."""
+        if after is None:
+            return ""
+        if not isinstance(after, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+                and "\0" not in k + v for k, v in after.items()):
+            return "watcher.env must map names (without '=') to strings"
+        changes: dict[str, str | None] = {k: v for k, v in after.items()
+                                          if before.get(k) != v}
+        changes.update({k: None for k in before if k not in after})
+        if changes and self.host is not None:
+            self.host.hook_env_changed(changes)
+        return ""
+
+    async def _spawn_and_wait(self, config: WatcherConfig, point: str, argv: list[str],
+                              env: dict[str, str], fds: list[int],
+                              after_fork: Callable[[], None] | None = None
+                              ) -> tuple[int, str | None]:
+        """(wait status, None) once the hook exited; (-1, why) if it never answered."""
         stdout, stderr = self.sinks()
         out_child, out_read = stdout.child_fd()
         err_child, err_read = stderr.child_fd()
         groups = (process.user_groups(config.user, config.gid)
                   if config.uid is not None or config.gid is not None else None)
-        spec = process.SpawnSpec(argv=list(argv), env=env, fds=[], stdout=out_child,
+        spec = process.SpawnSpec(argv=argv, env=env, fds=fds, stdout=out_child,
                                  stderr=err_child, uid=config.uid, gid=config.gid,
                                  groups=groups, umask=config.umask,
                                  cwd=config.working_dir)
@@ -174,6 +347,8 @@ class HookRunner:
         finally:
             os.close(out_child)
             os.close(err_child)
+            if after_fork is not None:
+                after_fork()
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[int] = loop.create_future()
         cgroup = spec.cgroup
@@ -217,6 +392,109 @@ class HookRunner:
         if os.WIFSIGNALED(status):
             return -1, f"{argv[0]} was {describe_status(status)}"
         return status, None
+
+
+# circus.process.UNEXISTING: what Circus's after_reap gets as process_status for
+# a worker that is gone once reaped (the only kind sockvisor reaps).
+_CIRCUS_UNEXISTING = 2
+
+
+def circus_arguments(point: str, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments Circus 0.19 calls `point`'s hook with (besides
+    watcher, arbiter and hook_name), from sockvisor's context for it."""
+    if point == "after_spawn":
+        return {"pid": context["pid"]}
+    if point in ("before_signal", "after_signal"):
+        return {"pid": context["pid"], "signum": context["signum"]}
+    if point == "before_reap":
+        return {"process_pid": context["pid"], "time": time.time()}
+    if point == "after_reap":
+        return {"process_pid": context["pid"], "time": time.time(),
+                "exit_code": context["exit_code"], "process_status": _CIRCUS_UNEXISTING}
+    if point == "extended_stats":
+        return {"pid": context["pid"], "stats": context["stats"]}
+    return {}   # before_start, after_start, before_spawn, before_stop, after_stop
+
+
+class _Conversation:
+    """What a Python hook's process sends on its channel (circus_hook_shim.py's
+    protocol), read as it comes: signal requests are answered at once (Circus's
+    send_signal returns once the signal is sent), the last line is the answer.
+    The process runs as the worker's user, so everything it says is checked and
+    bounded: a malformed line ends the conversation as a failure."""
+
+    def __init__(self, runner: HookRunner, sock: socket.socket):
+        self.runner, self.sock = runner, sock
+        self.answer: dict[str, Any] | None = None
+        self.problem = ""
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = b""
+        while True:
+            data = await loop.sock_recv(self.sock, 65536)
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not await self._take(loop, line):
+                    return self._hang_up()
+            if len(buffer) > MAX_MESSAGE:
+                self.problem = f"sent a line of more than {MAX_MESSAGE} bytes"
+                return self._hang_up()
+
+    def _hang_up(self) -> None:
+        # The hook sees EOF (an OSError in send_signal) instead of waiting for
+        # an answer until hook_timeout.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    async def _take(self, loop: asyncio.AbstractEventLoop, line: bytes) -> bool:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or self.answer is not None:
+            self.problem = "sent a message sockvisor does not understand"
+            return False
+        if "signal" in message:
+            request = message["signal"]
+            if (not isinstance(request, list) or len(request) != 2
+                    or not all(type(n) is int for n in request)):
+                self.problem = "asked for a signal without a pid and a signal number"
+                return False
+            pid, signum = request
+            host = self.runner.host
+            if signum not in signal.valid_signals() or signum == 0:
+                error = f"{signum} is not a signal"
+            else:
+                error = (host.hook_signal(pid, signum) if host is not None
+                         else "no watcher to signal")
+            reply = {"error": error} if error else {"ok": True}
+            await loop.sock_sendall(self.sock, json.dumps(reply).encode() + b"\n")
+            return True
+        if "result" in message or "raised" in message:
+            self.answer = message
+            return True
+        self.problem = "sent a message sockvisor does not understand"
+        return False
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous file holding `data`, read from its start by the hook."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _kill_group(pid: int) -> None:

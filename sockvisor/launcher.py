@@ -90,6 +90,8 @@ class Launcher:
         self.context = context
         self.hooks = hooks
         self._groups_cache: tuple[WatcherConfig, list[int] | None] | None = None
+        # watcher.env as Circus's Python hooks left it (change_env).
+        self.env_changes: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ generations
 
@@ -106,6 +108,22 @@ class Launcher:
                 raise LaunchError(f"watcher {self.name}: socket {name} is not configured")
             sockets.append(listening)
         return Generation(number, config, tuple(sockets))
+
+    def change_env(self, changes: Mapping[str, str | None]) -> None:
+        """What a Circus Python hook changed in `watcher.env` (hooks.py): applies to
+        every worker started from now on, of this and later generations, as in
+        Circus; None removes a variable."""
+        self.env_changes.update(changes)
+
+    def hook_env(self, generation: Generation) -> dict[str, str]:
+        """The environment a worker of `generation` gets (before its wid)."""
+        env = dict(self._base_env(generation))
+        for key, value in self.env_changes.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
 
     def _base_env(self, generation: Generation) -> dict[str, str]:
         if generation._env is None:
@@ -153,9 +171,15 @@ class Launcher:
         for listening in sockets:
             listening.prepare_for_spawn()
         fds = [listening.fd for listening in sockets]   # after: a repair may rebind
-        argv = expand_worker_args(config.argv(), wid, generation.socket_fds())
-        env = dict(self._base_env(generation))
+        env = self.hook_env(generation)
         env["SOCKVISOR_WID"] = str(wid)
+        try:
+            argv = expand_worker_args(config.argv(), wid, generation.socket_fds(), env)
+        except KeyError as exc:
+            log.error("watcher %s: cannot start a worker: $(circus.env.%s) in its "
+                      "command: %s is not set (not in its env, and no hook set it)",
+                      self.name, exc.args[0], exc.args[0])
+            return None
         stdout, stderr = sinks
         out_child, out_read = stdout.child_fd()
         err_child, err_read = stderr.child_fd()

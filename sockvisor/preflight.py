@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 from sockvisor import process
 from sockvisor.config import Config, ConfigError, WatcherConfig, has_worker_substitution
+from sockvisor.config.hooks import hook_program, python_for_hooks, python_hook_env
+from sockvisor.config.model import HookPython
 
 if TYPE_CHECKING:
     from sockvisor.reaper import Reaper
@@ -119,7 +121,7 @@ async def watcher_problems(config: WatcherConfig, path: str,
             tests[f"s:{directory}"] = None
     # Circus's hooks run as the worker does (hooks.py): their programs are checked
     # the same way, in the same probe.
-    hook_candidates = {point: program_candidates(hook.argv[0], env, cwd)
+    hook_candidates = {point: program_candidates(hook_program(config, hook), env, cwd)
                        for point, hook in config.hooks.items()}
     for candidate in [*candidates, *(c for found in hook_candidates.values() for c in found)]:
         tests[f"x:{candidate}"] = None
@@ -135,12 +137,23 @@ async def watcher_problems(config: WatcherConfig, path: str,
         problems.append(ConfigError(f"{config.working_dir}: {who.name} {why}",
                                     path=path, section=section, key="working_dir"))
         return problems   # the worker would fail there, before exec
+    python_hooks = []
     for point, found in hook_candidates.items():
+        hook = config.hooks[point]
         if not any(answers.get(f"x:{c}") for c in found):
             problems.append(ConfigError(
                 _program_problem(config, found, answers, who, env,
-                                 config.hooks[point].argv[0]),
+                                 hook_program(config, hook)),
                 path=path, section=section, key=f"hooks.{point}"))
+        elif isinstance(hook, HookPython):
+            python_hooks.append(point)
+    # A Python hook: can its interpreter, as the worker's user, import it?
+    # (Circus imports them when it loads the config, and fails there too.)
+    found_problems = await asyncio.gather(*(
+        _hook_problem(python_for_hooks(config), config.hooks[point].target, who,
+                      python_hook_env(env), cwd, reaper) for point in python_hooks))
+    problems += [ConfigError(problem, path=path, section=section, key=f"hooks.{point}")
+                 for point, problem in zip(python_hooks, found_problems) if problem]
     if not checks_program:
         return problems
     program = next((c for c in candidates if answers.get(f"x:{c}")), None)
@@ -293,6 +306,27 @@ async def _module_problem(program: str, module: str, who: _Who, env: Mapping[str
                 f"{who.name}{where}")
     return (f"{program} -m {module}: {who.name} cannot import {module!r}{where}: "
             f"{_failure(status, err)}")
+
+
+async def _hook_problem(interpreter: str, target: str, who: _Who,
+                        env: Mapping[str, str], cwd: str | None,
+                        reaper: "Reaper | None") -> str | None:
+    """Why `interpreter`, as the worker's user, cannot import the Python hook
+    `target` (None: it can)."""
+    from sockvisor.hooks import SHIM_SOURCE
+    try:
+        status, _, err = await _run_as_worker(
+            [interpreter, "-c", SHIM_SOURCE.read_text(), "--resolve", target], who, env,
+            cwd, reaper)
+    except TimeoutError:
+        return (f"{target}: importing it as {who.name} with {interpreter} did not "
+                f"finish within {PROBE_TIMEOUT:g}s")
+    if status == 0:
+        return None
+    where = f" in {cwd}" if cwd else ""
+    return (f"{who.name} cannot import the hook {target} with {interpreter}{where}: "
+            f"{_failure(status, err)} (Circus fails on it too: install its package, "
+            f"or put its folder in the watcher's PYTHONPATH or working_dir)")
 
 
 def _failure(status: int | None, err: bytes) -> str:

@@ -101,11 +101,44 @@ class Watcher:
         self.launcher = make_launcher(self.name, context, WorkerHooks(
             on_state=self._on_worker_state, on_exit=self._on_exit,
             on_ready_timeout=self._ready_timeout))
-        # Circus's hooks, as commands (hooks.py); their output goes where the
-        # workers' does.
+        # Circus's hooks, commands or Python (hooks.py); their output goes where
+        # the workers' does, and a Python hook sees this watcher (hook_view).
         self.hook_runner = HookRunner(self.name, context,
-                                      lambda: (self._stdout, self._stderr))
+                                      lambda: (self._stdout, self._stderr), host=self)
         self._spawning = 0   # spawns waiting for their before_spawn hook
+
+    # ------------------------------------------------------------------ Python hooks
+
+    def hook_view(self) -> dict[str, Any]:
+        """What a Circus Python hook's stand-in for this watcher holds (hooks.HookHost)."""
+        config = self.config
+        return {"numprocesses": self.numprocesses,
+                "env_changes": dict(self.launcher.env_changes),
+                "processes": {str(pid): {"wid": worker.wid, "started": worker.started_wall}
+                              for pid, worker in self.workers.items() if worker.alive},
+                "fields": {"uid": config.uid, "gid": config.gid,
+                           "working_dir": config.working_dir, "cmd": config.cmd,
+                           "args": list(config.args), "stop_signal": config.stop_signal,
+                           "graceful_timeout": config.graceful_timeout},
+                "options": dict(config.hook_options)}
+
+    def hook_signal(self, pid: int, signum: int) -> str:
+        """A Python hook's watcher.send_signal: only this watcher's live workers
+        (a pid that is not one -- another watcher's, sockvisor's, a reused one --
+        is refused)."""
+        worker = self.workers.get(pid)
+        if worker is None or not worker.alive or not worker.signal(signum):
+            return f"process {pid} is not a running worker of {self.name}"
+        log.info("watcher %s: a hook sent signal %d to %s", self.name, signum,
+                 worker.label)
+        return ""
+
+    def hook_env_changed(self, changes: Mapping[str, str | None]) -> None:
+        """A Python hook changed watcher.env: the next workers get it, as in Circus."""
+        log.info("watcher %s: a hook changed its environment: %s", self.name,
+                 ", ".join(f"{key}" if value is not None else f"-{key}"
+                           for key, value in sorted(changes.items())))
+        self.launcher.change_env(changes)
 
     # ------------------------------------------------------------------ state
 
@@ -967,6 +1000,8 @@ class Watcher:
                 "wid_high": self._wid_high, "restarts": self.restarts.snapshot(),
                 "backoff_remaining": max(0.0, self._backoff_until - time.monotonic()),
                 "output": self.output.snapshot(),
+                # What Python hooks set in watcher.env: the next workers get it.
+                "env_changes": dict(self.launcher.env_changes),
                 "workers": [w.snapshot() for w in self.workers.values()]}
 
     @classmethod
@@ -987,6 +1022,7 @@ class Watcher:
         watcher.restarts.restore(data["restarts"])
         if "output" in data:
             watcher.output.restore(data["output"])
+        watcher.launcher.change_env(data.get("env_changes", {}))
         watcher._current = watcher.launcher.generation(watcher.generation, config)
         generations: dict[int, Generation] = {}   # by id(config)
         for item in data["workers"]:

@@ -1,28 +1,32 @@
-"""Reading Circus's `hooks.NAME = ...` keys: a command, or a refused dotted path.
+"""Reading Circus's `hooks.NAME = ...` keys: a Python callable or a command.
 
 Circus hooks are Python callables that circusd imports and calls with its own
 Watcher and Arbiter objects (`hook(watcher, arbiter, hook_name, **kwargs)`);
-their return value is the answer.  Those objects exist only inside circusd, so
-sockvisor cannot call such a function.  It runs hooks as *commands* instead
-(sockvisor/hooks.py): exit status 0 is Circus's True, anything else its False.
+their return value is the answer.  sockvisor runs either kind (hooks.py):
 
-How a value is told apart (documented in the README):
   * a bare dotted name -- identifiers joined by dots and nothing else, such as
-    `mycoolapp.myplugins.check_redis` -- is what Circus configs contain: a Python
-    callable.  It is refused with a message that says how to write it as a
-    command.  (A program whose name looks like that -- `check.sh` -- is written
-    with its path: `./check.sh`, `/usr/local/bin/check.sh`, or with arguments.)
-  * anything else is a command, split into words as `cmd` is.
+    `mycoolapp.myplugins.check_redis`, or Circus's `module:function` -- is what
+    Circus configs contain: a Python callable (HookPython).  It is imported and
+    called in a process of its own, as the watcher's user, with stand-ins for
+    circusd's objects (circus_hook_shim.py).  A program whose name looks like
+    that -- `check.sh` -- is written with its path: `./check.sh`.
+  * anything else is a command (HookCommand), split into words as `cmd` is;
+    exit status 0 is True, anything else False.
   * Circus's optional `, BOOL` after the value (`hooks.before_start = x.y, true`:
     ignore the hook's failures) is taken off first: a trailing comma followed by
     a boolean word.
+
+`extended_stats` (Circus's hook for `stats --extended`) takes a Python callable
+only: it edits a dict, which a command cannot.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
-from sockvisor.config.model import HookCommand
+from sockvisor.config.model import HookCommand, HookPython, WatcherConfig
 from sockvisor.config.values import split_words
 
 # Circus 0.19's hook points, in the order of a watcher's life.
@@ -30,24 +34,26 @@ HOOK_POINTS = ("before_start", "after_start", "before_spawn", "after_spawn",
                "before_signal", "after_signal", "before_reap", "after_reap",
                "before_stop", "after_stop")
 
+# Circus's hook for `stats --extended` (a Python callable only).
+STATS_HOOK = "extended_stats"
+
 # What a hook gets in its environment besides the watcher's (hooks.py sets them).
 CONTEXT_VARIABLES = ("SOCKVISOR_HOOK", "SOCKVISOR_WATCHER", "SOCKVISOR_PID",
                      "SOCKVISOR_WID", "SOCKVISOR_SIGNAL", "SOCKVISOR_EXIT_CODE")
 
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# `a.b.c` or Circus's `a.b:c` (circus.util.resolve_name reads both).
+_DOTTED = re.compile(rf"{_NAME}(?:\.{_NAME})*(?::{_NAME}(?:\.{_NAME})*|(?:\.{_NAME})+)")
 _FLAG = re.compile(r"(.*?)\s*,\s*(true|false|yes|no|on|off|1|0)\s*", re.IGNORECASE | re.DOTALL)
 _TRUE = ("true", "yes", "on", "1")
 
 
-def parse_hook(raw: str) -> HookCommand:
-    """`hooks.NAME`'s value: a HookCommand, or ValueError (a dotted path, no words)."""
-    text = raw.strip()
-    ignore_failure = False
-    flagged = _FLAG.fullmatch(text)
-    if flagged:
-        text, ignore_failure = flagged.group(1), flagged.group(2).lower() in _TRUE
+def parse_hook(raw: str) -> HookCommand | HookPython:
+    """`hooks.NAME`'s value: a HookPython (a dotted name), a HookCommand, or
+    ValueError (no words)."""
+    text, ignore_failure = _take_flag(raw)
     if _DOTTED.fullmatch(text):
-        raise ValueError(dotted_path_message(text))
+        return HookPython(text, ignore_failure)
     try:
         words = split_words(text)
     except ValueError as exc:
@@ -57,25 +63,56 @@ def parse_hook(raw: str) -> HookCommand:
     return HookCommand(tuple(words), ignore_failure)
 
 
-def dotted_path_message(name: str) -> str:
-    module, _, function = name.rpartition(".")
-    return (
-        f"not supported as Circus writes it: {name!r} is a Python function, which Circus imports and calls inside circusd "
-        f"with circusd's own watcher and arbiter objects; sockvisor runs a hook as a "
-        f"command instead, and its exit status is the answer (0: True, anything else: "
-        f"False).  Those objects exist only inside circusd, so the function cannot be "
-        f"called as it is: rewrite what it checks as a program that reads the hook's "
-        f"context from its environment ({', '.join(CONTEXT_VARIABLES)}) and exits 0 "
-        f"for True, e.g. `python3 -c 'import sys, {module}; "
-        f"sys.exit(0 if {module}.{function}() else 1)'` for a function that needs no "
-        f"watcher.  A program whose name looks like a dotted name is given with its "
-        f"path (./{name})")
+def parse_stats_hook(raw: str) -> HookPython:
+    """`hooks.extended_stats`: a Python callable only."""
+    text, ignore_failure = _take_flag(raw)
+    if not _DOTTED.fullmatch(text):
+        raise ValueError(f"{text!r} is not a Python callable (module.function): "
+                         "extended_stats edits the stats of `stats --extended`, "
+                         "which only a Python function can do")
+    return HookPython(text, ignore_failure)
 
 
-def describe_hook(hook: HookCommand | None) -> str | None:
-    """The command as `options`/`get` show it (None: no hook)."""
+def _take_flag(raw: str) -> tuple[str, bool]:
+    text = raw.strip()
+    flagged = _FLAG.fullmatch(text)
+    if flagged:
+        return flagged.group(1), flagged.group(2).lower() in _TRUE
+    return text, False
+
+
+def describe_hook(hook: HookCommand | HookPython | None) -> str | None:
+    """The hook as `options`/`get` show it (None: no hook)."""
     if hook is None:
         return None
     import shlex
-    text = " ".join(shlex.quote(word) for word in hook.argv)
+    text = (hook.target if isinstance(hook, HookPython)
+            else " ".join(shlex.quote(word) for word in hook.argv))
     return f"{text}, true" if hook.ignore_failure else text
+
+
+def python_for_hooks(config: WatcherConfig) -> str:
+    """The interpreter of `config`'s Python hooks: hook_python, else the
+    virtualenv's python (its packages are the watcher's), else sockvisor's own
+    (Circus calls hooks inside circusd, under its interpreter)."""
+    if config.hook_python:
+        return config.hook_python
+    if config.virtualenv:
+        return os.path.join(config.virtualenv, "bin", "python")
+    return sys.executable
+
+
+def hook_program(config: WatcherConfig, hook: HookCommand | HookPython) -> str:
+    """The program a hook's process execs: the command's, or the interpreter."""
+    return python_for_hooks(config) if isinstance(hook, HookPython) else hook.argv[0]
+
+
+def python_hook_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a Python hook's process: Circus imports hooks with circusd's
+    own sys.path, which the watcher's PYTHONPATH extends -- so sockvisor's own
+    PYTHONPATH (`PYTHONPATH=/src sockvisor start ...`) follows the watcher's."""
+    own = os.environ.get("PYTHONPATH", "")
+    if own:
+        env = dict(env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), own) if p)
+    return env

@@ -35,7 +35,7 @@ import socket
 from typing import Any, Callable, Iterable, Mapping
 
 from sockvisor import circus_ini, circus_plugins, logdir
-from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, OutputConfig,
+from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, HookPython, OutputConfig,
                                     OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
                                     SocketConfig, WatcherConfig)
 from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
@@ -266,6 +266,7 @@ class _Loader:
                 by_name[alias] = canonical
         values: dict[str, Any] = {}
         seen_as: dict[str, str] = {}
+        unknown: dict[str, Any] = {}
         for key, raw in (self.parser.items(section) if items is None else items):
             # Circus spells hooks `hooks.before_start = ...`: look dotted keys up by prefix.
             circus_key = key if key in circus else key.partition(".")[0]
@@ -286,7 +287,10 @@ class _Loader:
             if canonical is None:
                 # Suggest a supported key before a Circus key we would refuse.
                 hint = _did_you_mean(key, list(by_name)) or _did_you_mean(key, list(circus))
-                raise self.error(f"unknown key{hint}", section, key)
+                if hint or options is not _WATCHER_OPTIONS:
+                    raise self.error(f"unknown key{hint}", section, key)
+                unknown[key] = raw   # a Python hook's option?  (below)
+                continue
             if canonical in seen_as:
                 raise self.error(f"same setting as {seen_as[canonical]!r}; give it once",
                                  section, key)
@@ -296,6 +300,14 @@ class _Loader:
                                      else parse(options[canonical], raw))
             except ValueError as exc:
                 raise self.error(str(exc), section, key) from None
+        if unknown:
+            # Circus hands a watcher's keys that are no option to its hooks
+            # (watcher._options: the uwsgi example's stats_base_port).  Only a
+            # watcher with a Python hook takes them; a key that looks like a
+            # misspelt option was refused above, whatever the hooks.
+            if not any(isinstance(value, HookPython) for value in values.values()):
+                raise self.error("unknown key", section, next(iter(unknown)))
+            values["__hook_options__"] = {key: str(raw) for key, raw in unknown.items()}
         values["__keys__"] = seen_as
         return values
 
@@ -579,18 +591,26 @@ class _Loader:
                                  keys["sockets"])
             wanted.append(socket_name)
 
+        # A Python hook may set variables in watcher.env (Circus's example10 sets
+        # the one its cmd names in before_spawn): with one, a $(circus.env.X) in
+        # cmd/args that nothing sets yet is resolved when a worker starts
+        # (launcher.py), as Circus resolves them all.
+        defer_env = any(isinstance(value, HookPython) for key, value in values.items()
+                        if key.startswith("hooks."))
         if isinstance(values["cmd"], str):
-            cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"])
+            cmd = self.expand_static(values["cmd"], lookup_env, section, keys["cmd"],
+                                     defer_unset=defer_env)
             # Split cmd and args separately so an error names the key that has it.
             cmd_parts = self.split_words(cmd, section, keys["cmd"])
         else:   # words already
-            cmd_parts = [self.expand_static(word, lookup_env, section, keys["cmd"])
+            cmd_parts = [self.expand_static(word, lookup_env, section, keys["cmd"],
+                                            defer_unset=defer_env)
                          for word in values["cmd"]]
         if not cmd_parts:
             raise self.error("must not be empty", section, keys["cmd"])
         raw_args = values.get("args", "")
         extra_args = [
-            self.expand_static(arg, lookup_env, section, keys["args"])
+            self.expand_static(arg, lookup_env, section, keys["args"], defer_unset=defer_env)
             for arg in (self.split_words(raw_args, section, keys.get("args"))
                         if isinstance(raw_args, str) else raw_args)]
         args = tuple(cmd_parts[1:]) + tuple(extra_args)
@@ -616,6 +636,8 @@ class _Loader:
                                          f"{socket_name}] is defined", section, key)
                     if socket_name not in wanted:
                         wanted.append(socket_name)
+                elif ref.startswith("env.") and defer_env and key != keys.get("shell_args"):
+                    pass   # resolved at spawn (see defer_env)
                 elif ref != "wid":
                     raise self.error(f"unknown substitution $({match.group(1)}.{ref}); "
                                      "known: sockets.NAME, wid, env.NAME", section, key)
@@ -668,10 +690,11 @@ class _Loader:
             raise self.error(f"singleton = true runs exactly one worker, numprocesses = "
                              f"{numprocesses} asks for more: give one of them",
                              section, keys.get("numprocesses", "numprocesses"))
-        # Circus's hooks: $(circus.env.X) resolved in each word, as in cmd.
-        hooks = {key[len("hooks."):]: HookCommand(
+        # Circus's hooks: $(circus.env.X) resolved in each word of a command, as
+        # in cmd; a Python callable's name is taken as it is.
+        hooks = {key[len("hooks."):]: (hook if isinstance(hook, HookPython) else HookCommand(
                      tuple(self.expand_static(word, lookup_env, section, keys[key])
-                           for word in hook.argv), hook.ignore_failure)
+                           for word in hook.argv), hook.ignore_failure))
                  for key, hook in values.items() if key.startswith("hooks.")}
         on_demand = _default_or(values, "on_demand")
         if on_demand and not wanted:
@@ -697,6 +720,8 @@ class _Loader:
             shell=shell, shell_args=shell_args, singleton=singleton,
             priority=_default_or(values, "priority"),
             hooks=hooks, hook_timeout=_default_or(values, "hook_timeout"),
+            hook_python=values.get("hook_python"),
+            hook_options=values.get("__hook_options__", {}),
             send_hup=_default_or(values, "send_hup"), on_demand=on_demand,
         )
 
@@ -805,12 +830,15 @@ class _Loader:
                       replace, value)
 
     def expand_static(self, text: str, env: Mapping[str, str], section: str,
-                      key: str) -> str:
-        """Resolve $(sockvisor.env.X); leave per-worker substitutions for spawn time."""
+                      key: str, defer_unset: bool = False) -> str:
+        """Resolve $(sockvisor.env.X); leave per-worker substitutions for spawn time
+        (and, with `defer_unset`, a variable that is not set yet)."""
         def replace(match: re.Match[str]) -> str:
             ref = match.group(2)
             if ref.startswith("env."):
                 name = ref[len("env."):]
+                if name not in env and defer_unset:
+                    return match.group(0)
                 if name not in env:
                     raise self.error(f"$({match.group(1)}.{ref}): {name} is not set",
                                      section, key)

@@ -89,6 +89,17 @@ class HookCommand:
     ignore_failure: bool = False
 
 
+@dataclass(frozen=True)
+class HookPython:
+    """A Circus hook point's Python callable, `module.function` (or
+    `module:function`) as Circus writes it: called in a process of its own as the
+    watcher's user, with stand-ins for circusd's watcher and arbiter
+    (circus_hook_shim.py); its return value is the answer.  `ignore_failure` as
+    for HookCommand: a hook that raises, cannot run or overruns counts as True."""
+    target: str
+    ignore_failure: bool = False
+
+
 UNLIMITED_RESTARTS = -1   # max_restarts: retry for ever (Circus's max_retry = -1)
 
 
@@ -171,8 +182,13 @@ class WatcherConfig:
     priority: int = 0              # start order: higher first; stop in reverse
     # Circus's hooks, as commands (hooks.py): hook point -> command, and how long
     # one may run before its process group is killed (and it counts as failed).
-    hooks: Mapping[str, HookCommand] = field(default_factory=dict)
+    hooks: Mapping[str, HookCommand | HookPython] = field(default_factory=dict)
     hook_timeout: float = 30.0
+    # The interpreter of the Python hooks (None: the virtualenv's, else sockvisor's).
+    hook_python: str | None = None
+    # Keys of the section that are no option, for the Python hooks (Circus's
+    # watcher._options; config/loader.py says which keys get here).
+    hook_options: Mapping[str, str] = field(default_factory=dict)
     send_hup: bool = False         # a reload is SIGHUP to the workers (watcher.py)
     on_demand: bool = False        # no workers until a connection is pending (WAITING)
 

@@ -31,7 +31,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
-from sockvisor.config.hooks import HOOK_POINTS, describe_hook, parse_hook
+from sockvisor.config.hooks import (HOOK_POINTS, STATS_HOOK, describe_hook, parse_hook,
+                                   parse_stats_hook)
 from sockvisor.config.model import OutputConfig, OutputKind, ReadyKind, ReadyPolicy, WatcherConfig
 from sockvisor.config.values import (
     _ENV_KEY, _operator_signals_of, _parse_bool, _parse_cgroup, _parse_circus_stream_class,
@@ -346,6 +347,14 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
                                  value=lambda c, p=point: c.hooks.get(p),
                                  show=lambda c, p=point: describe_hook(c.hooks.get(p)))
        for point in HOOK_POINTS},
+    # Circus's hook for `stats --extended`: a Python callable (stats_cmd.py).
+    f"hooks.{STATS_HOOK}": _Option(parse_stats_hook, change=_IN_PLACE, who=_PRIVILEGED,
+                                   value=lambda c: c.hooks.get(STATS_HOOK),
+                                   show=lambda c: describe_hook(c.hooks.get(STATS_HOOK))),
+    # The interpreter that runs the Python hooks, as the watcher's user (None:
+    # the virtualenv's python, else sockvisor's own).
+    "hook_python": _Option(_parse_nonempty, change=_IN_PLACE, who=_PRIVILEGED,
+                           field="hook_python"),
     # How long a hook may run before its process group is SIGKILLed (a failure).
     "hook_timeout": _Option(_parse_float(0.1), change=_IN_PLACE, field="hook_timeout"),
     **{f"flapping.{key}": _Option(_parse_str, change=_IN_PLACE,
@@ -399,9 +408,8 @@ for _resource in RLIMITS:
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
     "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
     # A hooks.NAME that is not a hook point (those are options above).
-    "hooks": _Unsupported("unknown hook; sockvisor runs these hook points as commands: "
-                          + ", ".join(HOOK_POINTS) + " (Circus's extended_stats hook "
-                          "is not supported: use the `stats` command)"),
+    "hooks": _Unsupported("unknown hook point; Circus's (and sockvisor's) are: "
+                          + ", ".join((*HOOK_POINTS, STATS_HOOK))),
     "close_child_stdin": _Ignored("workers always get /dev/null as stdin"),
     "close_child_stdout": _Unsupported("use stdout = null"),
     "close_child_stderr": _Unsupported("use stderr = null"),

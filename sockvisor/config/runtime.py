@@ -73,6 +73,8 @@ def current_values(config: WatcherConfig, section: str) -> dict[str, Any]:
                 raise ConfigError(str(exc), path=_WHERE, section=section, key=key) from None
         values[key] = value
     values["__keys__"] = {key: key for key in values}
+    if config.hook_options:   # the section's keys for its Python hooks (loader.py)
+        values["__hook_options__"] = dict(config.hook_options)
     return values
 
 

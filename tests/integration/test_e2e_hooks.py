@@ -15,14 +15,13 @@ import re
 import shlex
 import signal
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, wait_for
+from conftest import wait_for
 from control_helpers import control, is_reaped
 
 pytestmark = pytest.mark.timeout(60)
@@ -315,24 +314,6 @@ def test_hooks_run_as_the_watchers_user(world_readable_dir, sockvisor):
     line = setup.wait_line(r"hook before_spawn ")
     assert f"uid={nobody.pw_uid}" in line
     assert sv.worker_pids()
-
-
-def test_a_circus_dotted_hook_is_refused_with_what_to_do(tmp_path):
-    path = tmp_path / "circus.ini"
-    path.write_text(textwrap.dedent("""
-        [circus]
-        endpoint = ipc://{0}/ctl
-
-        [watcher:web]
-        cmd = /bin/sleep 100
-        hooks.before_start = mycoolapp.myplugins.check_redis
-    """.format(tmp_path)))
-    result = run_cli("check", str(path))
-    assert result.returncode != 0
-    message = result.stderr + result.stdout
-    assert f"{path}: [watcher:web]: hooks.before_start:" in message, message
-    assert "mycoolapp.myplugins.check_redis" in message
-    assert "python3 -c" in message and "exit status" in message, message
 
 
 @pytest.mark.timeout(40)

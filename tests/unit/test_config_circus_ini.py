@@ -362,14 +362,19 @@ def test_an_evenly_indented_file_reads_as_configparser_reads_it(tmp_path):
     assert web.args == ("a", "b") and web.numprocesses == 2
 
 
-def test_unset_variable_in_cmd_is_refused_after_the_other_keys(tmp_path):
+def test_unset_variable_in_cmd_waits_for_a_python_hook(tmp_path):
     """Circus resolves cmd/args again at spawn time (a hook may have set the
-    variable by then): a hook in the same watcher is the reason given, not the
-    variable; without one, the variable is, in any spelling."""
-    error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n"
-                                 "hooks.before_spawn = examples.demo.set_var\n")
-    assert error.key == "hooks.before_spawn", error
+    variable by then): with a Python hook in the same watcher the variable is
+    left for spawn time (launcher.py), in any spelling; without one, it is an
+    error at load."""
+    web = load_text(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n"
+                              "hooks.before_spawn = examples.demo.set_var\n").watchers["vars"]
+    assert web.args == ("$(circus.env.myvar)",)
     error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(CIRCUS.ENV.myvar)\n")
+    assert error.key == "cmd" and "myvar is not set" in str(error), error
+    # A command hook cannot set it: still an error.
+    error = load_fails(tmp_path, "[watcher:vars]\ncmd = /bin/echo $(circus.env.myvar)\n"
+                                 "hooks.before_spawn = /bin/true\n")
     assert error.key == "cmd" and "myvar is not set" in str(error), error
 
 

@@ -1,5 +1,5 @@
 """Reading `hooks.NAME` (config/hooks.py): a command, Circus's `, BOOL` flag, and
-the dotted path Circus configs contain, refused with what to do instead."""
+the dotted path Circus configs contain: a Python callable (HookPython)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from sockvisor.config import ConfigError, HookCommand, load
-from sockvisor.config.hooks import parse_hook
+from sockvisor.config.hooks import parse_hook, parse_stats_hook
+from sockvisor.config.model import HookPython
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -27,16 +28,33 @@ def test_a_command(raw, argv, ignore):
     assert parse_hook(raw) == HookCommand(argv, ignore)
 
 
-@pytest.mark.parametrize("raw", ["mycoolapp.myplugins.check_redis", "hooks.my_hook.hook",
-                                 "examples.demo.set_var, true", "check.sh", "  a.b  "])
-def test_a_dotted_path_is_circus_s_callable(raw):
+@pytest.mark.parametrize("raw, target, ignore", [
+    ("mycoolapp.myplugins.check_redis", "mycoolapp.myplugins.check_redis", False),
+    ("examples.demo.set_var, true", "examples.demo.set_var", True),
+    ("examples.uwsgi_lossless_reload:clean_stop", "examples.uwsgi_lossless_reload:clean_stop",
+     False),
+    ("  a.b  ", "a.b", False),
+    # A program named like a module is written with its path (./check.sh).
+    ("check.sh", "check.sh", False),
+])
+def test_a_dotted_name_is_circus_s_python_callable(raw, target, ignore):
+    assert parse_hook(raw) == HookPython(target, ignore)
+
+
+@pytest.mark.parametrize("raw", ["a.b.", ".a.b", "a..b", "a:b:c", "1a.b", "a.b c"])
+def test_what_is_not_a_dotted_name_is_a_command(raw):
+    try:
+        hook = parse_hook(raw)
+    except ValueError:
+        return
+    assert isinstance(hook, HookCommand)
+
+
+def test_extended_stats_takes_a_python_callable_only():
+    assert parse_stats_hook("app.stats.more") == HookPython("app.stats.more")
     with pytest.raises(ValueError) as caught:
-        parse_hook(raw)
-    message = str(caught.value)
-    name = raw.split(",")[0].strip()
-    assert f"{name!r} is a Python function" in message
-    assert "watcher and arbiter objects" in message   # why it cannot be called
-    assert "python3 -c" in message and f"./{name}" in message
+        parse_stats_hook("/usr/local/bin/more-stats")
+    assert "only a Python function" in str(caught.value)
 
 
 @pytest.mark.parametrize("raw", ["", "   ", ", true", "'unclosed"])
@@ -59,8 +77,8 @@ def test_in_a_config_with_env_substitution_and_timeout(tmp_path):
 
 
 @pytest.mark.parametrize("line, key, says", [
-    ("hooks.before_spawn = app.hooks.check", "hooks.before_spawn", "is a Python function"),
-    ("hooks.befor_spawn = /bin/true", "hooks.befor_spawn", "unknown hook"),
+    ("hooks.extended_stats = /bin/true", "hooks.extended_stats", "not a Python callable"),
+    ("hooks.befor_spawn = /bin/true", "hooks.befor_spawn", "unknown hook point"),
     ("hook_timeout = 0", "hook_timeout", "must be a number of seconds"),
 ])
 def test_refused_with_file_section_key(tmp_path, line, key, says):
@@ -71,3 +89,48 @@ def test_refused_with_file_section_key(tmp_path, line, key, says):
     assert (caught.value.section, caught.value.key) == ("watcher:web", key)
     assert str(caught.value).startswith(f"{path}: [watcher:web]: {key}: ")
     assert says in str(caught.value)
+
+
+def test_keys_that_are_no_option_go_to_the_python_hooks(tmp_path):
+    """Circus passes them to the hooks as watcher._options (the uwsgi example's
+    stats_base_port); a misspelt option is still refused, and without a Python
+    hook so is any unknown key."""
+    path = tmp_path / "circus.ini"
+    path.write_text(textwrap.dedent("""
+        [watcher:web]
+        cmd = /bin/true
+        hooks.after_spawn = app.hooks.children_started
+        stats_base_port = 8090
+    """))
+    web = load(str(path), environ={"PATH": "/bin"}).watchers["web"]
+    assert web.hook_options == {"stats_base_port": "8090"}
+    assert web.hooks["after_spawn"] == HookPython("app.hooks.children_started")
+
+    path.write_text("[watcher:web]\ncmd = /bin/true\nhooks.after_spawn = app.h.f\n"
+                    "workding_dir = /tmp\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path), environ={"PATH": "/bin"})
+    assert caught.value.key == "workding_dir" and "working_dir" in str(caught.value)
+
+    path.write_text("[watcher:web]\ncmd = /bin/true\nstats_base_port = 8090\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path), environ={"PATH": "/bin"})
+    assert caught.value.key == "stats_base_port" and "unknown key" in str(caught.value)
+
+
+def test_with_a_python_hook_an_unset_variable_in_cmd_waits_for_spawn_time(tmp_path):
+    """Circus's example10: before_spawn sets watcher.env['myvar'], cmd names
+    $(circus.env.myvar).  Without a Python hook that is still an error at load."""
+    path = tmp_path / "circus.ini"
+    path.write_text(textwrap.dedent("""
+        [watcher:vars]
+        cmd = echo $(circus.env.myvar) $(circus.env.HOME)
+        hooks.before_spawn = examples.demo.set_var
+    """))
+    web = load(str(path), environ={"PATH": "/bin", "HOME": "/home/x"}).watchers["vars"]
+    assert web.args == ("$(circus.env.myvar)", "/home/x")
+
+    path.write_text("[watcher:vars]\ncmd = echo $(circus.env.myvar)\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path), environ={"PATH": "/bin"})
+    assert "myvar is not set" in str(caught.value)

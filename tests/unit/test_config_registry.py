@@ -54,7 +54,8 @@ NEW_VALUES: dict[str, object] = {
     **{key: "100" for key in _WATCHER_OPTIONS if key.startswith("rlimit_")},
     # Circus's hooks, as commands (issue 11 item 12).
     **{key: "/bin/true --hook" for key in _WATCHER_OPTIONS if key.startswith("hooks.")},
-    "hook_timeout": "5",
+    "hooks.extended_stats": "app.stats.more",   # a Python callable only
+    "hook_timeout": "5", "hook_python": "/usr/bin/python3",
 }
 
 
@@ -192,8 +193,8 @@ def test_set_of_cmd_and_args_as_words(base):
     ({"numprocesses": [1]}, "expected a string or a number, got a list"),
     ({"graceful_timeout": None}, "got null"),
     ({"colour": "red"}, "unknown key"),
-    ({"hooks.before_start": "mod.func"}, "not supported"),
-    ({"hooks.after_stop": "mod.func"}, "is a Python function"),
+    ({"hooks.extended_stats": "/bin/stats"}, "not a Python callable"),
+    ({"stats_base_port": "8090"}, "unknown key"),
     ({"uid": "0", "user": "root"}, "same setting"),
     ({"env": {"A": "x\0y"}}, "NUL"),
     ({"args": ["a" * (65 * 1024)]}, "value too long"),

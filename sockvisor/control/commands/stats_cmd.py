@@ -72,6 +72,8 @@ class Stats(Command):
     Each worker's children (a gunicorn or uwsgi master's workers) are listed
     under it, and each watcher gets a total of all of them; in the table, times
     read like 8.0s or 2h03m, in --json they are seconds.
+    --extended adds what a watcher's extended_stats hook (Circus's Python
+    hook) puts in each worker's figures, such as uwsgi's request counts.
     `output` counts each watcher's worker output sockvisor had to drop (a stalled
     reader of its stdout, a full disk): `dropped_lines`, `dropped_bytes`.
     """
@@ -81,6 +83,8 @@ class Stats(Command):
     def add_arguments(self, parser):
         parser.add_argument("name", nargs="?", help="watcher")
         parser.add_argument("process", nargs="?", type=int, help="pid")
+        parser.add_argument("--extended", action="store_true",
+                            help="with what each watcher's extended_stats hook adds")
 
     def properties(self, args):
         props: dict[str, Any] = {}
@@ -88,12 +92,15 @@ class Stats(Command):
             props["name"] = args.name
         if args.process:
             props["process"] = args.process
+        if args.extended:
+            props["extended"] = True
         return props
 
     async def execute(self, supervisor, props: dict[str, Any]) -> dict[str, Any]:
+        extended = props.get("extended") is True   # Circus's `stats --extended`
         if "name" not in props:
             _prune()
-            infos = {name: {str(pid): process_info(pid) for pid in watcher.workers}
+            infos = {name: await _infos(watcher, list(watcher.workers), extended)
                      for name, watcher in supervisor.watchers.items()}
             return {"infos": infos,
                     "totals": {name: totals(info) for name, info in infos.items()},
@@ -105,8 +112,9 @@ class Stats(Command):
             pid = int_property(props, "process", what="the pid")
             if pid not in watcher.workers:
                 raise CommandError(f"process {pid} not found in {watcher.name!r}")
-            return {"process": pid, "info": process_info(pid)}
-        info = {str(pid): process_info(pid) for pid in watcher.workers}
+            return {"process": pid,
+                    "info": (await _infos(watcher, [pid], extended))[str(pid)]}
+        info = await _infos(watcher, list(watcher.workers), extended)
         return {"name": watcher.name, "info": info, "totals": totals(info),
                 "output": watcher.output_stats()}
 
@@ -128,6 +136,19 @@ class Stats(Command):
                              round(total["mem"], 3), _megabytes(total["rss"]),
                              duration(total["ctime"]), ""])
         return table(rows, ["WATCHER", "PID", "CPU%", "MEM%", "RSS", "CPU-TIME", "AGE"])
+
+
+async def _infos(watcher, pids: list[int], extended: bool) -> dict[str, dict[str, Any]]:
+    """pid -> process_info; with `extended`, as the watcher's extended_stats hook
+    (a Circus Python hook: hooks.py) edited each, all hooks at once."""
+    import asyncio   # here: sockvisorctl imports this module and must start fast
+    infos = {pid: process_info(pid) for pid in pids}
+    if extended and "extended_stats" in watcher.config.hooks:
+        edited = await asyncio.gather(*(
+            watcher.hook_runner.extended_stats(watcher.config, pid, info)
+            for pid, info in infos.items()))
+        infos = dict(zip(infos, edited))
+    return {str(pid): info for pid, info in infos.items()}
 
 
 def totals(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
