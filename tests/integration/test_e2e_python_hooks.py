@@ -190,6 +190,41 @@ def test_send_signal_reaches_this_watchers_workers_only(sockvisor, tmp_path):
     assert not hooks.lines(f"worker {bystander} stop")
 
 
+def test_uwsgi_style_clean_stop_during_a_reload(sockvisor, tmp_path):
+    """Circus's uwsgi_lossless_reload.clean_stop: at the old worker's stop signal
+    during a reload, the hook sees more processes than numprocesses, finds the
+    newer one by `started`, and pauses the old one (here SIGUSR1) before letting
+    the stop signal go."""
+    hooks = Hooks(tmp_path / "hooks", """
+        import signal
+
+        def clean_stop(watcher, arbiter, hook_name, pid, signum, **kwargs):
+            if len(watcher.processes) > watcher.numprocesses and signum == signal.SIGTERM:
+                started = watcher.processes[pid].started
+                newer = [p for p, w in watcher.processes.items()
+                         if p != pid and w.started > started]
+                with open(LOG, 'a') as out:
+                    out.write('hook clean_stop old=%d newer=%s\\n' % (pid, newer))
+                watcher.send_signal(pid, signal.SIGUSR1)
+            return True
+    """)
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {hooks.worker_cmd()}
+        working_dir = {hooks.directory}
+        hooks.before_signal = apphooks.clean_stop
+    """)
+    with control(sv) as ctl:
+        old = ctl.wait_ready("web", 1)["workers"][0]["pid"]
+        ctl.call("reload", name="web", timeout=30)
+        new = ctl.wait_ready("web", 1)["workers"][0]["pid"]
+    assert new != old
+    assert hooks.wait_lines("hook clean_stop") == [f"hook clean_stop old={old} newer=[{new}]"]
+    hooks.wait_lines(f"worker {old} stop")
+    old_lines = hooks.lines(f"worker {old}")
+    assert old_lines.index(f"worker {old} got SIGUSR1") < old_lines.index(f"worker {old} stop")
+
+
 def test_a_hook_that_raises_is_circus_s_failed_hook(sockvisor, tmp_path):
     """before_start raising fails the start (with the exception in the reply
     and the traceback in the watcher's output); before_stop raising is ignored,
