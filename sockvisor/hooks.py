@@ -160,7 +160,9 @@ class HookRunner:
         failure, answer = await self._run(config, "extended_stats", hook,
                                           {"pid": pid, "stats": stats})
         edited = answer.get("stats") if answer else None
-        return {**stats, **edited} if not failure and isinstance(edited, dict) else stats
+        if failure or not isinstance(edited, dict):
+            return stats
+        return merge_extended_stats(stats, edited)
 
     async def _run(self, config: WatcherConfig, point: str,
                    hook: HookCommand | HookPython, context: dict[str, Any]
@@ -394,6 +396,28 @@ class HookRunner:
         return status, None
 
 
+def merge_extended_stats(stats: dict[str, Any], edited: dict[str, Any]) -> dict[str, Any]:
+    """A worker's `stats` figures as an extended_stats hook edited them: the hook
+    adds figures (uwsgi's requests, load) and may add to the children's
+    (uwsgi's workers); sockvisor's own figures keep their type and every child
+    stays, so `stats` and its totals read them as before, whatever the hook did."""
+    merged = {**stats, **edited}
+    for key, value in stats.items():
+        if type(merged[key]) is not type(value):
+            merged[key] = value
+    if "children" in stats:
+        children = {child["pid"]: child for child in stats["children"]}
+        kept = []
+        for child in merged["children"]:
+            pid = child.get("pid") if isinstance(child, dict) else None
+            if type(pid) is int and pid in children:
+                own = children.pop(pid)
+                kept.append({**child, **{k: v for k, v in own.items()
+                                         if type(child.get(k)) is not type(v)}})
+        merged["children"] = kept if not children else stats["children"]
+    return merged
+
+
 # circus.process.UNEXISTING: what Circus's after_reap gets as process_status for
 # a worker that is gone once reaped (the only kind sockvisor reaps).
 _CIRCUS_UNEXISTING = 2
@@ -429,6 +453,12 @@ class _Conversation:
         self.problem = ""
 
     async def run(self) -> None:
+        try:
+            await self._converse()
+        except OSError:
+            pass   # the hook went away (killed at hook_timeout, or it closed fd 5)
+
+    async def _converse(self) -> None:
         loop = asyncio.get_running_loop()
         buffer = b""
         while True:
@@ -455,7 +485,7 @@ class _Conversation:
     async def _take(self, loop: asyncio.AbstractEventLoop, line: bytes) -> bool:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):   # not JSON, not UTF-8, nested too deep
             message = None
         if not isinstance(message, dict) or self.answer is not None:
             self.problem = "sent a message sockvisor does not understand"

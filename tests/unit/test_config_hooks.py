@@ -134,3 +134,22 @@ def test_with_a_python_hook_an_unset_variable_in_cmd_waits_for_spawn_time(tmp_pa
     with pytest.raises(ConfigError) as caught:
         load(str(path), environ={"PATH": "/bin"})
     assert "myvar is not set" in str(caught.value)
+
+
+def test_extended_stats_edits_keep_sockvisor_s_own_figures():
+    """What an extended_stats hook sends back is merged (hooks.merge_extended_stats):
+    new figures and additions to the children are kept; a figure of sockvisor's
+    turned into another type, a child dropped or made up, is not."""
+    from sockvisor.hooks import merge_extended_stats
+    stats = {"pid": 10, "cpu": 1.5, "rss": 100, "cmdline": "uwsgi",
+             "children": [{"pid": 11, "cpu": 0.5, "rss": 50}, {"pid": 12, "cpu": 0.0, "rss": 40}]}
+    edited = {"pid": "x", "cpu": "lots", "rss": 7, "load": 3, "version": "2.0",
+              "children": [{"pid": 11, "cpu": None, "requests": 9}, {"pid": 12, "status": "idle"}]}
+    merged = merge_extended_stats(stats, edited)
+    assert merged["pid"] == 10 and merged["cpu"] == 1.5 and merged["rss"] == 7
+    assert merged["load"] == 3 and merged["version"] == "2.0"
+    assert merged["children"] == [{"pid": 11, "cpu": 0.5, "rss": 50, "requests": 9},
+                                  {"pid": 12, "cpu": 0.0, "rss": 40, "status": "idle"}]
+    for children in ([{"pid": 11}], [{"pid": 11}, {"pid": 99}], "nope", [[11], {"pid": [12]}]):
+        merged = merge_extended_stats(stats, {"children": children})
+        assert merged["children"] == stats["children"]

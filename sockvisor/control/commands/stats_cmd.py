@@ -154,7 +154,10 @@ async def _infos(watcher, pids: list[int], extended: bool) -> dict[str, dict[str
 def totals(infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A watcher's workers and their children together: the figures that add up."""
     processes = [p for info in infos.values() for p in [info, *info.get("children", [])]]
-    counted = [p for p in processes if isinstance(p.get("rss"), int)]
+    # Only figures psutil could read -- and, under --extended, that a hook did not
+    # turn into something else.
+    counted = [p for p in processes if isinstance(p.get("rss"), int)
+               and all(isinstance(p.get(key), (int, float)) for key in ("cpu", "mem", "ctime"))]
     return {"processes": len(processes),
             "cpu": round(sum(p["cpu"] for p in counted), 1),
             "mem": round(sum(p["mem"] for p in counted), 3),
