@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import fnmatch
 import ipaddress
 import os
 import re
@@ -47,6 +48,9 @@ from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, _ENV_KE
                                      _did_you_mean, _http_is_local, _switched_off,
                                      split_words)
 from sockvisor.timed_rotation import WHEN_VALUES
+
+# A watcher name, or Circus's shell pattern for several in [env:PATTERN].
+_ENV_PATTERN = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,200}")
 
 
 # Longest value any key may have.  execve refuses a single argument or environment
@@ -125,9 +129,11 @@ class _Loader:
             if sep and kind.strip() == "env":
                 # As in Circus, one [env:a, b] section may serve several watchers.
                 names = [part.strip() for part in name.split(",")]
-                if not all(_NAME.match(part) for part in names):
+                if not all(_NAME.match(part) or _ENV_PATTERN.fullmatch(part)
+                           for part in names):
                     raise self.error("names may use letters, digits, '_', '.' and '-' "
-                                     "only, several separated by commas", section)
+                                     "only, or shell patterns (web*, worker-?), several "
+                                     "separated by commas", section)
                 if len(set(names)) < len(names):
                     raise self.error("a watcher is named twice", section)
                 name = ",".join(names)
@@ -156,9 +162,20 @@ class _Loader:
         envs_of: dict[str, list[str]] = {name: list(shared_env) for name in watcher_sections}
         for names, section in env_sections.items():
             for name in names.split(","):
+                if _ENV_PATTERN.fullmatch(name) and not _NAME.fullmatch(name):
+                    # Circus's [env:web*]: every watcher the pattern matches.
+                    matched = [w for w in watcher_sections if fnmatch.fnmatchcase(w, name)]
+                    if not matched:
+                        self.warnings.append(f"{self.path}: [{section}]: {name!r} matches "
+                                             "no watcher: this environment is unused")
+                    for watcher_name in matched:
+                        if section not in envs_of[watcher_name]:
+                            envs_of[watcher_name].append(section)
+                    continue
                 if name not in watcher_sections:
                     raise self.error(f"no [watcher:{name}] for this environment", section)
-                envs_of[name].append(section)
+                if section not in envs_of[name]:
+                    envs_of[name].append(section)
 
         globals_ = self.build_globals(global_sections[0] if global_sections else None)
         sockets = {name: self.build_socket(name, section)

@@ -134,6 +134,44 @@ def test_bare_env_section_reaches_every_watcher_under_its_own(tmp_path):
     assert config.watchers["worker"].env["MODE"] == "worker"
 
 
+def test_env_section_patterns_reach_the_watchers_they_match(tmp_path):
+    """Circus's [env:web*]: fnmatch on watcher names, sections applied in file
+    order; a pattern that matches nothing is a warning, a plain name that names
+    no watcher still an error (a typo)."""
+    text = """
+        [watcher:web-1]
+        cmd = /bin/sleep 1
+
+        [watcher:web-2]
+        cmd = /bin/sleep 1
+
+        [watcher:worker]
+        cmd = /bin/sleep 1
+
+        [env:web-*]
+        ROLE = web
+
+        [env:*, worker]
+        SHARED = yes
+
+        [env:web-2]
+        ROLE = second
+
+        [env:cron-?]
+        ROLE = cron
+        """
+    path = write(tmp_path / "circus.ini", text)
+    config = load(str(path), environ=ENVIRON)
+    watchers = config.watchers
+    assert watchers["web-1"].env["ROLE"] == "web"
+    assert watchers["web-2"].env["ROLE"] == "second"
+    assert "ROLE" not in watchers["worker"].env
+    assert all(w.env["SHARED"] == "yes" for w in watchers.values())
+    assert any("[env:cron-?]" in w and "matches no watcher" in w for w in config.warnings)
+    error = load_fails(tmp_path, "[watcher:web]\ncmd = /bin/true\n[env:wbe]\nA = 1\n")
+    assert error.section == "env:wbe" and "no [watcher:wbe]" in str(error)
+
+
 def test_bare_env_feeds_substitutions_everywhere(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
