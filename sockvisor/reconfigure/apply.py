@@ -37,7 +37,7 @@ import logging
 from typing import Any, Callable, Mapping, Protocol
 
 from sockvisor import preflight
-from sockvisor.config import Config, SocketConfig, WatcherConfig
+from sockvisor.config import Config, SocketConfig, WatcherConfig, priority_groups
 from sockvisor.process import Worker
 from sockvisor.reconfigure.plan import Plan, plan
 from sockvisor.sockets import ListeningSocket, PermissionChange, SocketError, bind
@@ -263,9 +263,11 @@ async def _move_watchers(host: Host, new: Config, the_plan: Plan, prepared: _Pre
         return_exceptions=True)
     failures = {name: result for (name, _), result in zip(rolling, results)
                 if isinstance(result, BaseException)}
-    # In parallel, as at start-up: each waits for its first generation to be ready.
-    await asyncio.gather(*(w.start() for w in prepared.watchers.values()
-                           if w.config.autostart))
+    # As at start-up: by Circus's priority, highest first, each group together
+    # (each waits for its first generation to be ready) before the next.
+    added = [w for w in prepared.watchers.values() if w.config.autostart]
+    for group in priority_groups(added, lambda w: w.config):
+        await asyncio.gather(*(w.start() for w in group))
     return failures
 
 

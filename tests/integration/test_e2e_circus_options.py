@@ -150,6 +150,28 @@ def test_priority_starts_highest_first_and_stops_in_reverse(sockvisor, probe, tm
     assert order.read_text().split("\n")[3:6] == ["stop low", "stop middle", "stop high"]
 
 
+def test_reloadconfig_starts_added_watchers_by_priority(sockvisor, probe, tmp_path):
+    """Watchers a reloadconfig adds start as at start-up: highest priority first,
+    each ready before the next."""
+    order = tmp_path / "order"
+    sv = sockvisor(f"""
+        [watcher:first]
+        cmd = {probe} --name first --order {order}
+    """)
+    wait_for(lambda: order.exists() and order.read_text().split("\n")[0] == "start first", 10)
+    added = "".join(textwrap.dedent(f"""
+        [watcher:{name}]
+        cmd = {probe} --name {name} --order {order}
+        priority = {priority}
+        ready = notify
+        min_uptime = 0.2
+        """) for name, priority in (("low", 1), ("high", 10), ("middle", 5)))
+    sv.conf.write_text(sv.conf.read_text() + added)
+    result = ctl(sv, "reloadconfig")
+    assert result.returncode == 0, result
+    assert order.read_text().split("\n")[1:4] == ["start high", "start middle", "start low"]
+
+
 def test_autostart_false_waits_for_start(sockvisor, probe, tmp_path):
     sv = sockvisor(f"""
         [watcher:web]
