@@ -14,7 +14,10 @@ import json
 import os
 import pwd
 import socket
+import shutil
+import signal
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -205,4 +208,86 @@ def test_nobody_cannot_take_the_tcp_control_port_during_upgrades(world_readable_
         if squatter is not None:
             squatter.kill()
             squatter.wait()
+        sv.cleanup()
+
+
+def _fds(pid: int) -> Counter:
+    """What `pid`'s fds are (their /proc links; sockets counted, not named: the
+    control channel's ZeroMQ sockets are new ones after it is reopened)."""
+    found: Counter = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        found["socket" if target.startswith("socket:") else target] += 1
+    return found
+
+
+class _FailingExec:
+    """strace attached to sockvisor's main thread, failing its execve() with ENOENT
+    (its children are not traced: a worker's or a probe's exec is untouched)."""
+
+    def __init__(self, pid: int):
+        strace = shutil.which("strace")
+        if strace is None:
+            pytest.skip("strace is needed to make the upgrade's execve() fail")
+        self.process = subprocess.Popen(
+            [strace, "-p", str(pid), "-e", "trace=execve",
+             "-e", "inject=execve:error=ENOENT", "-o", "/dev/null"],
+            stderr=subprocess.PIPE, text=True)
+        said = self.process.stderr.readline()
+        if "attached" not in said:
+            self.detach()
+            pytest.skip(f"strace cannot trace sockvisor here: {said.strip()}")
+
+    def detach(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(10)
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_exec_leaves_sockvisor_serving_as_before(tmp_path):
+    """execve of the new sockvisor fails after the pre-flight passed: the old
+    process carries on -- same workers, same socket answering, control channel
+    back, no fd leaked -- `upgrade` says why, and the next upgrade works."""
+    directory = tmp_path / "sv"
+    directory.mkdir()
+    config = (f"[sockvisor]\nendpoint = ipc://{directory}/ctl\n\n"
+              f"{socket_section()}\n"
+              f"{watcher_section('web', ServeWorker(tmp_path / 'worker'), ready='notify')}")
+    sv = Sockvisor(directory, config)
+    try:
+        sv.wait_ready(30)
+        with control(sv) as client:
+            detail = client.wait_ready("web", 2)
+            port = client.port("web")
+        pids = {w["pid"] for w in detail["workers"]}
+        assert http_get(port)["pid"] in pids
+        before = _fds(sv.pid)
+
+        failing = _FailingExec(sv.pid)
+        try:
+            result = ctl(sv, "upgrade", timeout=60)
+        finally:
+            failing.detach()
+        assert result.returncode == 1, f"{result.stdout}\n{result.stderr}"
+        assert "not upgraded: exec " in result.stderr, result.stderr
+        assert "failed: No such file or directory" in result.stderr, result.stderr
+        sv.wait_log(r"upgrade abandoned: exec .* failed: No such file or directory; "
+                    r"carrying on as before")
+        with control(sv) as client:
+            after = client.status("web")
+            assert after["state"] == "active"
+            assert {w["pid"] for w in after["workers"]} == pids
+            assert client.port("web") == port
+        assert http_get(port)["pid"] in pids
+        assert sv.proc.poll() is None
+        assert _fds(sv.pid) == before, sv.describe()
+
+        assert _upgrade(sv)["serial"] == 1
+        with control(sv) as client:
+            assert {w["pid"] for w in client.status("web")["workers"]} == pids
+        assert http_get(port)["pid"] in pids
+    finally:
         sv.cleanup()
