@@ -20,6 +20,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sockvisor import paths
@@ -211,17 +212,19 @@ def test_nobody_cannot_take_the_tcp_control_port_during_upgrades(world_readable_
         sv.cleanup()
 
 
-def _fds(pid: int) -> Counter:
-    """What `pid`'s fds are (their /proc links; sockets counted, not named: the
-    control channel's ZeroMQ sockets are new ones after it is reopened)."""
+def _fds(pid: int) -> tuple[Counter, int]:
+    """What a leak would add: `pid`'s fds other than sockets (their /proc links:
+    files, pipes, memfds, eventfds), and its TCP sockets.  Unix sockets are left
+    out: the control channel's ipc:// connections come and go with each request."""
     found: Counter = Counter()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
             continue
-        found["socket" if target.startswith("socket:") else target] += 1
-    return found
+        if not target.startswith("socket:"):
+            found[target] += 1
+    return found, len(psutil.Process(pid).net_connections(kind="tcp"))
 
 
 class _FailingExec:
