@@ -36,17 +36,17 @@ import socket
 from typing import Any, Callable, Iterable, Mapping
 
 from sockvisor import circus_ini, circus_plugins, logdir
-from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, HookPython, OutputConfig,
-                                    OutputKind, ReadyKind, ReadyPolicy, RestartPolicy,
-                                    SocketConfig, WatcherConfig)
+from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, HookPython,
+                                    OutputConfig, OutputKind, ReadyKind, ReadyPolicy,
+                                    RestartPolicy, SocketConfig, WatcherConfig)
 from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
                                       _SOCKET_OPTIONS, _WATCHER_CIRCUS, _WATCHER_OPTIONS,
                                       _Ignored, _Option, _Unsupported)
 from sockvisor.config import virtualenv
 from sockvisor.config.substitutions import _SUBSTITUTION
-from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, _ENV_KEY, _NAME,
-                                     _did_you_mean, _http_is_local, _switched_off,
-                                     split_words)
+from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, TYPO_CUTOFF,
+                                     _ENV_KEY, _NAME, _did_you_mean, _http_is_local,
+                                     _switched_off, split_words)
 from sockvisor.timed_rotation import WHEN_VALUES
 
 # A watcher name, or Circus's shell pattern for several in [env:PATTERN].
@@ -304,9 +304,14 @@ class _Loader:
             if canonical is None:
                 # Suggest a supported key before a Circus key we would refuse.
                 hint = _did_you_mean(key, list(by_name)) or _did_you_mean(key, list(circus))
-                if hint or options is not _WATCHER_OPTIONS:
+                typo = (_did_you_mean(key, list(by_name), TYPO_CUTOFF)
+                        or _did_you_mean(key, list(circus), TYPO_CUTOFF))
+                if typo or items is not None:
+                    # A misspelt option, whatever Circus does with it (it ignores
+                    # `workding_dir`: the worker then runs elsewhere); and what
+                    # the control channel sends is checked strictly.
                     raise self.error(f"unknown key{hint}", section, key)
-                unknown[key] = raw   # a Python hook's option?  (below)
+                unknown[key] = hint   # Circus ignores it, or hands it to hooks (below)
                 continue
             if canonical in seen_as:
                 raise self.error(f"same setting as {seen_as[canonical]!r}; give it once",
@@ -317,14 +322,22 @@ class _Loader:
                                      else parse(options[canonical], raw))
             except ValueError as exc:
                 raise self.error(str(exc), section, key) from None
-        if unknown:
+        if unknown and options is _WATCHER_OPTIONS and any(
+                isinstance(value, HookPython) for value in values.values()):
             # Circus hands a watcher's keys that are no option to its hooks
-            # (watcher._options: the uwsgi example's stats_base_port).  Only a
-            # watcher with a Python hook takes them; a key that looks like a
-            # misspelt option was refused above, whatever the hooks.
-            if not any(isinstance(value, HookPython) for value in values.values()):
-                raise self.error("unknown key", section, next(iter(unknown)))
-            values["__hook_options__"] = {key: str(raw) for key, raw in unknown.items()}
+            # (watcher._options: the uwsgi example's stats_base_port).
+            values["__hook_options__"] = {key: str(raw) for key, raw in
+                                          (self.parser.items(section) if items is None
+                                           else items) if key in unknown}
+        elif unknown:
+            # Circus reads a file's keys it does not know and ignores them (a
+            # watcher's go to its `_options`, unused without hooks): the file
+            # still means what it meant, so it loads -- but nothing is dropped
+            # without a word.  A key that looks like a misspelt option was
+            # refused above.
+            for key, hint in unknown.items():
+                self.warnings.append(f"{self.path}: [{section}] {key}: ignored: not an "
+                                     f"option (Circus ignores it too){hint}")
         values["__keys__"] = seen_as
         return values
 
@@ -332,6 +345,13 @@ class _Loader:
         if section is None:
             return GlobalConfig()
         values = self.read_options(section, _GLOBAL_OPTIONS, _GLOBAL_CIRCUS)
+        keys = values["__keys__"]
+        for key in ("endpoint", "pubsub_endpoint"):
+            value = values.get(key)
+            relative = (value is not None and value.startswith("ipc://")
+                        and value[6:7] not in ("/", "@", ""))
+            if relative:   # Circus's zmq binds it from circusd's working directory
+                values[key] = "ipc://" + self.absolute(value[6:], section, keys[key])
         endpoint = values.get("endpoint")
         if endpoint is not None:
             self.check_endpoint(endpoint, section, "endpoint", values)
@@ -348,10 +368,13 @@ class _Loader:
         if ("curve_secret_key_file" in values) != ("curve_authorized_keys_dir" in values):
             raise self.error("CURVE needs both curve_secret_key_file and "
                              "curve_authorized_keys_dir", section)
-        keys = values["__keys__"]
         logoutput = values.get("logoutput")
         if logoutput == "stdout":   # Circus's other spelling of "-"
             logoutput = "-"
+        if logoutput is not None and logoutput != "-" and not logoutput.startswith("syslog:"):
+            logoutput = self.absolute(logoutput, section, keys["logoutput"])
+        if values.get("pidfile") is not None:
+            values["pidfile"] = self.absolute(values["pidfile"], section, keys["pidfile"])
         if logoutput is not None and logoutput.startswith("syslog:"):
             raise self.error("syslog is not supported: sockvisor logs to stderr, which "
                              "journald records under systemd (with priorities); or give "
@@ -379,6 +402,24 @@ class _Loader:
             pidfile=values.get("pidfile"),
             logoutput=logoutput,
         )
+
+    def absolute(self, path: str, section: str, key: str) -> str:
+        """`path`, relative to sockvisor's working directory if it is relative --
+        where Circus opens it (circusd never changes directory) -- with a warning
+        saying so: under systemd that directory is /, rarely what was meant."""
+        if os.path.isabs(path):
+            return path
+        try:
+            resolved = os.path.abspath(path)
+        except OSError as exc:   # our working directory is gone
+            raise self.error(f"a relative path, and sockvisor's working directory "
+                             f"cannot be read ({exc.strerror}): give an absolute path",
+                             section, key) from None
+        if self.parser is not None:
+            self.warnings.append(f"{self.path}: [{section}] {key}: {path!r} is relative: "
+                                 f"read as {resolved} (from sockvisor's working directory, "
+                                 "as Circus reads it); an absolute path says it for sure")
+        return resolved
 
     def check_root_file(self, path: str, section: str, key: str) -> None:
         """A file sockvisor (root) writes for itself (pidfile, logoutput): in a
@@ -421,8 +462,13 @@ class _Loader:
             raise self.error(str(exc), section, key) from None
         token_file = values.get("http_token_file")
         if not loopback and token_file is None:
-            raise self.error(f"{address} is not a loopback address: set http_token_file "
-                             "(every request then needs its bearer token)", section, key)
+            # Circus's `httpd_host = 0.0.0.0` (its console had no login at all):
+            # served, but every request needs the token made at each start.
+            self.warnings.append(
+                f"{self.path}: [{section}] {key}: {address} is not a loopback address: "
+                "every request to the console needs its bearer token, made afresh at "
+                "each start (`sockvisorctl console-token`); set http_token_file for "
+                "one that stays")
         if token_file is not None and not token_file.startswith("/"):
             raise self.error("expected an absolute path", section, "http_token_file")
         return address
@@ -667,11 +713,22 @@ class _Loader:
             gid = entry.pw_gid
         if "gid" in values:
             gid = values["gid"]
+        for canonical, alias, who in (("uid", "user", user), ("gid", "group", gid)):
+            if keys.get(canonical) == alias and self.parser is not None:
+                # Circus 0.19 has no such key: it keeps it unused (freeform), and
+                # the worker runs as circusd's own user -- root, usually.
+                self.warnings.append(
+                    f"{self.path}: [{section}] {alias}: Circus has no `{alias}` option "
+                    f"and ignores it (its workers ran as circusd's {alias}); sockvisor "
+                    f"reads it as {canonical} and runs them as {who}: write "
+                    f"{canonical} = {who} to say so")
         if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
             if os.geteuid() != 0:
                 raise self.error("switching user or group needs sockvisor to run as root",
                                  section, keys.get("uid", keys.get("gid")))
         working_dir = values.get("working_dir")
+        if working_dir is not None:
+            working_dir = self.absolute(working_dir, section, keys["working_dir"])
         if working_dir is not None and not os.path.isdir(working_dir):
             raise self.error(f"no such directory: {working_dir}", section, keys["working_dir"])
         # Whether the worker's user can run the program is asked by a child that is
@@ -693,12 +750,23 @@ class _Loader:
             raise self.error("must not be less than backoff_base", section,
                              keys.get("backoff_max", "backoff_max"))
         ready = values.get("ready", ReadyPolicy())
-        ready = ReadyPolicy(ready.kind, ready.delay,
-                            _default_or(values, "ready_timeout"),
-                            values.get("ready_settle"))
+        timeout = _default_or(values, "ready_timeout")
+        warmup = values.get("warmup_delay", 0.0)
+        if warmup and "ready" not in values:
+            # Circus waits warmup_delay after starting each worker before it goes
+            # on; here the worker counts as started (ready) once it has lived
+            # that long, and a start or reload waits for it.  (Circus also starts
+            # the workers one by one; sockvisor starts them together.)
+            ready = ReadyPolicy(ReadyKind.DELAY, delay=warmup)
+            if "ready_timeout" not in values:
+                timeout = max(timeout, warmup * 2)
+        elif warmup and self.parser is not None:
+            self.warnings.append(f"{self.path}: [{section}] {keys['warmup_delay']}: "
+                                 "ignored: ready is given")
+        ready = ReadyPolicy(ready.kind, ready.delay, timeout, values.get("ready_settle"))
         if ready.kind == ReadyKind.DELAY and ready.delay >= ready.timeout:
             raise self.error("the ready delay must be shorter than ready_timeout",
-                             section, keys["ready"])
+                             section, keys.get("ready") or keys["warmup_delay"])
         rlimits = {key[len("rlimit_"):]: value for key, value in values.items()
                    if key.startswith("rlimit_")}
         singleton = _default_or(values, "singleton")
@@ -815,8 +883,11 @@ class _Loader:
                              f"(by size)", section, keys[when_key])
         if output.kind == OutputKind.FILE:
             assert output.path is not None
-            parent = os.path.dirname(output.path) or "."
             key = keys.get(stream, f"{stream}_stream.filename")
+            # Circus's FileStream opens a relative name from circusd's directory.
+            output = dataclasses.replace(output, path=self.absolute(output.path, section,
+                                                                    key))
+            parent = os.path.dirname(output.path)
             if not os.path.isdir(parent):
                 raise self.error(f"directory {parent} does not exist", section, key)
             try:

@@ -268,6 +268,10 @@ _WATCHER_OPTIONS: dict[str, _Option] = {
                        structured=_names),
     "use_sockets": _Option(_parse_bool, change=_RESTART, who=_PRIVILEGED,
                            ini_only="Circus's: sockets = every [socket:NAME]"),
+    # Circus's pause after starting each worker, its way of letting one settle:
+    # read as `ready = delay:SECONDS` when `ready` is not given (loader.py).
+    "warmup_delay": _Option(_parse_float(0.0), change=_IN_PLACE,
+                            ini_only="Circus's: ready = delay:SECONDS unless ready is given"),
     "uid": _Option(_parse_user, aliases=("user",), change=_RESTART, who=_PRIVILEGED,
                    field="uid"),
     "gid": _Option(_parse_group, aliases=("group",), change=_RESTART, who=_PRIVILEGED,
@@ -406,7 +410,6 @@ for _resource in RLIMITS:
         _parse_rlimit, change=_RESTART, who=_PRIVILEGED, field=f"rlimits.{_resource}")
 
 _WATCHER_CIRCUS: dict[str, _Unsupported | _Ignored] = {
-    "warmup_delay": _Unsupported("use ready = delay:SECONDS"),
     # A hooks.NAME that is not a hook point (those are options above).
     "hooks": _Unsupported("unknown hook point; Circus's (and sockvisor's) are: "
                           + ", ".join((*HOOK_POINTS, STATS_HOOK))),

@@ -359,8 +359,14 @@ def _switched_off(raw: str) -> bool:
     return raw.strip().lower() in ("false", "no", "off", "0", "")
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+# How alike a key must be to an option to count as its misspelling (an error,
+# not an unknown key Circus would ignore): `workding_dir` (0.96), `numprocess`
+# (0.91) are; `statsd_host` (0.76 to httpd_host), `max_retries` (0.8) are not.
+TYPO_CUTOFF = 0.85
+
+
+def _did_you_mean(word: str, choices: list[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

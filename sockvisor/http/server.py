@@ -99,8 +99,8 @@ class ConsoleServer:
         self.local = _http_is_local(self.address)
         # On a loopback or unix address only local users reach us: reading the
         # state is open, as issue 12 asks (worker output is not: api.py).
-        # Anywhere else, everything needs the token (config.py insists on
-        # http_token_file there).
+        # Anywhere else, everything needs the token (the operator's
+        # http_token_file, or the one made at each start: config warns).
         self.token_needed_to_read = not self.local
         self.token_file = globals_.http_token_file
         self.token_dir = paths.runtime_dir(supervisor.config.path)

@@ -403,6 +403,22 @@ def test_non_loopback_needs_the_operators_token_for_everything(sockvisor, script
     assert console_token(sv) == "s3cret-token-of-the-operator"
 
 
+def test_circus_httpd_on_every_address_needs_the_token_of_each_start(sockvisor, scripts):
+    """Circus's `httpd = true` + `httpd_host = 0.0.0.0`: served there, and every
+    request needs the bearer token sockvisor made at start (console-token)."""
+    sv = sockvisor(web(scripts, numprocesses=1),
+                   globals="httpd = true\nhttpd_host = 0.0.0.0\nhttpd_port = 0")
+    sv.wait_log(r"httpd_host: 0.0.0.0:0 is not a loopback address: every request")
+    port = console_url(sv).rstrip("/").rpartition(":")[2]
+    url = f"http://127.0.0.1:{port}/"
+    token = console_token(sv)
+    assert len(token) >= 32
+    for path in ("/api/watchers", "/metrics", "/api/events", "/api/sockets"):
+        assert get(url, path).status == 401, path
+    assert get(url, "/api/watchers", token=token).status == 200
+    assert get(url, "/api/").json()["read_needs_token"] is True
+
+
 def test_token_file_readable_by_others_stops_start_up(sockvisor, scripts, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-of-the-operator\n")

@@ -445,3 +445,88 @@ def test_an_include_linked_from_a_root_folder_is_read(tmp_path):
     (tmp_path / "conf.d" / "web.ini").symlink_to(real)
     config = load_text(tmp_path, "[circus]\ninclude_dir = conf.d\n")
     assert list(config.watchers) == ["web"]
+
+
+# --------------------------------------------------------------------------- keys Circus ignores
+
+def test_a_key_circus_ignores_loads_with_a_warning_a_misspelling_does_not(tmp_path):
+    """Circus reads keys it does not know and ignores them; sockvisor does the
+    same and says so (with a hint when one is close), but a key that is an
+    option misspelt -- Circus would silently run the worker elsewhere -- stays
+    an error."""
+    config = load_text(tmp_path, """
+        [circus]
+        host = 0.0.0.0
+        statsd_host = 0.0.0.0
+
+        [watcher:web]
+        cmd = /bin/sleep 1
+        RUBY_GC_MALLOC_LIMIT=90000000
+        max_retries = 3
+        """)
+    warnings = "\n".join(config.warnings)
+    for section, key in (("circus", "host"), ("circus", "statsd_host"),
+                         ("watcher:web", "RUBY_GC_MALLOC_LIMIT"), ("watcher:web", "max_retries")):
+        assert f"[{section}] {key}: ignored: not an option (Circus ignores it too)" in warnings
+    assert "max_retries: ignored: not an option (Circus ignores it too) (did you mean " \
+           "'max_retry'?)" in warnings
+    assert "RUBY_GC_MALLOC_LIMIT" not in config.watchers["web"].env
+    for key, near in (("workding_dir = /tmp", "working_dir"), ("numprocess = 2", "numprocesses"),
+                      ("graceful_timout = 3", "graceful_timeout")):
+        error = load_fails(tmp_path, f"[watcher:web]\ncmd = /bin/sleep 1\n{key}\n")
+        assert error.key == key.split(" = ")[0] and f"did you mean {near!r}" in str(error)
+
+
+@pytest.mark.parametrize("extra, kind, delay, timeout", [
+    ("warmup_delay = 10", "delay", 10.0, 60.0),
+    ("warmup_delay = 45", "delay", 45.0, 90.0),
+    ("warmup_delay = 10\nready_timeout = 20", "delay", 10.0, 20.0),
+    ("warmup_delay = 0", "started", 0.0, 60.0),
+    ("warmup_delay = 10\nready = notify", "notify", 0.0, 60.0),
+])
+def test_warmup_delay_is_a_ready_delay(tmp_path, extra, kind, delay, timeout):
+    """Circus's warmup_delay: each worker is given that long before the start goes
+    on; here it counts as ready once it lived that long (unless `ready` says how)."""
+    config = load_text(tmp_path, f"[watcher:web]\ncmd = /bin/sleep 1\n{extra}\n")
+    ready = config.watchers["web"].ready
+    assert (ready.kind.value, ready.delay, ready.timeout) == (kind, delay, timeout)
+    if "ready = notify" in extra:
+        assert any("warmup_delay: ignored: ready is given" in w for w in config.warnings)
+    error = load_fails(tmp_path, "[watcher:web]\ncmd = /bin/sleep 1\nwarmup_delay = 30\n"
+                                 "ready_timeout = 20\n")
+    assert error.key == "warmup_delay" and "shorter than ready_timeout" in str(error)
+
+
+def test_relative_paths_are_read_from_sockvisor_s_directory_as_circus_reads_them(
+        tmp_path, monkeypatch):
+    """circusd opens a relative pidfile, logoutput, ipc:// endpoint, stream file
+    or working_dir from its own working directory; so does sockvisor, saying
+    which absolute path it took."""
+    root = tmp_path / "app"
+    (root / "run").mkdir(parents=True)
+    (root / "logs").mkdir()
+    (root / "src").mkdir()
+    for folder in (tmp_path, root, root / "run", root / "logs"):
+        folder.chmod(0o755)
+    monkeypatch.chdir(root)
+    config = load_text(tmp_path, """
+        [circus]
+        endpoint = ipc://run/circusd.sock
+        pidfile = run/circusd.pid
+        logoutput = logs/circusd.log
+
+        [watcher:web]
+        cmd = /bin/sleep 1
+        working_dir = src
+        stdout_stream.class = FileStream
+        stdout_stream.filename = logs/web.log
+        """)
+    g, web = config.globals, config.watchers["web"]
+    assert g.endpoint == f"ipc://{root}/run/circusd.sock"
+    assert (g.pidfile, g.logoutput) == (f"{root}/run/circusd.pid", f"{root}/logs/circusd.log")
+    assert web.working_dir == f"{root}/src"
+    assert web.stdout.path == f"{root}/logs/web.log"
+    warnings = "\n".join(config.warnings)
+    for key, path in (("endpoint", "run/circusd.sock"), ("pidfile", "run/circusd.pid"),
+                      ("working_dir", "src"), ("stdout_stream.filename", "logs/web.log")):
+        assert f"{key}: {path!r} is relative: read as {root}/{path}" in warnings, key

@@ -42,11 +42,22 @@ def test_httpd_address_without_httpd_is_ignored_with_a_warning(tmp_path):
     assert any("httpd_port: ignored" in warning for warning in config.warnings)
 
 
+@pytest.mark.parametrize("lines, key, address", [
+    ("http = 0.0.0.0:9180", "http", "0.0.0.0:9180"),
+    ("http = 192.0.2.7:80", "http", "192.0.2.7:80"),
+    ("http = console.example:80", "http", "console.example:80"),
+    ("httpd = true\nhttpd_host = 0.0.0.0", "httpd_host", "0.0.0.0:8080"),
+])
+def test_off_loopback_the_console_needs_the_token_of_each_start(tmp_path, lines, key, address):
+    """Circus's `httpd_host = 0.0.0.0` loads: every request then needs the token
+    (made afresh at each start, http/auth.py), and a warning says so."""
+    config = load_globals(tmp_path, lines)
+    assert config.globals.http == address and config.globals.http_token_file is None
+    assert any(f"{key}: {address} is not a loopback address: every request" in warning
+               and "sockvisorctl console-token" in warning for warning in config.warnings)
+
+
 @pytest.mark.parametrize("lines, key, says", [
-    ("http = 0.0.0.0:9180", "http", "not a loopback address: set http_token_file"),
-    ("http = 192.0.2.7:80", "http", "http_token_file"),
-    ("http = console.example:80", "http", "http_token_file"),
-    ("httpd = true\nhttpd_host = 0.0.0.0", "httpd_host", "http_token_file"),
     ("http = 9180", "http", "expected HOST:PORT or unix:/PATH"),
     ("http = 127.0.0.1:99999", "http", "expected HOST:PORT"),
     ("http = ::1:9180", "http", "brackets"),
