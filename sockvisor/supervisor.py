@@ -747,10 +747,22 @@ class Supervisor:
             self.notifier.fdstore([self.sockets[name].fd], name)
 
     def _on_socket_replaced(self, topic: str, data: dict[str, Any]) -> None:
-        """A unix socket a worker shut down was bound anew (sockets.keep_listening):
-        the fd store must hold the new one, or the next start adopts a dead socket."""
-        if topic.endswith(".relisten") and data.get("replaced") and data["name"] in self.sockets:
-            self.store_socket(data["name"])
+        """A socket a worker took out of service was bound anew
+        (sockets.keep_listening): the fd store must hold the new one, or the next
+        start adopts a dead socket; and the workers still holding the dead one
+        must be replaced (Watcher.socket_replaced), or a watcher whose workers do
+        not die of it serves nothing."""
+        if not (topic.endswith(".relisten") and data.get("replaced")):
+            return
+        name = data["name"]
+        if name in self.sockets:
+            self.store_socket(name)
+        # By object: a socket reloadconfig retired may still have the name.
+        swapped = [s for s in [*self.sockets.values(), *self.retired_sockets]
+                   if s.name == name]
+        for watcher in list(self.watchers.values()):
+            for listening in swapped:
+                watcher.socket_replaced(listening)
 
     def unstore_socket(self, name: str) -> None:
         if self.use_fdstore and systemd.valid_fdname(name):
