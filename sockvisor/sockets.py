@@ -614,6 +614,18 @@ def keep_listening(sockets: Iterable[ListeningSocket],
                  "replaced": listening.fd != fd_before})
 
 
+def take_back(config: SocketConfig, entry: dict[str, Any]) -> ListeningSocket:
+    """A socket of the table an upgrade handed over (handover.py, `sockets`): the
+    fd as it is, with what it was (adopted, the unix file, where it was bound --
+    a worker may have the socket elsewhere right now -- and its repairs)."""
+    bound_at = entry.get("bound_at")
+    return ListeningSocket(
+        config, socket.socket(fileno=entry["fd"]), adopted=entry["adopted"],
+        unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
+        relistened=entry["relistened"],
+        bound_at=tuple(bound_at) if bound_at else None)
+
+
 def adopt(config: SocketConfig, fd: int) -> ListeningSocket:
     """Take over a listening socket the service manager passed us (LISTEN_FDS).
 

@@ -56,7 +56,7 @@ from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reconfigure.apply import apply_config
 from sockvisor.reaper import Reaper, become_subreaper
-from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
+from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind, take_back
 from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
@@ -394,13 +394,9 @@ class Supervisor:
             except OSError as exc:
                 log.error("cannot take the cgroup tree %s back: %s; process groups only",
                           state["cgroup"]["path"], exc)
-        import socket as socket_module
         for entry in state["sockets"]:
-            self.sockets[entry["name"]] = ListeningSocket(
-                self.config.sockets[entry["name"]],
-                socket_module.socket(fileno=entry["fd"]), adopted=entry["adopted"],
-                unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
-                relistened=entry["relistened"])
+            self.sockets[entry["name"]] = take_back(self.config.sockets[entry["name"]],
+                                                    entry)
         control_state = state["control"] or {}
         self.relay_fds = {endpoint: list(fds)
                           for endpoint, fds in control_state.get("relays", {}).items()}

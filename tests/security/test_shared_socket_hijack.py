@@ -217,9 +217,10 @@ def test_running_workers_on_a_unix_socket_shut_down_are_replaced(
                         "unix", "stay")
     with subscribed(f"ipc://{sv.directory}/ctl.events") as events:
         good_before = _attack(sv, events, marker)
-        _socket_entry(sv)
+        _call(sv, "status")   # checks and repairs too
         event = events.wait("socket.web.relisten", timeout=15)
     assert event["replaced"] is True, event
     _replaced_by_new_workers(sv, good_before, lambda: unix_http_get(str(path)))
     entry = _socket_entry(sv)
     assert entry["listening"] and entry["relistened"] == 1, entry
+

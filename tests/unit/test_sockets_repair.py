@@ -176,3 +176,41 @@ def test_an_adopted_socket_is_not_recreated(workers):
             listening.ensure_listening()
     finally:
         listening.close()
+
+
+def test_an_upgrade_hands_over_where_the_socket_was_bound(workers, tmp_path):
+    """A worker moved a port 0 socket elsewhere just before an upgrade: the resumed
+    sockvisor still repairs it to the port the kernel first chose."""
+    from types import SimpleNamespace
+
+    from sockvisor import config as config_module
+    from sockvisor import upgrade
+    from sockvisor.sockets import take_back
+    path = tmp_path / "c.ini"
+    path.write_text("[sockvisor]\nendpoint = ipc:///nonexistent/ctl\n\n"
+                    "[socket:web]\nhost = 127.0.0.1\nport = 0\n\n"
+                    "[watcher:web]\ncmd = /bin/true\nsockets = web\n")
+    config = config_module.load(str(path))
+    listening = bind(config.sockets["web"])
+    port = listening.bound_at[1]
+    supervisor = SimpleNamespace(config=config, watchers={}, control=None,
+                                 sockets={"web": listening}, readiness=None, cgroups=None,
+                                 adopts_orphans=False, _ready_reported=False,
+                                 started_at=0.0, upgrades=0)
+    try:
+        worker = workers(listening)
+        worker.sock.shutdown(socket.SHUT_RD)
+        worker.sock.listen(8)   # listening, on another port
+        [entry] = upgrade.capture(supervisor)["sockets"]
+        entry = dict(entry, fd=os.dup(entry["fd"]))   # the resumed process's own
+        resumed = take_back(config.sockets["web"], entry)
+        try:
+            assert resumed.bound_at[:2] == ("127.0.0.1", port)
+            assert resumed.address == f"127.0.0.1:{port}"
+            assert resumed.ensure_listening().startswith("bound anew")
+            assert resumed.port == port
+            _serves(resumed)
+        finally:
+            resumed.close()
+    finally:
+        listening.close()
