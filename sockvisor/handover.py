@@ -25,7 +25,11 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
                   made by `set`, `incr` and `add` are kept; `uid` as {"$uid": N},
                   its passwd entry looked up again on reading) -- never INI text
   sockets         the socket table: name, fd, address, adopted (from the service
-                  manager, else bound by us), unix_inode, relistened
+                  manager, else bound by us), unix_inode, relistened; optional:
+                  `bound_at` (an inet socket's address as first bound, the port
+                  the kernel chose included: what a repair binds again, whatever
+                  a worker has done to the socket meanwhile; without it, the
+                  socket's address when taken back)
   readiness       the workers' NOTIFY_SOCKET: fd and address
   control         the control and events endpoints (re-bound at the same places),
                   or null; optional in it: `relays` (by tcp endpoint, the fds of

@@ -21,13 +21,31 @@ guarded here:
 * **`shutdown()` acts on the socket itself, not on a descriptor.**  A worker's
   `shutdown(SHUT_RD)` on a listening TCP socket disconnects it: it leaves LISTEN
   (SO_ACCEPTCONN is 0), the connections queued at that moment are reset, and a
-  port the kernel chose (port 0) is released.  `listen()` again restores it (after
-  binding the same port again if it was released).  On a unix socket the shutdown
-  leaves it "listening" but refusing every connection for good (ECONNREFUSED, and
-  accept() fails with EINVAL), and no listen() clears that: the only repair is a
-  new socket bound at the path.  `keep_listening()` checks and repairs; the
-  supervisor runs it on every worker exit, before every spawn and on
-  `status`/`listsockets`.
+  port the kernel chose (port 0) is released.  `connect()` with AF_UNSPEC does the
+  same.  `listen()` again restores it (after binding the same port again if it was
+  released).  On a unix socket the shutdown leaves it "listening" but refusing
+  every connection for good (ECONNREFUSED, and accept() fails with EINVAL), and no
+  listen() clears that: the only repair is a new socket bound at the path.
+* **A disconnected TCP socket can be made something else.**  Once out of LISTEN,
+  a worker can `connect()` it to any loopback listener: it is then an ordinary
+  client connection and listen() fails (EINVAL) for good.  Or, a port 0 socket
+  having let its port go, the worker's own bind()/listen() puts it elsewhere.
+  Either way the socket is no longer a listener *at the address we bound*
+  (`bound_at`, the port the kernel chose included), and a new socket takes its
+  place: made by `_new_socket`, as at the start (SO_REUSEADDR, SO_REUSEPORT,
+  IPV6_V6ONLY, backlog, blocking), bound at `bound_at`.  The dead socket may still
+  hold the port (explicitly bound, or connected from it) with SO_REUSEADDR
+  cleared by the worker to keep a new socket out: it is set back through our fd
+  first.  A socket the service manager gave us cannot be made again with its
+  identity: SocketError says to restart its .socket unit.  The new socket's inode
+  is recorded as ours for control/peer.py, as every socket we hand to workers.
+
+  `keep_listening()` checks and repairs; the supervisor runs it on every worker
+  exit, before every spawn and on `status`/`listsockets`.  A socket bound anew is
+  announced as `socket.NAME.relisten` with `replaced: true`: the workers alive
+  then hold the dead socket, and the supervisor has every watcher on it replace
+  them (Watcher.socket_replaced: a rolling reload onto the same config) -- a
+  worker that survives accept() errors would otherwise serve nothing for ever.
 
 A unix socket's file usually lives in a folder the worker can write
 (`/run/app/app.sock`), so the name can be swapped for a symlink at any moment.
@@ -211,23 +229,65 @@ class ListeningSocket:
         done.  Raises SocketError if it is out of service and cannot be repaired."""
         if self.sock.family == socket.AF_UNIX:
             return self._ensure_unix_listening()
-        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if self._listening_where_bound():
             return None
+        if not self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            try:
+                # The kernel let go of a port it had chosen (port 0); an explicitly
+                # bound port stays bound and this fails with EINVAL.
+                self.sock.bind(self.bound_at)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise SocketError(f"[socket:{self.name}] a worker shut it down and "
+                                      f"its port was taken meanwhile: cannot bind "
+                                      f"{self.address} again: {exc.strerror}") from None
+            try:
+                self.sock.listen(self.config.backlog)
+            except OSError:
+                pass   # connect()ed by a worker: no listen() brings it back
+            if self._listening_where_bound():
+                return "listen() again"
+        # Not a listener at our address and cannot be made one again: connected
+        # somewhere, or listening elsewhere (a worker's bind()/listen() after the
+        # kernel let go of a port 0).  A new socket takes its place.
+        if self.adopted:
+            raise SocketError(f"[socket:{self.name}] a worker took it out of service "
+                              f"(it no longer listens on {self.address}, and no "
+                              "listen() brings it back) and it came from the service "
+                              "manager: restart its .socket unit")
+        # The dead socket still holds the port (explicitly bound, or connected from
+        # it), and the worker may have cleared SO_REUSEADDR to keep a new socket
+        # out: set it back through our fd -- the socket is the same for everybody.
         try:
-            # The kernel let go of a port it had chosen (port 0); an explicitly
-            # bound port stays bound and this fails with EINVAL.
-            self.sock.bind(self.bound_at)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise SocketError(f"[socket:{self.name}] a worker shut it down and its "
-                                  f"port was taken meanwhile: cannot bind "
-                                  f"{self.address} again: {exc.strerror}") from None
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        except OSError:
+            pass
         try:
-            self.sock.listen(self.config.backlog)
-        except OSError as exc:
-            raise SocketError(f"[socket:{self.name}] a worker shut it down and listen() "
-                              f"fails: {exc.strerror}") from None
-        return "listen() again"
+            fresh, _ = _new_socket(self.config, self.bound_at)
+        except SocketError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise SocketError(f"[socket:{self.name}] a worker took it out of service "
+                              f"and a new socket cannot be bound at {self.address}: "
+                              f"{why}", exc.errno) from None
+        self._swap(fresh)
+        return ("bound anew (a worker connect()ed it or moved it: no listen() "
+                "brings it back)")
+
+    def _listening_where_bound(self) -> bool:
+        """Listening, at the address we bound (host and port, not just a port)?"""
+        if not self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False
+        return self.sock.getsockname()[:2] == tuple(self.bound_at[:2])
+
+    def _swap(self, fresh: socket.socket, unix_inode: tuple[int, int] | None = None
+              ) -> None:
+        """`fresh` (bound, listening) takes the dead socket's place.  Workers still
+        holding the old one get nothing from it: the supervisor replaces them
+        (the `replaced` flag of `socket.NAME.relisten`, `keep_listening`)."""
+        if fresh.family != socket.AF_UNIX:
+            peer.shared_by_us(fresh)   # root's, in workers' hands: no credential
+        old, self.sock, self.unix_inode = self.sock, fresh, unix_inode
+        old.close()
 
     def _ensure_unix_listening(self) -> str | None:
         poller = select.poll()
@@ -240,16 +300,8 @@ class ListeningSocket:
                               "from the service manager: restart its .socket unit")
         # No listen() undoes a unix socket's shutdown: bind a new one at the path.
         self._unlink_file()
-        fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            inode = _bind_unix(fresh, self.config)
-            fresh.listen(self.config.backlog)
-            fresh.setblocking(self.config.blocking)
-        except BaseException:
-            fresh.close()
-            raise
-        old, self.sock, self.unix_inode = self.sock, fresh, inode
-        old.close()   # workers still holding it have a dead socket; their next start gets this one
+        fresh, inode = _new_socket(self.config)
+        self._swap(fresh, inode)
         return "bound anew (no listen() undoes a unix socket's shutdown)"
 
 
@@ -292,6 +344,18 @@ def format_address(family: int, sockname) -> str:
 
 def bind(config: SocketConfig) -> ListeningSocket:
     """Create, bind and listen; raise SocketError naming the socket on failure."""
+    sock, inode = _new_socket(config)
+    listening = ListeningSocket(config, sock, unix_inode=inode)
+    log.info("socket %s listening on %s", config.name, listening.address)
+    return listening
+
+
+def _new_socket(config: SocketConfig, address: Any = None
+                ) -> tuple[socket.socket, tuple[int, int] | None]:
+    """A socket as `config` says, bound and listening: at `address` if given (an
+    inet socket's earlier address, the port the kernel chose included), else the
+    config's.  With the unix file's (st_dev, st_ino), or None.  The one place
+    sockets are made: the first bind and every repair set the same options."""
     sock = socket.socket(config.family, socket.SOCK_STREAM)
     try:
         if config.is_unix:
@@ -305,7 +369,7 @@ def bind(config: SocketConfig) -> ListeningSocket:
                 # Explicit, not the sysctl's whim: "::" means both families.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             try:
-                sock.bind((config.host, config.port))
+                sock.bind(address if address is not None else (config.host, config.port))
             except OSError as exc:
                 raise SocketError(_bind_error(config, exc), exc.errno) from None
         sock.listen(config.backlog)
@@ -313,9 +377,7 @@ def bind(config: SocketConfig) -> ListeningSocket:
     except BaseException:
         sock.close()
         raise
-    listening = ListeningSocket(config, sock, unix_inode=inode)
-    log.info("socket %s listening on %s", config.name, listening.address)
-    return listening
+    return sock, inode
 
 
 def _bind_error(config: SocketConfig, exc: OSError) -> str:
@@ -550,6 +612,18 @@ def keep_listening(sockets: Iterable[ListeningSocket],
                  "relistened": listening.relistened,
                  # A new socket (unix): whoever keeps a copy of the fd must take it.
                  "replaced": listening.fd != fd_before})
+
+
+def take_back(config: SocketConfig, entry: dict[str, Any]) -> ListeningSocket:
+    """A socket of the table an upgrade handed over (handover.py, `sockets`): the
+    fd as it is, with what it was (adopted, the unix file, where it was bound --
+    a worker may have the socket elsewhere right now -- and its repairs)."""
+    bound_at = entry.get("bound_at")
+    return ListeningSocket(
+        config, socket.socket(fileno=entry["fd"]), adopted=entry["adopted"],
+        unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
+        relistened=entry["relistened"],
+        bound_at=tuple(bound_at) if bound_at else None)
 
 
 def adopt(config: SocketConfig, fd: int) -> ListeningSocket:

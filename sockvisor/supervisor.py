@@ -56,7 +56,7 @@ from sockvisor.process import Worker
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reconfigure.apply import apply_config
 from sockvisor.reaper import Reaper, become_subreaper
-from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind
+from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind, take_back
 from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
@@ -394,13 +394,9 @@ class Supervisor:
             except OSError as exc:
                 log.error("cannot take the cgroup tree %s back: %s; process groups only",
                           state["cgroup"]["path"], exc)
-        import socket as socket_module
         for entry in state["sockets"]:
-            self.sockets[entry["name"]] = ListeningSocket(
-                self.config.sockets[entry["name"]],
-                socket_module.socket(fileno=entry["fd"]), adopted=entry["adopted"],
-                unix_inode=tuple(entry["unix_inode"]) if entry["unix_inode"] else None,
-                relistened=entry["relistened"])
+            self.sockets[entry["name"]] = take_back(self.config.sockets[entry["name"]],
+                                                    entry)
         control_state = state["control"] or {}
         self.relay_fds = {endpoint: list(fds)
                           for endpoint, fds in control_state.get("relays", {}).items()}
@@ -747,10 +743,22 @@ class Supervisor:
             self.notifier.fdstore([self.sockets[name].fd], name)
 
     def _on_socket_replaced(self, topic: str, data: dict[str, Any]) -> None:
-        """A unix socket a worker shut down was bound anew (sockets.keep_listening):
-        the fd store must hold the new one, or the next start adopts a dead socket."""
-        if topic.endswith(".relisten") and data.get("replaced") and data["name"] in self.sockets:
-            self.store_socket(data["name"])
+        """A socket a worker took out of service was bound anew
+        (sockets.keep_listening): the fd store must hold the new one, or the next
+        start adopts a dead socket; and the workers still holding the dead one
+        must be replaced (Watcher.socket_replaced), or a watcher whose workers do
+        not die of it serves nothing."""
+        if not (topic.endswith(".relisten") and data.get("replaced")):
+            return
+        name = data["name"]
+        if name in self.sockets:
+            self.store_socket(name)
+        # By object: a socket reloadconfig retired may still have the name.
+        swapped = [s for s in [*self.sockets.values(), *self.retired_sockets]
+                   if s.name == name]
+        for watcher in list(self.watchers.values()):
+            for listening in swapped:
+                watcher.socket_replaced(listening)
 
     def unstore_socket(self, name: str) -> None:
         if self.use_fdstore and systemd.valid_fdname(name):

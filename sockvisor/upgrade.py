@@ -145,7 +145,9 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
                          for n, w in supervisor.watchers.items()}},
         "sockets": [{"name": name, "fd": s.fd, "address": s.address, "adopted": s.adopted,
                      "unix_inode": list(s.unix_inode) if s.unix_inode else None,
-                     "relistened": s.relistened}
+                     "relistened": s.relistened,
+                     # Where it was bound: a worker may have it elsewhere right now.
+                     "bound_at": list(s.bound_at) if s.bound_at is not None else None}
                     for name, s in supervisor.sockets.items()],
         "readiness": ({"fd": supervisor.readiness.fileno(),
                        "address": supervisor.readiness.address}

@@ -177,8 +177,7 @@ class Watcher:
             self._demand.close()
             self._demand = None
         if new is S.WAITING:
-            sockets = self._current.sockets if self._current is not None else ()
-            self._demand = DemandWatch((s.fd for s in sockets), self._on_demand)
+            self._watch_demand()
         self.state = new
         if old is not new:
             log.info("watcher %s: %s -> %s%s", self.name, old.value, new.value,
@@ -186,6 +185,12 @@ class Watcher:
             self.context.publish(f"watcher.{self.name}.state",
                                  {"from": old.value, "to": new.value, "reason": reason})
         self._pulse()
+
+    def _watch_demand(self) -> None:
+        """Watch the current sockets for a pending connection (WAITING): by their
+        fds now, so again after a socket was bound anew (`socket_replaced`)."""
+        sockets = self._current.sockets if self._current is not None else ()
+        self._demand = DemandWatch((s.fd for s in sockets), self._on_demand)
 
     def _on_demand(self) -> None:
         """A connection is pending on one of an on_demand watcher's sockets (or
@@ -471,6 +476,43 @@ class Watcher:
             self._reconcile()   # the old one may have died meanwhile and been replaced
             return replacement
         return await self._serialised(operation)
+
+    def socket_replaced(self, listening: Any) -> None:
+        """`listening` was bound anew (sockets.keep_listening): a worker took the
+        old socket out of service for good, and every worker alive now holds that
+        dead socket -- one that does not die of it would serve nothing for ever.
+        An on_demand watch moves to the new socket at once; those workers are
+        replaced by a rolling reload onto the same config (`_renew`), queued
+        behind the running command like any command."""
+        if not self.uses_socket(listening):
+            return
+        if self._demand is not None:
+            self._demand.close()
+            self._watch_demand()
+        stale = [w for w in self.workers.values() if w.alive and not w.stop_requested]
+        if stale:
+            self._in_background(self._renew(stale, listening.name))
+
+    async def _renew(self, stale: list[process.Worker], socket_name: str) -> None:
+        """Replace `stale` (workers on a socket since bound anew), if any of them
+        is still serving when our turn comes: a reload onto the very config, so a
+        send_hup watcher rolls new workers too (SIGHUP would keep the dead fd).
+        The new generation is started on the new socket; the ready and settle
+        rules of any reload apply, and so does its abort: the old workers stay."""
+        async def operation() -> None:
+            left = [w for w in stale if w.alive and not w.stop_requested
+                    and self.workers.get(w.pid) is w]
+            if not left or self.state in (S.STOPPED, S.STOPPING, S.FATAL):
+                return   # replaced meanwhile (a reload, a crash), or not ours to start
+            log.warning("watcher %s: socket %s was bound anew; replacing the %d "
+                        "worker(s) holding the dead one", self.name, socket_name,
+                        len(left))
+            try:
+                await self._reload_locked(self.config)
+            except ReloadError as exc:
+                log.error("watcher %s: replacing the workers on the dead socket %s "
+                          "failed: %s", self.name, socket_name, exc)
+        await self._serialised(operation)
 
     async def replace_config(self, new_config: WatcherConfig) -> dict[str, Any]:
         """New settings that need no new processes (timeouts, signals, policy)."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
 import time
 
@@ -413,5 +415,74 @@ def test_on_demand_waits_for_a_connection_and_turning_it_off_starts_now():
             await rig.until(lambda: w.state is S.ACTIVE and len(rig.ready()) == 2)
             assert w._demand is None
         finally:
+            await rig.close()
+    asyncio.run(scenario())
+
+
+def test_an_on_demand_watch_follows_a_socket_bound_anew():
+    """A worker connect()ed the shared socket away and sockvisor bound a new one
+    (sockets.py): a WAITING watcher must watch the new socket, or the connections
+    arriving there never start it."""
+    import ctypes
+    import struct
+
+    from sockvisor.sockets import keep_listening
+
+    async def scenario():
+        listening = on_demand_socket()
+        rig = Rig(config(on_demand=True, sockets=("web",)), sockets={"web": listening})
+        w = rig.watcher
+        hijacked = socket.socket(fileno=os.dup(listening.fd))   # a worker's fd 3
+        other = socket.socket()
+        try:
+            await w.start()
+            assert w.state is S.WAITING
+            other.bind(("127.0.0.1", 0))
+            other.listen(1)
+            libc = ctypes.CDLL(None, use_errno=True)
+            unspec = struct.pack("=H14s", socket.AF_UNSPEC, b"")
+            assert libc.connect(hijacked.fileno(), unspec, len(unspec)) == 0
+            hijacked.setblocking(True)
+            hijacked.connect(other.getsockname())
+            replaced = []
+            keep_listening([listening], lambda topic, data: replaced.append(data))
+            assert replaced and replaced[0]["replaced"], replaced
+            w.socket_replaced(listening)   # what the supervisor does on that event
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert w.state is S.WAITING
+            await rig.demand()   # a connection to the new socket starts it
+            await rig.until(lambda: w.state is S.ACTIVE)
+        finally:
+            hijacked.close()
+            other.close()
+            await rig.close()
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("send_hup", [False, True])
+def test_workers_on_a_socket_bound_anew_are_replaced_by_a_rolling_reload(send_hup):
+    """Their fd is the dead socket: new workers, ready, then the old ones retired
+    gracefully -- SIGHUP (send_hup) would leave them on the dead socket."""
+    async def scenario():
+        listening, elsewhere = on_demand_socket(), on_demand_socket()
+        rig = Rig(config(send_hup=send_hup, sockets=("web",)), sockets={"web": listening})
+        w = rig.watcher
+        try:
+            await w.start()
+            old = rig.live()
+            assert len(old) == 2 and w.state is S.ACTIVE
+            w.socket_replaced(listening)
+            await rig.until(lambda: not set(rig.live()) & set(old) and len(rig.ready()) == 2
+                            and w.state is S.ACTIVE, what="the old workers replaced")
+            assert all(worker.signals == [signal.SIGTERM] for worker in old), \
+                [worker.signals for worker in old]
+            assert [t for t, _ in rig.events if t.startswith("watcher.web.reload")] == [
+                "watcher.web.reload.started", "watcher.web.reload.finished"]
+            w.socket_replaced(elsewhere)   # a socket it does not use
+            await asyncio.sleep(0.05)
+            assert len(rig.launcher.launched) == 4
+        finally:
+            elsewhere.close()
             await rig.close()
     asyncio.run(scenario())

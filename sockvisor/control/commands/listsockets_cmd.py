@@ -18,8 +18,10 @@ class ListSockets(Command):
     yet, over the limit the kernel applies (`accept_queue`, `accept_queue_limit`
     in the reply; "?" when the kernel does not tell).  Each socket's listen
     state is checked first: a socket a worker shut down is put back to
-    listening; `relistened` counts those repairs, and `listening` is false (with
-    `broken` saying why) for one that could not be repaired.
+    listening, or bound anew at the same address (with a new `fd`; the workers
+    holding the old one are replaced) when no listen() revives it; `relistened`
+    counts those repairs, and `listening` is false (with `broken` saying why)
+    for one that could not be repaired.
     """
     name = "listsockets"
     access = "operate"
