@@ -24,6 +24,10 @@ or a CLOCK_MONOTONIC reading, which the kernel keeps across exec):
                   values of its WatcherConfig (config.current_values, so changes
                   made by `set`, `incr` and `add` are kept; `uid` as {"$uid": N},
                   its passwd entry looked up again on reading) -- never INI text
+  shared_inodes   the sorted inodes of every listening socket this sockvisor
+                  (or one before it) ever handed to workers, closed ones too:
+                  control/peer.py refuses a control client connecting through
+                  one; optional (a state without it: none carried over)
   sockets         the socket table: name, fd, address, adopted (from the service
                   manager, else bound by us), unix_inode, relistened; optional:
                   `bound_at` (an inet socket's address as first bound, the port

@@ -47,6 +47,7 @@ from sockvisor import config as config_module
 from sockvisor import log as log_setup
 from sockvisor import output, phase_bounds, systemd
 from sockvisor.config import Config, ConfigError, WatcherConfig, priority_groups
+from sockvisor.control import peer
 from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
                              StartupError)
 from sockvisor.http import start_console
@@ -376,7 +377,11 @@ class Supervisor:
         sockets, the workers' notify socket and pipes by fd, the cgroup tree, the
         watchers and their workers (registered with the reaper before it first
         looks, so those that exited in the gap are reaped and replaced now)."""
-        from sockvisor import handover
+        from sockvisor import handover, upgrade
+        # Before anything can serve a control client: a worker may hold a
+        # listening socket we handed out and have since closed (a retired one),
+        # and its root uid must not vouch for it (control/peer.py, step 5).
+        peer.remember_shared(upgrade.shared_inodes_of(state))
         loop = asyncio.get_running_loop()
         self._stop_requested = loop.create_future()
         if self.config.globals.umask is not None:
@@ -428,7 +433,6 @@ class Supervisor:
         self._handle_signals(loop)
         self.notifier.mainpid(os.getpid())
         context = self._context()
-        from sockvisor import upgrade
         for data in state["watchers"]:
             self.watchers[data["name"]] = upgrade.restore_watcher(
                 self.config, data, context)

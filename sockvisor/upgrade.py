@@ -33,6 +33,9 @@ Order, and why:
     again, the endpoints are opened again, and sockvisor carries on as it was
     (READY=1 again); the waiting `sockvisorctl upgrade` is told why.
  5. The new process (Supervisor._run_resumed) takes the state: the sockets,
+    the inodes of every listening socket ever handed to workers (first: the
+    tcp relays accept as soon as they are taken over, and a worker may hold a
+    socket reloadconfig retired and we closed -- control/peer.py), the sockets,
     the notify socket and every pipe by fd, the watchers and workers without
     spawning, each worker's pid registered with the reaper *before* the reaper
     first looks, so a worker that exited during the gap is reaped then and
@@ -58,6 +61,7 @@ import time
 from typing import Any
 
 from sockvisor import __version__, fdlimit, handover, process
+from sockvisor.control import peer
 from sockvisor.states import WatcherState, WorkerState
 
 # The supervisor is handed in (`Supervisor` below is sockvisor.supervisor's, by
@@ -143,6 +147,10 @@ def capture(supervisor: Supervisor) -> dict[str, Any]:
             "warnings": list(config.warnings),
             "watchers": {n: _encode_values(w.config, f"watcher:{n}")
                          for n, w in supervisor.watchers.items()}},
+        # Every listening socket ever handed to workers, closed ones too: a
+        # worker may still hold one, and its kernel uid (root's) must not let
+        # it pass for root on a tcp:// control endpoint (control/peer.py).
+        "shared_inodes": peer.shared_inodes(),
         "sockets": [{"name": name, "fd": s.fd, "address": s.address, "adopted": s.adopted,
                      "unix_inode": list(s.unix_inode) if s.unix_inode else None,
                      "relistened": s.relistened,
@@ -210,6 +218,16 @@ def decode_config(state: dict[str, Any]):
                   plugins=handover.decode(data["plugins"]))
 
 
+def shared_inodes_of(state: dict[str, Any]) -> list[int]:
+    """The state's `shared_inodes` (none in a state written before they were
+    carried); StateError if it is not a list of sock_diag's 32-bit inodes."""
+    inodes = state.get("shared_inodes", [])
+    if not isinstance(inodes, list) or not all(
+            type(inode) is int and 0 <= inode <= 0xFFFFFFFF for inode in inodes):
+        raise handover.StateError("shared_inodes: not a list of socket inodes")
+    return inodes
+
+
 def check(state: dict[str, Any]) -> str:
     """The dry run of a resume (the pre-flight child): decode everything a resume
     would take, take nothing.  Returns a summary; raises on any problem."""
@@ -231,6 +249,7 @@ def check(state: dict[str, Any]) -> str:
     for entry in state["sockets"]:
         if entry["name"] not in config.sockets:
             raise handover.StateError(f"socket {entry['name']} has no config")
+    shared_inodes_of(state)
     return (f"state format {state['format']} from sockvisor {state['version']}: "
             f"{len(state['sockets'])} sockets, {len(state['watchers'])} watchers, "
             f"{workers} workers; sockvisor {__version__} can resume it")

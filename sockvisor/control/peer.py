@@ -26,8 +26,10 @@ the ipc endpoint of the client's rights.  `peer_uid`
    LISTEN (connect() with AF_UNSPEC) and connect() it to this port: its peer
    uid would read 0 and a `nobody` worker would get owner rights.  sockets.py
    records the inode of every such socket (`shared_by_us`), for sockvisor's
-   life -- retired ones too, a worker may still hold one -- and a peer whose
-   socket has one of those inodes is judged a stranger.  (A connection a
+   life -- retired ones too, a worker may still hold one (or have passed it to
+   another process of its user) -- and across upgrades (the new process cannot
+   find a closed socket's inode again: the state carries them), and a peer
+   whose socket has one of those inodes is judged a stranger.  (A connection a
    worker accepts is not one: the kernel gives it the acceptor's uid.)
 
 Any step that finds nothing, something else, or fails answers None: fail closed.
@@ -62,7 +64,7 @@ import logging
 import os
 import socket
 import struct
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from sockvisor import ratelimit
 
@@ -100,6 +102,19 @@ def shared_by_us(sock: socket.socket) -> None:
     a peer connecting through it is a stranger, whatever its uid says."""
     # sock_diag reports the inode as 32 bits; sockfs inode numbers fit in them.
     _SHARED_INODES.add(os.fstat(sock.fileno()).st_ino & 0xFFFFFFFF)
+
+
+def shared_inodes() -> list[int]:
+    """Every inode `shared_by_us` recorded, sorted: what an upgrade carries to
+    the process it execs (upgrade.py), which cannot find them again -- a socket
+    reloadconfig retired and sockvisor closed may live on in a worker's hands."""
+    return sorted(_SHARED_INODES)
+
+
+def remember_shared(inodes: Iterable[int]) -> None:
+    """Take over the inodes the process before an upgrade recorded
+    (`shared_inodes`); before the control channel serves anyone."""
+    _SHARED_INODES.update(inodes)
 
 
 class Tuple(NamedTuple):

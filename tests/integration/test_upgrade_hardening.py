@@ -26,7 +26,8 @@ import pytest
 from sockvisor import paths
 from conftest import Scripts, Sockvisor, http_get, wait_for
 from control_helpers import (ServeWorker, control, ctl, run_ctl, socket_section,
-                             watcher_section)
+                             watcher_section, worker_pids)
+from test_watcher_lifecycle import OTHER_ADDRESS, rewrite
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: workers as nobody")
@@ -114,6 +115,47 @@ def test_an_idle_on_demand_watcher_is_upgraded_and_answers_the_next_request(sock
         port = client.port("web")
         assert http_get(port, timeout=15)["pid"]
         client.wait_ready("web", 1)
+
+
+@pytest.mark.timeout(90)
+def test_a_retired_socket_a_rolled_back_generation_spawns_on_refuses_the_upgrade(
+        sockvisor, tmp_path):
+    """A socket a failed reloadconfig removed is held by sockvisor alone (no
+    name in the socket table, so none in the state), and the rolled-back
+    generation spawns its replacements on it: an exec would close it (it is
+    close-on-exec) and leave that generation nothing to spawn on.  So the
+    upgrade is refused, nothing changes, and once a reloadconfig that succeeds
+    releases the socket, the upgrade goes through."""
+    worker = ServeWorker(tmp_path / "worker")
+    sv = sockvisor(socket_section() + watcher_section("web", worker, numprocesses=2,
+                                                      ready="delay:0.3"))
+    with control(sv) as client:
+        port = client.port("web")
+        before = worker_pids(client.wait_ready("web", 2))
+        worker.set_mode("crash")   # the new generation exits at once: rolled back
+        moved = OTHER_ADDRESS + watcher_section("web", worker, socket="other",
+                                                numprocesses=2, ready="delay:0.3")
+        rewrite(sv, moved)
+        reply = client.raw("reloadconfig", timeout=30)
+        assert reply.get("status") == "error", reply
+        worker.set_mode("")
+        assert worker_pids(client.wait_ready("web", 2)) == before
+
+        result = ctl(sv, "--json", "upgrade", timeout=60)
+        assert result.returncode != 0, f"{result.stdout}\n{sv.describe()}"
+        assert "a socket reloadconfig removed is still held by workers" in (
+            result.stdout + result.stderr), f"{result.stdout}\n{result.stderr}"
+        assert client.call("upgrade", result=True)["upgrades"] == 0
+        assert worker_pids(client.wait_ready("web", 2)) == before
+        sv.wait_answering(port, before)
+
+        reply = client.raw("reloadconfig", timeout=30)   # the same file, workers fine now
+        assert reply.get("status") == "ok", reply
+        sv.wait_log(r"socket web \(127\.0\.0\.1:\d+\) closed")
+        assert _upgrade(sv)["serial"] == 1
+        after = client.wait_ready("web", 2)
+        assert not worker_pids(after) & before
+        assert "Traceback" not in sv.log(), sv.log()
 
 
 @pytest.mark.timeout(90)

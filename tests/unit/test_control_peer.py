@@ -178,3 +178,24 @@ def test_a_listening_socket_we_hand_out_is_no_credential(monkeypatch):
         with hijacked, honest:
             assert peer.peer_uid(hijacked) is None
             assert peer.peer_uid(honest) == os.geteuid()
+
+
+def test_the_sockets_we_handed_out_are_remembered_across_an_upgrade(monkeypatch):
+    """What an upgrade carries (`shared_inodes`) and the new process takes back
+    (`remember_shared`) refuses the peer again, though the socket was closed on
+    our side before the exec: a worker may still hold it."""
+    monkeypatch.setattr(peer, "_SHARED_INODES", set())
+    target = socket.create_server(("127.0.0.1", 0))
+    shared = socket.create_server(("127.0.0.1", 0))
+    with target, shared:
+        peer.shared_by_us(shared)
+        carried = peer.shared_inodes()
+        assert carried == [os.fstat(shared.fileno()).st_ino & 0xFFFFFFFF]
+        monkeypatch.setattr(peer, "_SHARED_INODES", set())   # the exec'd process
+        _unlisten(shared)
+        shared.connect(target.getsockname())
+        hijacked, _ = target.accept()
+        with hijacked:
+            assert peer.peer_uid(hijacked) == os.geteuid()   # forgotten: the hole
+            peer.remember_shared(carried)
+            assert peer.peer_uid(hijacked) is None

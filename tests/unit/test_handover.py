@@ -104,6 +104,18 @@ def test_fixture_of_the_previous_format_resumes():
     assert all(w["stdout"]["fd"] > 2 for w in web["workers"])
     assert set(handover.named_fds(read)) >= {read["sockets"][0]["fd"],
                                              read["readiness"]["fd"]}
+    # Written before the shared sockets' inodes were carried: none to take over.
+    assert "shared_inodes" not in read and upgrade.shared_inodes_of(read) == []
+
+
+@pytest.mark.parametrize("inodes", [{"1": 2}, [1, "2"], [-1], [1 << 32], [True], None])
+def test_shared_inodes_that_are_no_inodes_refuse_the_upgrade(inodes):
+    state = json.loads(FIXTURE.read_text())
+    state["shared_inodes"] = inodes
+    with pytest.raises(handover.StateError, match="shared_inodes"):
+        upgrade.check(state)
+    state["shared_inodes"] = [7, 0xFFFFFFFF]
+    assert "can resume it" in upgrade.check(state)
 
 
 def test_an_unknown_format_is_refused_with_the_writer_named():
