@@ -17,7 +17,7 @@ Its inputs and outputs:
                    -> {"signal": [pid, signum]}   watcher.send_signal: sockvisor
                    <- {"ok": true} | {"error": "..."}   signals its own worker
                    -> {"result": bool, "env": {...}, "stats": {...}}  the answer
-                   -> {"raised": "Type: message"}                      it raised
+                   -> {"raised": "Type: message", "env": {...}}        it raised
   stdout/stderr  the watcher's output (a traceback goes there too)
 
 What the stand-ins offer is what Circus's own hooks and the hooks people write
@@ -153,6 +153,7 @@ def main(argv):
     point, name = argv
     context = _read_context()
     channel = Channel(CHANNEL_FD)
+    watcher = None
     try:
         hook = resolve(name)
         watcher = Watcher(context, channel)
@@ -161,7 +162,10 @@ def main(argv):
         result = hook(watcher=watcher, arbiter=arbiter, hook_name=point, **kwargs)
     except Exception as exc:
         traceback.print_exc()
-        channel.send({"raised": f"{type(exc).__name__}: {exc}"})
+        raised = {"raised": f"{type(exc).__name__}: {exc}"}
+        if watcher is not None:   # Circus keeps what it changed before raising
+            raised["env"] = watcher.env
+        channel.send(raised)
         return 0
     answer = {"result": bool(result), "env": watcher.env}
     if "stats" in kwargs:

@@ -41,7 +41,7 @@ Either way sockvisor publishes `watcher.NAME.hook_success` / `hook_failure`, as
 Circus does.
 
 How either runs: forked and exec'd as a worker is (process.fork_exec: its own
-session and process group, the watcher's uid, gid, groups, umask and
+session and process group, the watcher's uid, gid, groups, umask, rlimits and
 working_dir; never as root unless the watcher's workers are), with the
 watcher's environment and the hook's context: SOCKVISOR_HOOK, SOCKVISOR_WATCHER
 and, where Circus passes them, SOCKVISOR_PID, SOCKVISOR_WID, SOCKVISOR_SIGNAL,
@@ -94,21 +94,26 @@ FAILURE_IGNORED = frozenset({"before_stop", "after_stop", "before_signal", "afte
 SHIM_SOURCE = Path(__file__).with_name("circus_hook_shim.py")
 _BOOTSTRAP = ("import sys; exec(compile(open(3).read(), 'sockvisor-circus-hook', 'exec'))")
 MAX_MESSAGE = 1 << 20
+MAX_ENV = 128 << 10          # watcher.env as a hook leaves it, all of it
+MAX_SIGNALS = 16             # send_signal calls a hook may make, per worker (and 16 more)
 
 
 class HookHost(Protocol):
     """What a Python hook's stand-in for circusd's watcher reads and does (the
-    watcher implements it; circus_hook_shim.py says what the stand-ins offer)."""
+    watcher implements it; circus_hook_shim.py says what the stand-ins offer).
+    `config` is the one the hook runs for: what it sees and changes is that
+    config's, and it may signal only workers running as it does."""
 
-    def hook_view(self) -> dict[str, Any]:
+    def hook_view(self, config: WatcherConfig) -> dict[str, Any]:
         """numprocesses, env_changes, processes {pid: {wid, started}}, fields,
         options: the stand-in's contents, JSON-ready."""
 
-    def hook_signal(self, pid: int, signum: int) -> str:
+    def hook_signal(self, pid: int, signum: int, config: WatcherConfig) -> str:
         """Signal worker `pid` of this watcher: "" or why not."""
 
-    def hook_env_changed(self, changes: Mapping[str, str | None]) -> None:
-        """The hook changed watcher.env: applies to the next workers."""
+    def hook_env_changed(self, changes: Mapping[str, str | None],
+                         config: WatcherConfig) -> None:
+        """The hook changed watcher.env: applies to the next workers of `config`."""
 
 
 class HookFailed(Exception):
@@ -180,9 +185,11 @@ class HookRunner:
                                                           context)
         finally:
             self.running -= 1
-        if said_false is None and failure is None:
+        if failure is None:
+            # It answered (True or False): Circus's hook_success either way.
             self.context.publish(f"watcher.{self.name}.hook_success",
                                  {"name": point, "time": started})
+        if said_false is None and failure is None:
             log.debug("watcher %s: %s hook succeeded", self.name, point)
             return "", answer
         if failure is None:
@@ -191,8 +198,8 @@ class HookRunner:
         else:
             why = failure
             ignored = point in FAILURE_IGNORED or hook.ignore_failure
-        self.context.publish(f"watcher.{self.name}.hook_failure",
-                             {"name": point, "time": started, "error": why})
+            self.context.publish(f"watcher.{self.name}.hook_failure",
+                                 {"name": point, "time": started, "error": why})
         if ignored:
             log.warning("watcher %s: %s hook failed (%s); ignored", self.name, point, why)
             return "", answer
@@ -239,7 +246,7 @@ class HookRunner:
     def watcher_env(self, config: WatcherConfig) -> dict[str, str]:
         """Circus's watcher.env: the config's, as Python hooks left it."""
         env = process.identity_env(config)
-        view = self.host.hook_view() if self.host is not None else {}
+        view = self.host.hook_view(config) if self.host is not None else {}
         for key, value in view.get("env_changes", {}).items():
             if value is None:
                 env.pop(key, None)
@@ -254,7 +261,7 @@ class HookRunner:
         answer, its answer) as _execute, and the answer it sent."""
         interpreter = python_for_hooks(config)
         env = python_hook_env(self._hook_env(config, point, context))
-        view = self.host.hook_view() if self.host is not None else {}
+        view = self.host.hook_view(config) if self.host is not None else {}
         watcher_env = self.watcher_env(config)
         kwargs = circus_arguments(point, context)
         payload = {"watcher": self.name, "env": watcher_env, "kwargs": kwargs,
@@ -267,9 +274,14 @@ class HookRunner:
         except BaseException:
             os.close(source)
             raise
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except BaseException:
+            os.close(source)
+            os.close(data)
+            raise
         ours.setblocking(False)
-        conversation = _Conversation(self, ours)
+        conversation = _Conversation(self, ours, config)
         talking = asyncio.ensure_future(conversation.run())
         try:
             status, failure = await self._spawn_and_wait(
@@ -297,7 +309,7 @@ class HookRunner:
                    else describe_status(status))
             return None, (f"{hook.target} did not answer ({interpreter} {how}; its "
                           f"output is in `sockvisorctl logs {self.name}`)"), None
-        problem = self._take_env(watcher_env, answer.get("env"))
+        problem = self._take_env(watcher_env, answer.get("env"), config)
         if problem:
             return None, f"{hook.target}: {problem}", None
         if "raised" in answer:
@@ -306,7 +318,7 @@ class HookRunner:
             return f"{hook.target} returned False", None, answer
         return None, None, answer
 
-    def _take_env(self, before: dict[str, str], after: Any) -> str:
+    def _take_env(self, before: dict[str, str], after: Any, config: WatcherConfig) -> str:
         """Apply the hook's changes to watcher.env; "" or why they are refused."""
         if after is None:
             return ""
@@ -314,11 +326,14 @@ class HookRunner:
                 isinstance(k, str) and isinstance(v, str) and k and "=" not in k
                 and "\0" not in k + v for k, v in after.items()):
             return "watcher.env must map names (without '=') to strings"
+        if sum(len(k) + len(v) + 2 for k, v in after.items()) > MAX_ENV:
+            # What execve takes is bounded anyway; sockvisor keeps the changes.
+            return f"watcher.env would hold more than {MAX_ENV} bytes"
         changes: dict[str, str | None] = {k: v for k, v in after.items()
                                           if before.get(k) != v}
         changes.update({k: None for k in before if k not in after})
         if changes and self.host is not None:
-            self.host.hook_env_changed(changes)
+            self.host.hook_env_changed(changes, config)
         return ""
 
     async def _spawn_and_wait(self, config: WatcherConfig, point: str, argv: list[str],
@@ -334,7 +349,7 @@ class HookRunner:
         spec = process.SpawnSpec(argv=argv, env=env, fds=fds, stdout=out_child,
                                  stderr=err_child, uid=config.uid, gid=config.gid,
                                  groups=groups, umask=config.umask,
-                                 cwd=config.working_dir)
+                                 cwd=config.working_dir, rlimits=config.rlimits)
         try:
             # Contained as a worker is (DESIGN §5): its own cgroup where cgroups are
             # in use, its own process group always; whatever it started ends when
@@ -447,10 +462,12 @@ class _Conversation:
     The process runs as the worker's user, so everything it says is checked and
     bounded: a malformed line ends the conversation as a failure."""
 
-    def __init__(self, runner: HookRunner, sock: socket.socket):
-        self.runner, self.sock = runner, sock
+    def __init__(self, runner: HookRunner, sock: socket.socket, config: WatcherConfig):
+        self.runner, self.sock, self.config = runner, sock, config
         self.answer: dict[str, Any] | None = None
         self.problem = ""
+        # Each request costs root a little: a hook is not a way to make it spin.
+        self.signals_left = MAX_SIGNALS * (config.numprocesses + 1)
 
     async def run(self) -> None:
         try:
@@ -497,11 +514,15 @@ class _Conversation:
                 self.problem = "asked for a signal without a pid and a signal number"
                 return False
             pid, signum = request
+            self.signals_left -= 1
+            if self.signals_left < 0:
+                self.problem = "asked for more signals than a hook may send"
+                return False
             host = self.runner.host
             if signum not in signal.valid_signals() or signum == 0:
                 error = f"{signum} is not a signal"
             else:
-                error = (host.hook_signal(pid, signum) if host is not None
+                error = (host.hook_signal(pid, signum, self.config) if host is not None
                          else "no watcher to signal")
             reply = {"error": error} if error else {"ok": True}
             await loop.sock_sendall(self.sock, json.dumps(reply).encode() + b"\n")

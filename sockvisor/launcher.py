@@ -56,6 +56,12 @@ class WatcherContext:
     cgroups: CgroupTree | None = None           # a cgroup per worker, if usable
 
 
+# What sockvisor sets in a worker's environment itself (the config's own copies
+# are dropped: _base_env), and a hook's changes cannot override (hook_env).
+_SOCKVISOR_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                        "SERVER_STARTER_PORT", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
 class LaunchError(Exception):
     """A generation cannot be made: a socket its config names is nowhere."""
 
@@ -90,8 +96,10 @@ class Launcher:
         self.context = context
         self.hooks = hooks
         self._groups_cache: tuple[WatcherConfig, list[int] | None] | None = None
-        # watcher.env as Circus's Python hooks left it (change_env).
+        # watcher.env as Circus's Python hooks left it, and the config they made
+        # those changes under (change_env).
         self.env_changes: dict[str, str | None] = {}
+        self.env_changes_config: WatcherConfig | None = None
 
     # ------------------------------------------------------------------ generations
 
@@ -109,28 +117,52 @@ class Launcher:
             sockets.append(listening)
         return Generation(number, config, tuple(sockets))
 
-    def change_env(self, changes: Mapping[str, str | None]) -> None:
-        """What a Circus Python hook changed in `watcher.env` (hooks.py): applies to
-        every worker started from now on, of this and later generations, as in
-        Circus; None removes a variable."""
-        self.env_changes.update(changes)
+    def change_env(self, changes: Mapping[str, str | None], config: WatcherConfig) -> None:
+        """What a Circus Python hook, run for `config`, changed in `watcher.env`
+        (hooks.py): applies to every worker of `config` started from now on, as
+        in Circus; None removes a variable.
+
+        The changes belong to that config.  Circus builds a new watcher for any
+        other config, whose env is the config's again; so here a generation of
+        another config -- another uid, another env, no hook at all -- gets none
+        of them: what a hook of one user set never reaches another user's
+        workers (DESIGN §5)."""
+        if config is not self.env_changes_config:
+            self.env_changes, self.env_changes_config = {}, config
+        base = process.identity_env(config)
+        for key, value in changes.items():
+            if value is None and key not in base:
+                self.env_changes.pop(key, None)   # nothing of the config's to hide
+            else:
+                self.env_changes[key] = value
+
+    def current_env_changes(self, config: WatcherConfig) -> dict[str, str | None]:
+        """The hooks' changes that apply to `config` (none for another config)."""
+        return dict(self.env_changes) if config is self.env_changes_config else {}
 
     def hook_env(self, generation: Generation) -> dict[str, str]:
-        """The environment a worker of `generation` gets (before its wid)."""
-        env = dict(self._base_env(generation))
-        for key, value in self.env_changes.items():
+        """The environment a worker of `generation` gets (before its wid): its
+        config's, as the hooks changed it -- except the variables sockvisor sets
+        for the worker (sockets, notify), which a hook cannot override."""
+        base = self._base_env(generation)
+        env = dict(base)
+        for key, value in self.current_env_changes(generation.config).items():
             if value is None:
                 env.pop(key, None)
             else:
                 env[key] = value
+        for key in _SOCKVISOR_VARIABLES:
+            if key in base:
+                env[key] = base[key]
+            else:
+                env.pop(key, None)
         return env
 
     def _base_env(self, generation: Generation) -> dict[str, str]:
         if generation._env is None:
             config = generation.config
             env = process.identity_env(config)
-            for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
-                        "SERVER_STARTER_PORT", "WATCHDOG_PID", "WATCHDOG_USEC"):
+            for key in _SOCKVISOR_VARIABLES:
                 env.pop(key, None)
             names = list(config.sockets)
             env.update(process.listen_env(names))

@@ -151,7 +151,8 @@ async def watcher_problems(config: WatcherConfig, path: str,
     # (Circus imports them when it loads the config, and fails there too.)
     found_problems = await asyncio.gather(*(
         _hook_problem(python_for_hooks(config), config.hooks[point].target, who,
-                      python_hook_env(env), cwd, reaper) for point in python_hooks))
+                      python_hook_env(env), cwd, reaper, config.rlimits)
+        for point in python_hooks))
     problems += [ConfigError(problem, path=path, section=section, key=f"hooks.{point}")
                  for point, problem in zip(python_hooks, found_problems) if problem]
     if not checks_program:
@@ -310,14 +311,16 @@ async def _module_problem(program: str, module: str, who: _Who, env: Mapping[str
 
 async def _hook_problem(interpreter: str, target: str, who: _Who,
                         env: Mapping[str, str], cwd: str | None,
-                        reaper: "Reaper | None") -> str | None:
-    """Why `interpreter`, as the worker's user, cannot import the Python hook
-    `target` (None: it can)."""
+                        reaper: "Reaper | None",
+                        rlimits: Mapping[str, int]) -> str | None:
+    """Why `interpreter`, as the worker's user (and its limits), cannot import
+    the Python hook `target` (None: it can).  Importing runs the module's own
+    code: whatever it starts ends with the probe (_run_as_worker)."""
     from sockvisor.hooks import SHIM_SOURCE
     try:
         status, _, err = await _run_as_worker(
             [interpreter, "-c", SHIM_SOURCE.read_text(), "--resolve", target], who, env,
-            cwd, reaper)
+            cwd, reaper, rlimits)
     except TimeoutError:
         return (f"{target}: importing it as {who.name} with {interpreter} did not "
                 f"finish within {PROBE_TIMEOUT:g}s")
@@ -336,16 +339,19 @@ def _failure(status: int | None, err: bytes) -> str:
 
 
 async def _run_as_worker(argv: list[str], who: _Who, env: Mapping[str, str],
-                         cwd: str | None, reaper: "Reaper | None"
+                         cwd: str | None, reaper: "Reaper | None",
+                         rlimits: Mapping[str, int] | None = None
                          ) -> tuple[int, bytes, bytes]:
     """Run `argv` as a worker of `who` would run (process.fork_exec); its wait
-    status, stdout and stderr.  TimeoutError after PROBE_TIMEOUT (the probe's
-    process group is killed)."""
+    status, stdout and stderr.  TimeoutError after PROBE_TIMEOUT.  Either way
+    the probe's process group is killed before the probe is reaped: what it
+    started (a module imported by a hook probe may fork) ends with it."""
     loop = asyncio.get_running_loop()
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     spec = process.SpawnSpec(argv=argv, env=dict(env), fds=[], stdout=out_w, stderr=err_w,
-                             uid=who.uid, gid=who.gid, groups=who.groups, cwd=cwd)
+                             uid=who.uid, gid=who.gid, groups=who.groups, cwd=cwd,
+                             rlimits=rlimits or {})
     exited: asyncio.Future[int] = loop.create_future()
     try:
         pid, status_r = process.fork_exec(spec)
@@ -361,7 +367,7 @@ async def _run_as_worker(argv: list[str], who: _Who, env: Mapping[str, str],
         if not exited.done():
             exited.set_result(status)
     if reaper is not None:
-        reaper.register(pid, on_exit)
+        reaper.register(pid, on_exit, lambda: _kill_group(pid))
     else:   # before sockvisor's reaper runs (check, start): nobody else waits
         loop.run_in_executor(None, _wait_blocking, pid).add_done_callback(
             lambda f: on_exit(f.result()))
@@ -387,9 +393,19 @@ async def _run_as_worker(argv: list[str], who: _Who, env: Mapping[str, str],
 def _wait_blocking(pid: int) -> int:
     while True:
         try:
+            # Exited but not reaped: its pid is still the group's id to kill.
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            _kill_group(pid)
             return os.waitpid(pid, 0)[1]
         except InterruptedError:
             continue
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _read_all(loop: asyncio.AbstractEventLoop, fd: int) -> "asyncio.Future[bytes]":

@@ -109,11 +109,11 @@ class Watcher:
 
     # ------------------------------------------------------------------ Python hooks
 
-    def hook_view(self) -> dict[str, Any]:
-        """What a Circus Python hook's stand-in for this watcher holds (hooks.HookHost)."""
-        config = self.config
+    def hook_view(self, config: WatcherConfig) -> dict[str, Any]:
+        """What a Circus Python hook run for `config` sees of this watcher
+        (hooks.HookHost)."""
         return {"numprocesses": self.numprocesses,
-                "env_changes": dict(self.launcher.env_changes),
+                "env_changes": self.launcher.current_env_changes(config),
                 "processes": {str(pid): {"wid": worker.wid, "started": worker.started_wall}
                               for pid, worker in self.workers.items() if worker.alive},
                 "fields": {"uid": config.uid, "gid": config.gid,
@@ -122,23 +122,34 @@ class Watcher:
                            "graceful_timeout": config.graceful_timeout},
                 "options": dict(config.hook_options)}
 
-    def hook_signal(self, pid: int, signum: int) -> str:
-        """A Python hook's watcher.send_signal: only this watcher's live workers
-        (a pid that is not one -- another watcher's, sockvisor's, a reused one --
-        is refused)."""
+    def hook_signal(self, pid: int, signum: int, config: WatcherConfig) -> str:
+        """A Python hook's watcher.send_signal: only this watcher's live workers,
+        and only those running as the hook does (`config`'s uid and gid: a hook
+        started before a reload moved the watcher to another user must not
+        signal that user's workers).  A pid that is not one -- another
+        watcher's, sockvisor's, a reused one -- is refused."""
         worker = self.workers.get(pid)
-        if worker is None or not worker.alive or not worker.signal(signum):
-            return f"process {pid} is not a running worker of {self.name}"
-        log.info("watcher %s: a hook sent signal %d to %s", self.name, signum,
-                 worker.label)
+        if (worker is None or not worker.alive
+                or (worker.config.uid, worker.config.gid) != (config.uid, config.gid)
+                or not worker.signal(signum)):
+            return f"process {pid} is not a running worker of {self.name} run as this hook is"
+        log.debug("watcher %s: a hook sent signal %d to %s", self.name, signum,
+                  worker.label)
         return ""
 
-    def hook_env_changed(self, changes: Mapping[str, str | None]) -> None:
-        """A Python hook changed watcher.env: the next workers get it, as in Circus."""
-        log.info("watcher %s: a hook changed its environment: %s", self.name,
-                 ", ".join(f"{key}" if value is not None else f"-{key}"
-                           for key, value in sorted(changes.items())))
-        self.launcher.change_env(changes)
+    def hook_env_changed(self, changes: Mapping[str, str | None],
+                         config: WatcherConfig) -> None:
+        """A Python hook run for `config` changed watcher.env: the next workers of
+        that config get it, as in Circus (a hook that outlived its config changes
+        nothing: Launcher.change_env)."""
+        if config is not self.config:
+            log.info("watcher %s: a hook's environment changes were for a config the "
+                     "watcher no longer has: dropped", self.name)
+            return
+        names = sorted(changes)
+        log.info("watcher %s: a hook changed %d environment variable(s): %s%s", self.name,
+                 len(names), ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
+        self.launcher.change_env(changes, config)
 
     # ------------------------------------------------------------------ state
 
@@ -1043,7 +1054,7 @@ class Watcher:
                 "backoff_remaining": max(0.0, self._backoff_until - time.monotonic()),
                 "output": self.output.snapshot(),
                 # What Python hooks set in watcher.env: the next workers get it.
-                "env_changes": dict(self.launcher.env_changes),
+                "env_changes": self.launcher.current_env_changes(self.config),
                 "workers": [w.snapshot() for w in self.workers.values()]}
 
     @classmethod
@@ -1064,7 +1075,7 @@ class Watcher:
         watcher.restarts.restore(data["restarts"])
         if "output" in data:
             watcher.output.restore(data["output"])
-        watcher.launcher.change_env(data.get("env_changes", {}))
+        watcher.launcher.change_env(data.get("env_changes", {}), config)
         watcher._current = watcher.launcher.generation(watcher.generation, config)
         generations: dict[int, Generation] = {}   # by id(config)
         for item in data["workers"]:

@@ -329,6 +329,9 @@ class _Loader:
             values["__hook_options__"] = {key: str(raw) for key, raw in
                                           (self.parser.items(section) if items is None
                                            else items) if key in unknown}
+            for key, hint in unknown.items():   # said, so a stray key is seen
+                self.warnings.append(f"{self.path}: [{section}] {key}: not an option: "
+                                     f"passed to the Python hooks as watcher._options{hint}")
         elif unknown:
             # Circus reads a file's keys it does not know and ignores them (a
             # watcher's go to its `_options`, unused without hooks): the file

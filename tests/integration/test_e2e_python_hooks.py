@@ -380,3 +380,122 @@ def test_a_python_hook_runs_as_the_watchers_user(world_readable_dir, sockvisor):
     line = hooks.wait_lines("hook uid=")[0]
     assert line == f"hook uid={nobody.pw_uid} gid={nobody.pw_gid} cwd={hooks.directory}"
     assert sv.worker_pids()
+
+
+def test_what_a_hook_set_stays_with_its_config(sockvisor, tmp_path):
+    """A hook's watcher.env changes reach the next workers of the config it ran
+    for -- never sockvisor's own variables (LISTEN_FDS...) -- and no worker of
+    another config: after a reloadconfig (here: no hook any more) the workers
+    get the config's env again, as Circus's new watcher would."""
+    hooks = Hooks(tmp_path / "hooks", """
+        def plant(watcher, arbiter, hook_name):
+            watcher.env['EVIL'] = 'planted'
+            watcher.env['LISTEN_FDS'] = '99'
+            watcher.env['myvar'] = 'set'
+            return True
+    """)
+    probe = tmp_path / "env.py"
+    probe.write_text("import json, os, sys, time\n"
+                     "open(sys.argv[1] + '/%d.json' % os.getpid(), 'w').write(json.dumps("
+                     "dict(os.environ)))\ntime.sleep(3600)\n")
+    out = tmp_path / "seen"
+    out.mkdir()
+    body = f"""
+        [socket:web]
+        host = 127.0.0.1
+        port = 0
+
+        [watcher:web]
+        cmd = {sys.executable} {probe} {out}
+        sockets = web
+        working_dir = {hooks.directory}
+        graceful_timeout = 1
+        """
+    sv = sockvisor(body + "hooks.before_spawn = apphooks.plant\n")
+    with control(sv) as ctl:
+        first = ctl.wait_ready("web", 1)["workers"][0]["pid"]
+    env = json.loads(wait_for(lambda: (out / f"{first}.json").exists()
+                              and (out / f"{first}.json").read_text(), 10))
+    assert env["EVIL"] == "planted" and env["myvar"] == "set"
+    assert env["LISTEN_FDS"] == "1"   # sockvisor's, whatever the hook said
+
+    sv.conf.write_text(sv.conf.read_text().replace("hooks.before_spawn = apphooks.plant\n",
+                                                   "env = OTHER=1\n"))
+    with control(sv) as ctl:
+        ctl.call("reloadconfig", timeout=30)
+        second = wait_for(lambda: [w["pid"] for w in ctl.status("web")["workers"]
+                                   if w["pid"] != first and w["state"] == "running"], 15)[0]
+    env = json.loads(wait_for(lambda: (out / f"{second}.json").exists()
+                              and (out / f"{second}.json").read_text(), 10))
+    assert "EVIL" not in env and "myvar" not in env and env["OTHER"] == "1"
+
+
+@pytest.mark.parametrize("misbehaviour, says", [
+    # 200 KiB of environment: more than sockvisor keeps for a watcher.
+    ("watcher.env['BIG'] = 'x' * (200 << 10)", "watcher.env would hold more than"),
+    # A signal storm at its own worker: bounded per hook run.
+    ("[watcher.send_signal(pid, 18) for pid in list(watcher.processes) * 500]",
+     "asked for more signals than a hook may send"),
+])
+def test_a_hook_cannot_make_sockvisor_hoard_or_spin(sockvisor, tmp_path, misbehaviour, says):
+    hooks = Hooks(tmp_path / "hooks", f"""
+        def greedy(watcher, arbiter, hook_name, **kwargs):
+            {misbehaviour}
+            return True
+    """)
+    sv = sockvisor(f"""
+        [watcher:web]
+        cmd = {hooks.worker_cmd()}
+        working_dir = {hooks.directory}
+        hooks.after_spawn = apphooks.greedy
+    """, ready=False)
+    sv.wait_log(rf"after_spawn hook failed for .*apphooks.greedy: {says}", timeout=20)
+    assert sv.proc.poll() is None
+
+
+def test_a_hook_runs_under_the_watchers_limits(sockvisor, tmp_path):
+    hooks = Hooks(tmp_path / "hooks", """
+        import resource
+
+        def limits(watcher, arbiter, hook_name):
+            with open(LOG, 'a') as out:
+                out.write('hook nofile=%d\\n' % resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            return True
+    """)
+    sockvisor(f"""
+        [watcher:web]
+        cmd = {hooks.worker_cmd()}
+        working_dir = {hooks.directory}
+        rlimit_nofile = 77
+        hooks.before_start = apphooks.limits
+    """)
+    assert hooks.wait_lines("hook nofile=") == ["hook nofile=77"]
+
+
+def test_check_imports_a_hook_and_leaves_nothing_running(tmp_path):
+    """`check` imports each Python hook as the worker's user: the module's own
+    code runs (as in Circus, which imports them at load); whatever it starts ends
+    with the probe."""
+    hooks = Hooks(tmp_path / "hooks", """
+        import os, subprocess
+        _child = subprocess.Popen(['sleep', '300'])
+        open(LOG, 'a').write('imported child=%d\\n' % _child.pid)
+
+        def fine(watcher, arbiter, hook_name):
+            return True
+    """)
+    path = tmp_path / "circus.ini"
+    path.write_text(textwrap.dedent(f"""
+        [circus]
+        endpoint = ipc://{tmp_path}/ctl
+
+        [watcher:web]
+        cmd = /bin/sleep 100
+        working_dir = {hooks.directory}
+        hooks.before_start = apphooks.fine
+    """))
+    result = run_cli("check", str(path))
+    assert result.returncode == 0, result.stderr
+    child = int(hooks.wait_lines("imported child=")[0].split("=")[1])
+    wait_for(lambda: is_reaped(child) or not os.path.exists(f"/proc/{child}"), 5,
+             message=f"the probe's child {child} outlived `check`")

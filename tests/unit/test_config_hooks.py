@@ -101,8 +101,11 @@ def test_keys_that_are_no_option_go_to_the_python_hooks(tmp_path):
         hooks.after_spawn = app.hooks.children_started
         stats_base_port = 8090
     """))
-    web = load(str(path), environ={"PATH": "/bin"}).watchers["web"]
+    config = load(str(path), environ={"PATH": "/bin"})
+    web = config.watchers["web"]
     assert web.hook_options == {"stats_base_port": "8090"}
+    assert [w for w in config.warnings   # said, so a stray key is seen
+            if "stats_base_port: not an option: passed to the Python hooks" in w]
     assert web.hooks["after_spawn"] == HookPython("app.hooks.children_started")
 
     path.write_text("[watcher:web]\ncmd = /bin/true\nhooks.after_spawn = app.h.f\n"
