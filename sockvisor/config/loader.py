@@ -392,17 +392,28 @@ class _Loader:
         )
 
     def logging_file(self, values: dict[str, Any], section: str) -> LoggingFile | None:
-        """Circus's `loggerconfig`, read now (logconfig.py says what is checked);
-        a relative path is from the config file's folder, as `include`."""
+        """Circus's `loggerconfig`, read now (logconfig.py says what is checked).
+        A relative path is from sockvisor's working directory, where Circus reads
+        it (util.configure_logger: os.path.abspath), with a warning."""
+        key = values["__keys__"].get("loggerconfig")
         path = values.get("loggerconfig")
         if path is None:
             return None
-        path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.path)),
-                                             path))
+        if not os.path.isabs(path):
+            try:
+                resolved = os.path.abspath(path)
+            except OSError as exc:   # our working directory is gone
+                raise self.error(f"a relative path, and sockvisor's working directory "
+                                 f"cannot be read ({exc.strerror}): give an absolute path",
+                                 section, key) from None
+            self.warnings.append(f"{self.path}: [{section}] {key}: {path!r} is relative: "
+                                 f"read as {resolved} (from sockvisor's working directory, "
+                                 "as Circus reads it); an absolute path says it for sure")
+            path = resolved
         try:
             return LoggingFile(path, logconfig.read(path))
         except logconfig.LoggingConfigError as exc:
-            raise self.error(str(exc), section, values["__keys__"]["loggerconfig"]) from None
+            raise self.error(str(exc), section, key) from None
 
     def check_root_file(self, path: str, section: str, key: str) -> None:
         """A file sockvisor (root) writes for itself (pidfile, logoutput): in a

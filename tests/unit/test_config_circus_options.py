@@ -309,11 +309,17 @@ def test_loggerconfig_file_is_read_once_at_load(tmp_path, name):
     assert config.globals.loggerconfig.text == text
 
 
-def test_loggerconfig_relative_path_is_from_the_config_file_s_folder(tmp_path):
-    path = logging_file(tmp_path / "etc")
+def test_loggerconfig_relative_path_is_from_the_working_directory_as_circus(
+        tmp_path, monkeypatch):
+    """Circus: os.path.abspath(loggerconfig), i.e. from circusd's working
+    directory; said in a warning (under systemd that is /)."""
+    path = logging_file(tmp_path / "run" / "etc")
+    monkeypatch.chdir(tmp_path / "run")
     config = load_text(tmp_path, "[circus]\nloggerconfig = etc/logging.ini\n"
                                  "[watcher:web]\ncmd = /bin/sleep 1\n")
     assert config.globals.loggerconfig.path == str(path)
+    assert any("loggerconfig" in w and str(path) in w for w in config.warnings), \
+        config.warnings
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="gives files to nobody")
