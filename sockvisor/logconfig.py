@@ -44,11 +44,13 @@ reports.
 
 Ending: `flush` waits, bounded, for the queue to drain (before an upgrade's
 exec, which ends the thread); `close` drains, stops the thread and flushes the
-handlers at exit.
+handlers at exit, also bounded: a handler stuck for good is abandoned rather
+than keep sockvisor from exiting.
 """
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import json
 import logging
@@ -231,28 +233,37 @@ class _Listener(logging.handlers.QueueListener):
         return True
 
     def close(self, timeout: float) -> None:
-        """Drain, stop the thread, flush the handlers: each step bounded, so a
-        handler stuck for good cannot keep sockvisor from exiting (the thread
-        is a daemon)."""
+        """Drain, stop the thread, flush the handlers: each step bounded.  A
+        handler stuck for good (a mount that never answers) is given up on: the
+        thread is a daemon, and logging's own exit hook, which would wait for
+        that handler's lock, is taken off so that sockvisor still exits."""
         deadline = time.monotonic() + timeout
         thread = self._thread
         if thread is None:
             return
-        if not self.drain(timeout):
-            return
-        try:
-            self.queue.put(self._sentinel, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            return
-        thread.join(max(0.0, deadline - time.monotonic()))
+        if self.drain(timeout):
+            try:
+                self.queue.put(self._sentinel,
+                               timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
+            else:
+                thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
-            return
-        self._thread = None
+            atexit.unregister(logging.shutdown)
+        else:
+            self._thread = None
         for handler in self.real_handlers:
+            # Without waiting for a handler that is still busy.
+            if handler.lock is not None and not handler.lock.acquire(blocking=False):
+                continue
             try:
                 handler.flush()
             except Exception:   # noqa: BLE001 - one handler's failure stops no other
                 pass
+            finally:
+                if handler.lock is not None:
+                    handler.lock.release()
 
 
 def apply(path: str, text: str, level: str | None = None) -> _Listener:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.timeout(30)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def child(program: str) -> subprocess.CompletedProcess:
+def child(program: str, timeout: float = 20) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(program)], env=env,
-                            capture_output=True, text=True, timeout=20)
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -114,3 +115,32 @@ def test_sockvisor_s_loggers_survive_disable_existing_loggers_and_follow_circus(
     assert result.stdout.splitlines() == ["sockvisor.early DEBUG from an early logger",
                                           "sockvisor.late INFO from a late one"]
     assert result.stderr == ""
+
+
+def test_a_handler_stuck_for_good_does_not_keep_the_process_from_exiting():
+    """`close` gives up after its timeout; the exit then does not wait on the
+    stuck handler either (logging's own exit hook would take its lock)."""
+    program = """
+        import json, logging, threading, time
+        from sockvisor import logconfig
+
+        class Stuck(logging.Handler):
+            def emit(self, record):
+                threading.Event().wait()   # an NFS mount that never answers
+
+        text = json.dumps({"version": 1, "handlers": {"s": {"()": "__main__.Stuck"}},
+                           "root": {"level": "INFO", "handlers": ["s"]}})
+        listener = logconfig.apply("/etc/logging.json", text)
+        logging.getLogger("sockvisor.test").info("the last line")
+        started = time.monotonic()
+        listener.close(0.5)
+        print(round(time.monotonic() - started, 1))
+    """
+    started = time.monotonic()
+    try:
+        result = child(program, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process did not exit: it waited for the stuck "
+                             "handler") from None
+    assert float(result.stdout.strip()) < 2.0
+    assert time.monotonic() - started < 8
