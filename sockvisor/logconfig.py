@@ -270,7 +270,8 @@ def apply(path: str, text: str, level: str | None = None) -> _Listener:
     """Apply the configuration read by `read` (LoggingConfigError if it cannot be:
     a class it names does not import, a handler cannot open its file...), then
     move every handler it installed to a thread (the returned listener, started).
-    `level`: sockvisor's own logger's level, when given on the command line."""
+    `level`: sockvisor's own logger's level, when given on the command line.
+    On failure no logger is left with a handler (none would be off the loop)."""
     parsed = _parse(kind_of(path), path, text)
     own = logging.getLogger("sockvisor")
     # As a fresh process has it: what the file says of it is what it gets.
@@ -278,26 +279,35 @@ def apply(path: str, text: str, level: str | None = None) -> _Listener:
     own.setLevel(logging.NOTSET)
     own.propagate = True
     try:
-        if isinstance(parsed, configparser.ConfigParser):
-            logging.config.fileConfig(parsed, disable_existing_loggers=True)
-        else:
-            logging.config.dictConfig(parsed)
-    except Exception as exc:   # whatever the file's classes raise
-        cause = exc.__cause__ or exc
-        raise LoggingConfigError(f"{path}: cannot be applied: {type(cause).__name__}: "
-                                 f"{cause}") from None
-    loggers = _loggers()
-    for name, logger in loggers.items():
-        if name in _OWN or name.startswith("sockvisor."):
-            logger.disabled = False
-    circus = loggers.get("circus")
-    if (circus is not None and not own.handlers and own.level == logging.NOTSET
-            and own.propagate):
-        own.setLevel(circus.level)
-        own.handlers[:] = circus.handlers
-        own.propagate = circus.propagate
-    if level is not None:
-        own.setLevel(level.upper())
+        try:
+            if isinstance(parsed, configparser.ConfigParser):
+                logging.config.fileConfig(parsed, disable_existing_loggers=True)
+            else:
+                logging.config.dictConfig(parsed)
+        except Exception as exc:   # whatever the file's classes raise
+            cause = exc.__cause__ or exc
+            raise LoggingConfigError(f"{path}: cannot be applied: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        loggers = _loggers()
+        for name, logger in loggers.items():
+            if name in _OWN or name.startswith("sockvisor."):
+                logger.disabled = False
+        circus = loggers.get("circus")
+        if (circus is not None and not own.handlers and own.level == logging.NOTSET
+                and own.propagate):
+            own.setLevel(circus.level)
+            own.handlers[:] = circus.handlers
+            own.propagate = circus.propagate
+        if level is not None:
+            try:
+                own.setLevel(level.upper())
+            except ValueError:
+                raise LoggingConfigError(f"--log-level {level}: expected debug, info, "
+                                         "warning, error or critical") from None
+    except LoggingConfigError:
+        for logger in _loggers().values():
+            logger.handlers[:] = []
+        raise
     return _off_the_loop(loggers)
 
 

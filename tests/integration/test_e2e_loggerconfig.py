@@ -268,3 +268,19 @@ def test_loggerconfig_survives_an_upgrade_and_a_change_applies_at_the_next_start
     wait_line(log, r"^NEW\|sockvisor[\w.]*\|upgraded in place: ", sv)
     assert sv.stop() == 0
     assert lines(log).rstrip().endswith("sockvisor stopped"), lines(log)
+
+
+def test_an_upgrade_whose_new_process_cannot_apply_it_logs_to_stderr_and_keeps_serving(
+        sockvisor, tmp_path, monkeypatch):
+    """The handler's module is gone by the time the new process applies the
+    configuration: the workers are already its own, so it logs to stderr, says
+    why, and carries on -- it does not exit and orphan them."""
+    sv, log = slow_sockvisor(sockvisor, tmp_path, monkeypatch, "never", 0.0)
+    worker = wait_for(lambda: sv.worker_pids("sleep"), 10)
+    (tmp_path / "pylib" / "slowlog.py").unlink()
+    result = ctl(sv, "upgrade", timeout=60)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{sv.describe()}"
+    sv.wait_log(r"loggerconfig: .*slowlog.* logging to stderr instead", timeout=20)
+    sv.wait_log(r"upgraded in place: ", timeout=20)
+    assert sv.proc.poll() is None and sv.worker_pids("sleep") == worker
+    assert ctl(sv, "status").returncode == 0
