@@ -9,6 +9,13 @@ Circus's `logoutput` sends the log elsewhere: `-` to stdout, or a file that
 root appends to, opened as worker log files are (logdir.py: a folder only root
 may write, no link, FIFO or foreign file at the name) and reopened by path on
 SIGUSR1 (`reopen`), after logrotate has moved it away.
+
+Circus's `loggerconfig` replaces all of this with a Python logging
+configuration file (`setup_from_file`; logconfig.py reads, checks and applies
+it, with its handlers in a thread of their own); loglevel and logoutput are
+then ignored, as in Circus, and SIGUSR1 leaves its handlers alone (a
+WatchedFileHandler notices logrotate by itself).  `flush` (before an upgrade's
+exec) and `close` (at exit) let that thread finish what is queued, bounded.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ class _LogFile(logging.StreamHandler):
 
 
 _log_file: _LogFile | None = None
+_listener = None   # logconfig's handlers' thread, with loggerconfig
 
 
 def reopen() -> None:
@@ -121,6 +129,37 @@ def setup(level: str = "info", output: str | None = None) -> None:
     loop_log.setLevel(max(root.level, logging.WARNING))
     loop_log.propagate = False
     sys.excepthook = _log_uncaught
+
+
+def setup_from_file(path: str, text: str, level: str | None = None) -> None:
+    """Circus's `loggerconfig`: the logging configuration `text` (read from `path`
+    at load) applied, its handlers moved to a thread (logconfig.py); `level` (the
+    command line's --log-level) is then sockvisor's own logger's.  Raises
+    logconfig.LoggingConfigError if it cannot be applied."""
+    global _listener
+    from sockvisor import logconfig
+    close()
+    _listener = logconfig.apply(path, text, level)
+    sys.excepthook = _log_uncaught
+
+
+def flush(timeout: float = 2.0) -> None:
+    """Everything logged so far written out, waiting at most `timeout` seconds
+    for loggerconfig's handlers: before an upgrade's exec, which ends their
+    thread.  (Blocking, bounded: nothing else runs between it and the exec.)"""
+    if _listener is not None:
+        _listener.drain(timeout)
+    for handler in logging.getLogger("sockvisor").handlers:
+        handler.flush()
+
+
+def close(timeout: float = 5.0) -> None:
+    """At exit: loggerconfig's handlers finish what is queued (at most `timeout`
+    seconds), their thread ends and they are flushed."""
+    global _listener
+    if _listener is not None:
+        _listener.close(timeout)
+        _listener = None
 
 
 def _log_uncaught(kind, value, traceback) -> None:

@@ -61,6 +61,7 @@ import time
 from typing import Any
 
 from sockvisor import __version__, fdlimit, handover, process
+from sockvisor import log as sockvisor_log
 from sockvisor.control import peer
 from sockvisor.states import WatcherState, WorkerState
 
@@ -422,8 +423,7 @@ async def _exec(supervisor: Supervisor) -> None:
         state_fd = handover.write(state)
         argv = new_argv(supervisor.config.path, state_fd)
         log.info("upgrading: exec %s", " ".join(argv))
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        sockvisor_log.flush()   # loggerconfig's handlers run in a thread the exec ends
         handover.set_inheritable([*fds, state_fd], True)
         if supervisor._watchdog_task is not None:
             notifier.watchdog()   # the new process pings first thing (cli/main.py)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -73,15 +74,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.path}: OK ({len(config.sockets)} sockets, "
               f"{len(config.watchers)} watchers)")
         return 0
-    try:
-        log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)
-    except OSError as exc:   # logoutput's file (checked at load; changed since)
-        print(f"sockvisor: {config.path}: logoutput: {exc}", file=sys.stderr)
+    problem = _setup_log(args, config)
+    if problem is not None:
+        print(f"sockvisor: {config.path}: {problem}", file=sys.stderr)
         return 2
     from sockvisor import fdlimit
     fdlimit.raise_own()   # two pipe fds per worker (fdlimit.py)
     from sockvisor.supervisor import Supervisor
-    return asyncio.run(Supervisor(config).run())
+    try:
+        return asyncio.run(Supervisor(config).run())
+    finally:
+        log.close()   # loggerconfig's handlers write out what is queued
+
+
+def _setup_log(args: argparse.Namespace, config) -> str | None:
+    """sockvisor's own log as the config says: Circus's `loggerconfig` file, or
+    loglevel and logoutput (log.py).  Returns what went wrong, or None."""
+    from sockvisor import log, logconfig
+    settings = config.globals
+    try:
+        if settings.loggerconfig is not None:
+            log.setup_from_file(settings.loggerconfig.path, settings.loggerconfig.text,
+                                args.log_level)
+        else:
+            log.setup(args.log_level or settings.loglevel, settings.logoutput)
+    except OSError as exc:   # logoutput's file (checked at load; changed since)
+        return f"logoutput: {exc}"
+    except logconfig.LoggingConfigError as exc:
+        return f"loggerconfig: {exc}"
+    return None
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -107,12 +128,22 @@ def _resume(args: argparse.Namespace) -> int:
         return 2
     handover.take_fds(state, args.resume)
     config = upgrade.decode_config(state)
-    log.setup(args.log_level or config.globals.loglevel, config.globals.logoutput)
+    # The running config's log set-up, applied again (loggerconfig: the text read
+    # at load, not the file).  The workers are ours by now: a set-up that fails
+    # falls back to stderr rather than abandon them.
+    problem = _setup_log(args, config)
+    if problem is not None:
+        log.setup(args.log_level or config.globals.loglevel)
+        logging.getLogger("sockvisor").error("%s: %s; logging to stderr instead",
+                                             config.path, problem)
     fdlimit.raise_own()
     fdlimit.resume(state.get("nofile_started_with"))   # absent from older states
     supervisor = Supervisor(config)
     supervisor.resume_state = state
-    return asyncio.run(supervisor.run())
+    try:
+        return asyncio.run(supervisor.run())
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ import re
 import socket
 from typing import Any, Callable, Iterable, Mapping
 
-from sockvisor import circus_ini, circus_plugins, logdir
+from sockvisor import circus_ini, circus_plugins, logconfig, logdir
 from sockvisor.config.model import (Config, ConfigError, GlobalConfig, HookCommand, HookPython,
-                                    OutputConfig, OutputKind, ReadyKind, ReadyPolicy,
-                                    RestartPolicy, SocketConfig, WatcherConfig)
+                                    LoggingFile, OutputConfig, OutputKind, ReadyKind,
+                                    ReadyPolicy, RestartPolicy, SocketConfig, WatcherConfig)
 from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_CIRCUS,
                                       _SOCKET_OPTIONS, _WATCHER_CIRCUS, _WATCHER_OPTIONS,
                                       _Ignored, _Option, _Unsupported)
@@ -382,6 +382,15 @@ class _Loader:
             raise self.error("syslog is not supported: sockvisor logs to stderr, which "
                              "journald records under systemd (with priorities); or give "
                              "a file, or - for stdout", section, keys["logoutput"])
+        loggerconfig = self.logging_file(values, section)
+        if loggerconfig is not None:
+            # As Circus (util.configure_logger): the file decides both.
+            for key in ("loglevel", "logoutput"):
+                if key in keys:
+                    self.warnings.append(f"{self.path}: [{section}] {keys[key]}: ignored: "
+                                         "loggerconfig decides where sockvisor's log goes "
+                                         "and at which level (as in Circus)")
+            logoutput = None
         for key, path in (("logoutput", logoutput), ("pidfile", values.get("pidfile"))):
             if path is not None and path != "-":
                 self.check_root_file(path, section, keys[key])
@@ -404,6 +413,7 @@ class _Loader:
             start_failure=values.get("start_failure", "exit"),
             pidfile=values.get("pidfile"),
             logoutput=logoutput,
+            loggerconfig=loggerconfig,
         )
 
     def absolute(self, path: str, section: str, key: str) -> str:
@@ -423,6 +433,20 @@ class _Loader:
                                  f"read as {resolved} (from sockvisor's working directory, "
                                  "as Circus reads it); an absolute path says it for sure")
         return resolved
+
+    def logging_file(self, values: dict[str, Any], section: str) -> LoggingFile | None:
+        """Circus's `loggerconfig`, read now (logconfig.py says what is checked).
+        A relative path is from sockvisor's working directory, where Circus reads
+        it (util.configure_logger: os.path.abspath), with a warning."""
+        key = values["__keys__"].get("loggerconfig")
+        path = values.get("loggerconfig")
+        if path is None:
+            return None
+        path = self.absolute(path, section, key)
+        try:
+            return LoggingFile(path, logconfig.read(path))
+        except logconfig.LoggingConfigError as exc:
+            raise self.error(str(exc), section, key) from None
 
     def check_root_file(self, path: str, section: str, key: str) -> None:
         """A file sockvisor (root) writes for itself (pidfile, logoutput): in a

@@ -224,6 +224,16 @@ def priority_groups(items: Iterable[_T],
 
 
 @dataclass(frozen=True)
+class LoggingFile:
+    """Circus's `loggerconfig`: a Python logging configuration (INI for
+    fileConfig, JSON or YAML for dictConfig), as read once at load after the
+    checks of logconfig.py.  The text is what start (and an upgrade's resume)
+    applies: the file is not read again by its path."""
+    path: str
+    text: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class GlobalConfig:
     endpoint: str | None = None          # None: the default ipc path
     pubsub_endpoint: str | None = None   # None: next to the control endpoint
@@ -260,6 +270,10 @@ class GlobalConfig:
     # file, reopened on SIGUSR1; None: stderr).
     pidfile: str | None = None
     logoutput: str | None = None
+    # Circus's `loggerconfig`: when set, it decides where the log goes and at
+    # which level (loglevel and logoutput are ignored, with a warning, as in
+    # Circus); None: Circus's "default", sockvisor's own set-up (log.py).
+    loggerconfig: LoggingFile | None = None
 
 
 @dataclass(frozen=True)

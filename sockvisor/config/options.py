@@ -154,7 +154,8 @@ _GLOBAL_OPTIONS: dict[str, _Option] = {
     # Circus's: a file root writes, so its folder must be root's (logdir.py).
     "pidfile": _Option(_parse_nonempty),
     "logoutput": _Option(_parse_nonempty),
-    # Only Circus's default: see _parse_loggerconfig for why a file is refused.
+    # Circus's logging configuration file: read and checked by the loader
+    # (logconfig.py: root's only, applied off the event loop).
     "loggerconfig": _Option(_parse_loggerconfig),
 }
 

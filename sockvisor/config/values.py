@@ -371,19 +371,10 @@ def _did_you_mean(word: str, choices: list[str], cutoff: float = 0.6) -> str:
 
 
 
-def _parse_loggerconfig(raw: str) -> None:
-    """Circus's `loggerconfig`: only its default (Circus's own log set-up) is
-    taken.  A logging file is refused: `logging.config.fileConfig` evaluates the
-    file's handler `args` as Python, and `dictConfig` imports and calls whatever
-    class or factory (`()`) it names -- code running inside sockvisor as root;
-    and most of the handlers it would set up (SMTP, HTTP, sockets) block the
-    event loop every sockvisor process shares."""
+def _parse_loggerconfig(raw: str) -> str | None:
+    """Circus's `loggerconfig`: `default` (or nothing) for sockvisor's own log
+    set-up, else the path of a logging configuration file, which the loader
+    reads and checks (logconfig.py: whose it is, its format)."""
     if raw.strip().lower() in ("", "default"):
         return None
-    raise ValueError(
-        "a logging configuration file is not supported: fileConfig evaluates Python "
-        "from it and dictConfig imports and calls any class it names, which would be "
-        "code running inside sockvisor (root), and most handlers would block its "
-        "event loop.  Use logoutput = FILE (reopened on SIGUSR1, for logrotate) or "
-        "logoutput = - (stdout), or leave it unset (stderr, the journal under "
-        "systemd), and loglevel")
+    return raw.strip()

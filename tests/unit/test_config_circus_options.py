@@ -252,12 +252,152 @@ def test_logoutput_syslog_is_refused_with_the_reason(tmp_path):
     assert error.key == "logoutput" and "syslog" in error.message
 
 
-def test_loggerconfig_default_is_accepted_and_a_file_refused_with_why(tmp_path):
-    load_text(tmp_path, "[circus]\nloggerconfig = default\n[watcher:web]\ncmd = /bin/sleep 1\n")
-    error = error_of(tmp_path, "[circus]\nloggerconfig = /etc/circus/logging.ini\n"
+IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
+LOGGING_INI = """\
+[loggers]
+keys = root
+[handlers]
+keys = file
+[formatters]
+keys = plain
+[logger_root]
+level = INFO
+handlers = file
+[handler_file]
+class = FileHandler
+args = ('/dev/null', 'a')
+formatter = plain
+[formatter_plain]
+format = %(levelname)s %(message)s
+"""
+
+
+def logging_file(folder: Path, name: str = "logging.ini", text: str = LOGGING_INI) -> Path:
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    path = folder / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def loggerconfig_error(tmp_path: Path, value: str) -> ConfigError:
+    error = error_of(tmp_path, f"[circus]\nloggerconfig = {value}\n"
                                "[watcher:web]\ncmd = /bin/sleep 1\n")
-    assert error.key == "loggerconfig"
-    assert "logoutput" in error.message and "code" in error.message
+    assert (error.section, error.key) == ("circus", "loggerconfig"), error
+    return error
+
+
+def test_loggerconfig_default_means_sockvisor_s_own_log_set_up(tmp_path):
+    config = load_text(tmp_path, "[circus]\nloggerconfig = default\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.loggerconfig is None
+
+
+@pytest.mark.parametrize("name", ["logging.ini", "logging.json", "logging.yaml",
+                                  "logging.YML"])
+def test_loggerconfig_file_is_read_once_at_load(tmp_path, name):
+    """The text is kept in the config (what start, and an upgrade, apply): the
+    file is not read again by path after the checks."""
+    text = {"ini": LOGGING_INI, "json": '{"version": 1}',
+            "yaml": "version: 1\n", "yml": "version: 1\n"}[name.rpartition(".")[2].lower()]
+    path = logging_file(tmp_path / "etc", name, text)
+    config = load_text(tmp_path, f"[circus]\nloggerconfig = {path}\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.loggerconfig.path == str(path)
+    assert config.globals.loggerconfig.text == text
+
+
+def test_loggerconfig_relative_path_is_from_the_working_directory_as_circus(
+        tmp_path, monkeypatch):
+    """Circus: os.path.abspath(loggerconfig), i.e. from circusd's working
+    directory; said in a warning (under systemd that is /)."""
+    path = logging_file(tmp_path / "run" / "etc")
+    monkeypatch.chdir(tmp_path / "run")
+    config = load_text(tmp_path, "[circus]\nloggerconfig = etc/logging.ini\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.loggerconfig.path == str(path)
+    assert any("loggerconfig" in w and str(path) in w for w in config.warnings), \
+        config.warnings
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="gives files to nobody")
+@pytest.mark.parametrize("who", ["folder", "file", "file-mode", "parent-folder"])
+def test_loggerconfig_another_user_can_write_is_refused(tmp_path, who):
+    """The attack: fileConfig evaluates `args` and dictConfig calls any class it
+    names, inside sockvisor (root).  Whoever can write the file or a folder on
+    its way decides what root runs."""
+    path = logging_file(tmp_path / "etc" / "circus")
+    if who == "folder":
+        os.chown(path.parent, NOBODY, NOBODY)
+    elif who == "parent-folder":
+        os.chown(path.parent.parent, NOBODY, NOBODY)
+    elif who == "file":
+        os.chown(path, NOBODY, NOBODY)
+    else:
+        path.chmod(0o666)
+    error = loggerconfig_error(tmp_path, str(path))
+    assert "root" in error.message, error
+    assert "nobody" in error.message or "everyone" in error.message, error
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="gives files to nobody")
+def test_loggerconfig_symlink_in_a_folder_another_user_owns_is_refused(tmp_path):
+    """The name a user controls is swapped for a link to a root-owned file: the
+    link is not followed (its target would be fine, the choice is not)."""
+    real = logging_file(tmp_path / "etc")
+    evil = tmp_path / "home"
+    evil.mkdir(mode=0o755)
+    (evil / "logging.ini").symlink_to(real)
+    os.chown(evil, NOBODY, NOBODY)
+    os.lchown(evil / "logging.ini", NOBODY, NOBODY)
+    error = loggerconfig_error(tmp_path, str(evil / "logging.ini"))
+    assert "nobody" in error.message, error
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="gives files to nobody")
+def test_loggerconfig_linked_from_root_s_folder_into_a_user_s_is_refused(tmp_path):
+    """A link root made is followed, to a target checked the same way."""
+    evil = tmp_path / "home"
+    target = logging_file(evil)
+    os.chown(evil, NOBODY, NOBODY)
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "etc" / "logging.ini").symlink_to(target)
+    error = loggerconfig_error(tmp_path, str(tmp_path / "etc" / "logging.ini"))
+    assert "nobody" in error.message, error
+
+
+def test_loggerconfig_checked_at_load(tmp_path):
+    """What can be known without running anything from the file: it exists, it
+    is one of Circus's formats, it is not huge, it parses."""
+    etc = tmp_path / "etc"
+    assert "does not exist" in loggerconfig_error(tmp_path, f"{etc}/missing.ini").message
+    other = logging_file(etc, "logging.conf")
+    assert ".ini" in loggerconfig_error(tmp_path, str(other)).message
+    huge = logging_file(etc, "huge.json", '{"version": 1, "x": "' + "x" * 2_000_000 + '"}')
+    assert "too large" in loggerconfig_error(tmp_path, str(huge)).message
+    broken = logging_file(etc, "broken.json", '{"version": 1,')
+    assert "JSON" in loggerconfig_error(tmp_path, str(broken)).message
+    not_a_dict = logging_file(etc, "list.yaml", "- version\n")
+    assert "mapping" in loggerconfig_error(tmp_path, str(not_a_dict)).message
+    no_loggers = logging_file(etc, "empty.ini", "[formatters]\nkeys = x\n")
+    assert "loggers" in loggerconfig_error(tmp_path, str(no_loggers)).message
+
+
+def test_loggerconfig_makes_loglevel_and_logoutput_ignored_with_a_warning(tmp_path):
+    """As in Circus (util.configure_logger): the file decides where the log goes
+    and at which level; the keys that would say otherwise are warned about."""
+    path = logging_file(tmp_path / "etc")
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o755)
+    config = load_text(tmp_path, f"[circus]\nloggerconfig = {path}\nloglevel = debug\n"
+                                 f"logoutput = {logs}/circusd.log\n"
+                                 "[watcher:web]\ncmd = /bin/sleep 1\n")
+    assert config.globals.logoutput is None
+    warned = [w for w in config.warnings if "loggerconfig" in w]
+    assert any("logoutput" in w for w in warned) and any("loglevel" in w for w in warned), \
+        config.warnings
 
 
 # --------------------------------------------------------------------------- sockets
