@@ -126,7 +126,10 @@ def test_a_workers_unix_shutdown_is_repaired_by_a_new_socket(sockvisor, scripts,
     wait_for(answers, 15, message=lambda: f"an answer on {path}\n{sv.describe()}")
     entry = _sockets(sv)["web"]
     assert entry["listening"] and entry["relistened"] == 1
-    assert _call(sv, "status", {"name": "good"})["status"] == "active"
+    # The workers that held the dead socket are replaced by a rolling reload:
+    # `good` is active again once it is done.
+    wait_for(lambda: _call(sv, "status", {"name": "good"})["status"] == "active", 15,
+             message=lambda: sv.describe())
     for _ in range(20):
         unix_http_get(str(path))
 
