@@ -44,9 +44,9 @@ from sockvisor.config.options import (_GLOBAL_CIRCUS, _GLOBAL_OPTIONS, _SOCKET_C
                                       _Ignored, _Option, _Unsupported)
 from sockvisor.config import virtualenv
 from sockvisor.config.substitutions import _SUBSTITUTION
-from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, TYPO_CUTOFF,
-                                     _ENV_KEY, _NAME, _did_you_mean, _http_is_local,
-                                     _switched_off, split_words)
+from sockvisor.config.values import (CIRCUS_STREAM_CLASSES, MAX_SECONDS, _ENV_KEY, _NAME,
+                                     _did_you_mean, _http_is_local, _switched_off,
+                                     misspelling_of, split_words)
 from sockvisor.timed_rotation import WHEN_VALUES
 
 # A watcher name, or Circus's shell pattern for several in [env:PATTERN].
@@ -304,8 +304,9 @@ class _Loader:
             if canonical is None:
                 # Suggest a supported key before a Circus key we would refuse.
                 hint = _did_you_mean(key, list(by_name)) or _did_you_mean(key, list(circus))
-                typo = (_did_you_mean(key, list(by_name), TYPO_CUTOFF)
-                        or _did_you_mean(key, list(circus), TYPO_CUTOFF))
+                typo = misspelling_of(key, [*by_name, *circus])
+                if typo and not hint:
+                    hint = f" (did you mean {typo!r}?)"
                 if typo or items is not None:
                     # A misspelt option, whatever Circus does with it (it ignores
                     # `workding_dir`: the worker then runs elsewhere); and what

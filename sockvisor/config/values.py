@@ -364,6 +364,50 @@ def _switched_off(raw: str) -> bool:
 # (0.91) are; `statsd_host` (0.76 to httpd_host), `max_retries` (0.8) are not.
 TYPO_CUTOFF = 0.85
 
+# Options whose misspelling, ignored as Circus ignores it, would leave a worker
+# running as root or a socket file open to more users than meant: for these a
+# key up to 3 edits away counts as a misspelling (`setuid` for uid, `grp` for
+# group, `onwer` for owner).  (A misspelt endpoint_group, http or curve key
+# errs on the safe side: less access, or a config error of its own.)
+_SENSITIVE = ("uid", "gid", "user", "group", "owner", "mode", "umask", "rlimit_")
+
+
+def misspelling_of(key: str, options: list[str]) -> str | None:
+    """The option `key` is most likely a misspelling of, if it looks like one:
+    as alike as TYPO_CUTOFF, or an edit or two away (one for a key of four
+    letters or less: `ui`, not `host` for `port`), or three from an option in
+    _SENSITIVE."""
+    close = difflib.get_close_matches(key, options, n=1, cutoff=TYPO_CUTOFF)
+    if close:
+        return close[0]
+    best: tuple[int, str] | None = None
+    for option in options:
+        limit = 3 if option.startswith(_SENSITIVE) else (2 if len(key) > 4 else 1)
+        distance = _edits(key.lower(), option.lower(), limit)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, option)
+    return best[1] if best else None
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Edits from `a` to `b` (insert, delete, replace, swap two neighbours), or
+    limit + 1 once it is certain to be more than `limit`."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if (i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]):
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[len(b)]
+
 
 def _did_you_mean(word: str, choices: list[str], cutoff: float = 0.6) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)

@@ -291,6 +291,17 @@ class ControlServer:
                                 "use a path")
         directory = os.path.dirname(path)
         self._prepare_directory(directory)
+        # The folder, pinned before the bind: the mode and owner below are set on
+        # the socket file found in *this* folder, whatever its name or a parent's
+        # comes to mean meanwhile (a folder the workers' user can write).
+        dir_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._bind_ipc_in(sock, endpoint, path, dir_fd, mode)
+        finally:
+            os.close(dir_fd)
+
+    def _bind_ipc_in(self, sock: zmq.asyncio.Socket, endpoint: str, path: str,
+                     dir_fd: int, mode: int) -> None:
         if os.path.lexists(path):
             pid = discover.listener_pid(path)
             if pid is not None:
@@ -308,9 +319,8 @@ class ControlServer:
             raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, mode)
-        if self.group is not None and mode & 0o070:
-            os.chown(path, -1, self.group)
+        set_socket_file_mode(dir_fd, os.path.basename(path), mode,
+                             self.group if mode & 0o070 else None)
         self.ipc_paths.append(path)
 
     def _prepare_directory(self, directory: str) -> None:
@@ -482,6 +492,30 @@ def _request_id(body: list[bytes]) -> Any:
     if len(body) != 1 or len(body[0]) > protocol.MAX_REQUEST_BYTES:
         return None
     return protocol.request_id_of(body[0])
+
+
+def set_socket_file_mode(dir_fd: int, name: str, mode: int, group: int | None) -> None:
+    """chmod (and chgrp) the socket file `name` in the folder `dir_fd`, never
+    following a link: root acting by name in a folder another user can write
+    would change whatever that user points the name at (a link to /etc/shadow
+    swapped in between the bind and the chmod).  The name is opened O_PATH |
+    O_NOFOLLOW and must be a socket; mode and group are set on that very inode
+    (through /proc/self/fd, as sockets.py does for unix sockets)."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise EndpointError(f"{name}: the control socket vanished after it was bound "
+                            f"({exc.strerror}): someone else can write its folder") from None
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise EndpointError(f"{name}: not the control socket any more (replaced after "
+                                "the bind: someone else can write its folder); its mode "
+                                "and owner were not changed")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        if group is not None:
+            os.chown(f"/proc/self/fd/{fd}", -1, group)
+    finally:
+        os.close(fd)
 
 
 def _ipc_in_use(path: str) -> bool:

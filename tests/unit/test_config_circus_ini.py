@@ -472,9 +472,16 @@ def test_a_key_circus_ignores_loads_with_a_warning_a_misspelling_does_not(tmp_pa
            "'max_retry'?)" in warnings
     assert "RUBY_GC_MALLOC_LIMIT" not in config.watchers["web"].env
     for key, near in (("workding_dir = /tmp", "working_dir"), ("numprocess = 2", "numprocesses"),
-                      ("graceful_timout = 3", "graceful_timeout")):
+                      ("graceful_timout = 3", "graceful_timeout"),
+                      # Ignored, these would run the worker as root: misspellings
+                      # of who it runs as are errors even when less alike.
+                      ("ui = nobody", "uid"), ("setuid = nobody", "uid"),
+                      ("grp = nogroup", "group"), ("rlimit_nofiles = 10", "rlimit_nofile")):
         error = load_fails(tmp_path, f"[watcher:web]\ncmd = /bin/sleep 1\n{key}\n")
         assert error.key == key.split(" = ")[0] and f"did you mean {near!r}" in str(error)
+    for key, near in (("onwer = nobody", "owner"), ("umaks = 0", "umask"), ("grp = 0", "group")):
+        error = load_fails(tmp_path, f"[socket:web]\npath = {tmp_path}/s.sock\n{key}\n")
+        assert error.key == key.split(" = ")[0] and f"did you mean {near!r}" in str(error), error
 
 
 @pytest.mark.parametrize("extra, kind, delay, timeout", [
