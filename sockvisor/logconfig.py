@@ -16,10 +16,10 @@ answer here:
   at most MAX_BYTES), and checked as far as it can be without running anything
   (its format parses; the sections fileConfig needs are there); the text is
   kept in the config, and that text -- not the file by its path -- is what
-  start and an upgrade's resume apply (`apply`).  The files, hosts or sockets
-  the handlers themselves name are the file's business, opened by Python's
-  handlers as they are written: sockvisor cannot vet them (logoutput is the
-  option whose file it checks).
+  start and an upgrade's resume apply (`apply`).  A file a handler will write
+  is checked as logoutput is: in a folder only root can write, not a link
+  (`_check_handler_files`; its name must be written out, not an expression).
+  Hosts and sockets the handlers name are the file's business.
 
 * Its handlers block.  SMTP, HTTP, syslog over TCP, a file on a stalled NFS
   mount: each `emit` may wait for seconds, and every logging call in sockvisor
@@ -110,8 +110,65 @@ def read(path: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LoggingConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    _parse(kind, path, text)
+    _check_handler_files(path, _parse(kind, path, text))
     return text
+
+
+# The handler classes that open a file by the name in their arguments (their
+# subclasses included: the name is matched, as fileConfig resolves it).
+_FILE_HANDLERS = ("FileHandler", "RotatingFileHandler", "TimedRotatingFileHandler",
+                  "WatchedFileHandler")
+
+
+def _check_handler_files(path: str, parsed) -> None:
+    """Each file a handler will open is one root may write by name: in a folder
+    only root can write, not a link or a FIFO (logdir.py, as for logoutput).
+    Root never opens a name another user can swap (DESIGN §5) -- not even one
+    its own logging configuration gave."""
+    from sockvisor import logdir
+    for handler, filename in _handler_files(path, parsed):
+        filename = os.path.abspath(filename)   # as the handler opens it: from our cwd
+        try:
+            logdir.check_log_path(filename, None, None)
+        except OSError as exc:
+            raise LoggingConfigError(f"{path}: handler {handler}: {filename}: {exc}; root "
+                                     "writes sockvisor's log there, so only root may "
+                                     "write that folder") from None
+
+
+def _handler_files(path: str, parsed) -> list[tuple[str, str]]:
+    """(handler, file name) for each handler that writes a file; a file handler
+    whose name is not written out as a literal is refused (fileConfig would
+    evaluate the expression: which file root writes must be known now)."""
+    import ast
+    found = []
+    if isinstance(parsed, configparser.ConfigParser):
+        names = [n.strip() for n in parsed["handlers"]["keys"].split(",") if n.strip()]
+        for name in names:
+            section = parsed[f"handler_{name}"] if parsed.has_section(f"handler_{name}") else {}
+            cls = section.get("class", "").rsplit(".", 1)[-1]
+            if cls not in _FILE_HANDLERS:
+                continue
+            try:
+                args = ast.literal_eval(section.get("args", "()"))
+                kwargs = ast.literal_eval(section.get("kwargs", "{}"))
+            except (ValueError, SyntaxError):
+                raise LoggingConfigError(
+                    f"{path}: [handler_{name}]: its args are not written out (a literal "
+                    "tuple with the file name first): sockvisor must know which file "
+                    "root writes") from None
+            filename = (args[0] if isinstance(args, tuple) and args
+                        else kwargs.get("filename") if isinstance(kwargs, dict) else None)
+            if not isinstance(filename, str):
+                raise LoggingConfigError(f"{path}: [handler_{name}]: no file name in args")
+            found.append((name, filename))
+        return found
+    for name, handler in (parsed.get("handlers") or {}).items():
+        if isinstance(handler, dict) and "filename" in handler:
+            if not isinstance(handler["filename"], str):
+                raise LoggingConfigError(f"{path}: handlers: {name}: filename must be text")
+            found.append((str(name), handler["filename"]))
+    return found
 
 
 def _parse(kind: str, path: str, text: str):

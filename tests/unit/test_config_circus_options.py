@@ -265,8 +265,8 @@ keys = plain
 level = INFO
 handlers = file
 [handler_file]
-class = FileHandler
-args = ('/dev/null', 'a')
+class = StreamHandler
+args = (sys.stderr,)
 formatter = plain
 [formatter_plain]
 format = %(levelname)s %(message)s
@@ -491,3 +491,42 @@ def test_no_socket_option_is_dropped(tmp_path, key):
     given = load_text(tmp_path, f"[socket:s]\n{head}\n{key} = {SOCKET_VALUES[key]}\n"
                                 "[watcher:w]\ncmd = /bin/sleep 1\n")
     assert given.sockets["s"] != base.sockets["s"], key
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="gives a folder to nobody")
+@pytest.mark.parametrize("handler", [
+    "class = FileHandler\nargs = ('{log}', 'a')",
+    "class = logging.handlers.RotatingFileHandler\nargs = ('{log}', 'a', 1000, 3)",
+    "class = handlers.WatchedFileHandler\nargs = ()\nkwargs = {{'filename': '{log}'}}",
+])
+def test_loggerconfig_handler_files_follow_logoutput_s_rule(tmp_path, handler):
+    """A file a handler writes is opened by root, by name: in a folder another
+    user can write, that user could point the name at /etc/shadow (DESIGN §5).
+    Refused there, as logoutput is; accepted in a folder only root can write."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o755)
+    ours.chmod(0o755)
+    for folder, accepted in ((ours, True), (theirs, False)):
+        text = LOGGING_INI.replace("class = StreamHandler\nargs = (sys.stderr,)",
+                                   handler.format(log=folder / "sv.log"))
+        path = logging_file(tmp_path / "etc", text=text)
+        if accepted:
+            load_text(tmp_path, f"[circus]\nloggerconfig = {path}\n"
+                                "[watcher:web]\ncmd = /bin/sleep 1\n")
+        else:
+            error = loggerconfig_error(tmp_path, str(path))
+            assert f"handler file: {folder}/sv.log" in error.message, error
+
+
+def test_loggerconfig_file_handler_names_its_file_literally(tmp_path):
+    text = LOGGING_INI.replace("class = StreamHandler\nargs = (sys.stderr,)",
+                               "class = FileHandler\nargs = (os.environ['LOG'], 'a')")
+    error = loggerconfig_error(tmp_path, str(logging_file(tmp_path / "etc", text=text)))
+    assert "args are not written out" in error.message
+    data = ('{"version": 1, "handlers": {"f": {"class": "logging.FileHandler", '
+            '"filename": 7}}, "root": {"handlers": ["f"]}}')
+    error = loggerconfig_error(tmp_path, str(logging_file(tmp_path / "etc", "l.json", data)))
+    assert "filename must be text" in error.message
