@@ -136,6 +136,15 @@ class Launcher:
             else:
                 self.env_changes[key] = value
 
+    def carry_env_changes(self, old: WatcherConfig, new: WatcherConfig) -> None:
+        """The watcher takes `new` instead of `old`: the hooks' changes stay if
+        nothing they depend on changed -- who the workers run as and the env
+        they start from -- as Circus keeps watcher.env across `set numprocesses`."""
+        if (self.env_changes_config is old and old is not new
+                and (old.uid, old.gid, old.env, old.copy_env)
+                == (new.uid, new.gid, new.env, new.copy_env)):
+            self.env_changes_config = new
+
     def current_env_changes(self, config: WatcherConfig) -> dict[str, str | None]:
         """The hooks' changes that apply to `config` (none for another config)."""
         return dict(self.env_changes) if config is self.env_changes_config else {}

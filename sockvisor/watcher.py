@@ -59,6 +59,10 @@ log = logging.getLogger("sockvisor.watcher")
 SPAWN_BATCH = 32   # workers forked per event-loop turn
 S, E = WatcherState, WatcherEvent
 
+# socket_replaced rolls the workers at most RENEW_LIMIT times in RENEW_WINDOW s.
+RENEW_LIMIT = 5
+RENEW_WINDOW = 60.0
+
 
 class ReloadError(Exception):
     """A rolling reload was aborted or stopped; the command fails with this."""
@@ -106,6 +110,7 @@ class Watcher:
         self.hook_runner = HookRunner(self.name, context,
                                       lambda: (self._stdout, self._stderr), host=self)
         self._spawning = 0   # spawns waiting for their before_spawn hook
+        self._renewals: list[float] = []   # when socket_replaced last rolled the workers
 
     # ------------------------------------------------------------------ Python hooks
 
@@ -501,8 +506,24 @@ class Watcher:
             self._demand.close()
             self._watch_demand()
         stale = [w for w in self.workers.values() if w.alive and not w.stop_requested]
-        if stale:
-            self._in_background(self._renew(stale, listening.name))
+        if not stale:
+            return
+        now = time.monotonic()
+        self._renewals = [t for t in self._renewals if now - t < RENEW_WINDOW]
+        if len(self._renewals) >= RENEW_LIMIT:
+            # A worker sharing the socket breaks it as fast as it is replaced: a
+            # reload every time would roll everybody for ever (and hold off
+            # upgrades).  The socket is still bound anew each time; the workers
+            # are replaced again once the window has passed.
+            if len(self._renewals) == RENEW_LIMIT:
+                log.error("watcher %s: socket %s was taken out of service %d times in "
+                          "%gs: a worker of a watcher sharing it does this; its workers "
+                          "are not replaced again for now (`reload %s` replaces them)",
+                          self.name, listening.name, RENEW_LIMIT, RENEW_WINDOW, self.name)
+                self._renewals.append(now)
+            return
+        self._renewals.append(now)
+        self._in_background(self._renew(stale, listening.name))
 
     async def _renew(self, stale: list[process.Worker], socket_name: str) -> None:
         """Replace `stale` (workers on a socket since bound anew), if any of them
@@ -754,6 +775,7 @@ class Watcher:
             self.numprocesses = config.numprocesses
         if config.restart != self.config.restart:
             self.restarts = RestartTracker(config.restart)
+        self.launcher.carry_env_changes(self.config, config)
         if sinks is not None:
             if sinks == (self._stdout, self._stderr):
                 sinks = None

@@ -388,10 +388,14 @@ def test_what_a_hook_set_stays_with_its_config(sockvisor, tmp_path):
     another config: after a reloadconfig (here: no hook any more) the workers
     get the config's env again, as Circus's new watcher would."""
     hooks = Hooks(tmp_path / "hooks", """
+        import os
+
         def plant(watcher, arbiter, hook_name):
-            watcher.env['EVIL'] = 'planted'
-            watcher.env['LISTEN_FDS'] = '99'
-            watcher.env['myvar'] = 'set'
+            if not os.path.exists(LOG + '.planted'):   # once: later workers inherit it
+                open(LOG + '.planted', 'w').close()
+                watcher.env['EVIL'] = 'planted'
+                watcher.env['LISTEN_FDS'] = '99'
+                watcher.env['myvar'] = 'set'
             return True
     """)
     probe = tmp_path / "env.py"
@@ -419,12 +423,23 @@ def test_what_a_hook_set_stays_with_its_config(sockvisor, tmp_path):
     assert env["EVIL"] == "planted" and env["myvar"] == "set"
     assert env["LISTEN_FDS"] == "1"   # sockvisor's, whatever the hook said
 
+    # `set numprocesses` keeps them, as Circus keeps watcher.env: the new
+    # worker's own before_spawn set nothing, it has them from the first.
+    with control(sv) as ctl:
+        ctl.call("set", name="web", options={"numprocesses": "2"})
+        added = wait_for(lambda: [w["pid"] for w in ctl.status("web")["workers"]
+                                  if w["pid"] != first], 10)[0]
+    env = json.loads(wait_for(lambda: (out / f"{added}.json").exists()
+                              and (out / f"{added}.json").read_text(), 10))
+    assert env["EVIL"] == "planted"
+
     sv.conf.write_text(sv.conf.read_text().replace("hooks.before_spawn = apphooks.plant\n",
                                                    "env = OTHER=1\n"))
     with control(sv) as ctl:
         ctl.call("reloadconfig", timeout=30)
         second = wait_for(lambda: [w["pid"] for w in ctl.status("web")["workers"]
-                                   if w["pid"] != first and w["state"] == "running"], 15)[0]
+                                   if w["pid"] not in (first, added)
+                                   and w["state"] == "running"], 15)[0]
     env = json.loads(wait_for(lambda: (out / f"{second}.json").exists()
                               and (out / f"{second}.json").read_text(), 10))
     assert "EVIL" not in env and "myvar" not in env and env["OTHER"] == "1"

@@ -486,3 +486,35 @@ def test_workers_on_a_socket_bound_anew_are_replaced_by_a_rolling_reload(send_hu
             elsewhere.close()
             await rig.close()
     asyncio.run(scenario())
+
+
+def test_a_socket_broken_again_and_again_rolls_the_workers_a_bounded_number_of_times():
+    """A worker sharing the socket breaks it at every start: each break still
+    gets the socket bound anew (sockets.py), but the workers are rolled at most
+    RENEW_LIMIT times in RENEW_WINDOW -- not a reload storm for ever."""
+    from sockvisor.watcher import RENEW_LIMIT
+
+    async def scenario():
+        listening = on_demand_socket()
+        rig = Rig(config(sockets=("web",)), sockets={"web": listening})
+        w = rig.watcher
+        try:
+            await w.start()
+            for rolled in range(1, RENEW_LIMIT + 1):
+                w.socket_replaced(listening)
+                await rig.until(lambda: len(rig.launcher.launched) == 2 * (rolled + 1)
+                                and len(rig.ready()) == 2 and w.state is S.ACTIVE
+                                and not set(rig.live()) - set(rig.ready()),
+                                what=f"roll {rolled} done")
+                await rig.until(lambda: sum(t == "watcher.web.reload.finished"
+                                            for t, _ in rig.events) == rolled,
+                                what=f"roll {rolled} finished")
+            for _ in range(3):
+                w.socket_replaced(listening)
+                await asyncio.sleep(0.05)
+            reloads = [t for t, _ in rig.events if t == "watcher.web.reload.finished"]
+            assert len(reloads) == RENEW_LIMIT, rig.events
+            assert len(rig.launcher.launched) == 2 * (RENEW_LIMIT + 1)
+        finally:
+            await rig.close()
+    asyncio.run(scenario())
