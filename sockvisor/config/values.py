@@ -366,8 +366,8 @@ TYPO_CUTOFF = 0.85
 
 # Options whose misspelling, ignored as Circus ignores it, would leave a worker
 # running as root or a socket file open to more users than meant: for these a
-# key up to 3 edits away counts as a misspelling (`setuid` for uid, `grp` for
-# group, `onwer` for owner).  (A misspelt endpoint_group, http or curve key
+# key two edits away, however short (`grp` for group, `ui` for uid), or one
+# that contains the name (`setuid`, `username`) counts as a misspelling.  (A misspelt endpoint_group, http or curve key
 # errs on the safe side: less access, or a config error of its own.)
 _SENSITIVE = ("uid", "gid", "user", "group", "owner", "mode", "umask", "rlimit_")
 
@@ -375,15 +375,19 @@ _SENSITIVE = ("uid", "gid", "user", "group", "owner", "mode", "umask", "rlimit_"
 def misspelling_of(key: str, options: list[str]) -> str | None:
     """The option `key` is most likely a misspelling of, if it looks like one:
     as alike as TYPO_CUTOFF, or an edit or two away (one for a key of four
-    letters or less: `ui`, not `host` for `port`), or three from an option in
-    _SENSITIVE."""
+    letters or less: not `host` for `port`); for an option in _SENSITIVE, two
+    edits whatever the length, or the option's name inside the key."""
     close = difflib.get_close_matches(key, options, n=1, cutoff=TYPO_CUTOFF)
     if close:
         return close[0]
     best: tuple[int, str] | None = None
+    lowered = key.lower()
     for option in options:
-        limit = 3 if option.startswith(_SENSITIVE) else (2 if len(key) > 4 else 1)
-        distance = _edits(key.lower(), option.lower(), limit)
+        sensitive = option.startswith(_SENSITIVE)
+        limit = 2 if sensitive or len(key) > 4 else 1
+        distance = _edits(lowered, option.lower(), limit)
+        if sensitive and distance > limit and len(option) >= 3 and option in lowered:
+            distance = limit   # setuid, username, run_as_user: it says which option
         if distance <= limit and (best is None or distance < best[0]):
             best = (distance, option)
     return best[1] if best else None

@@ -476,6 +476,7 @@ def test_a_key_circus_ignores_loads_with_a_warning_a_misspelling_does_not(tmp_pa
                       # Ignored, these would run the worker as root: misspellings
                       # of who it runs as are errors even when less alike.
                       ("ui = nobody", "uid"), ("setuid = nobody", "uid"),
+                      ("username = nobody", "user"),
                       ("grp = nogroup", "group"), ("rlimit_nofiles = 10", "rlimit_nofile")):
         error = load_fails(tmp_path, f"[watcher:web]\ncmd = /bin/sleep 1\n{key}\n")
         assert error.key == key.split(" = ")[0] and f"did you mean {near!r}" in str(error)
