@@ -171,8 +171,13 @@ def unb64(text: str | None) -> bytes:
 
 def write(state: dict[str, Any]) -> int:
     """`state` on a new memfd (close-on-exec, offset 0); its fd."""
-    data = json.dumps(state, separators=(",", ":")).encode()
-    fd = os.memfd_create("sockvisor-state", os.MFD_CLOEXEC)
+    return memfd("sockvisor-state", json.dumps(state, separators=(",", ":")).encode())
+
+
+def memfd(name: str, data: bytes) -> int:
+    """A new anonymous file (close-on-exec) holding `data`, at offset 0: what a
+    process this one execs (or forks) reads from its start; its fd."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
         while view:

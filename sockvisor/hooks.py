@@ -72,7 +72,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from sockvisor import process
+from sockvisor import handover, process
 from sockvisor.config import WatcherConfig
 from sockvisor.config.hooks import python_for_hooks, python_hook_env
 from sockvisor.config.model import HookCommand, HookPython
@@ -268,9 +268,9 @@ class HookRunner:
                    "numprocesses": view.get("numprocesses", config.numprocesses),
                    "processes": view.get("processes", {}),
                    "fields": view.get("fields", {}), "options": view.get("options", {})}
-        source = _memfd("sockvisor-hook-shim", SHIM_SOURCE.read_bytes())
+        source = handover.memfd("sockvisor-hook-shim", SHIM_SOURCE.read_bytes())
         try:
-            data = _memfd("sockvisor-hook-context", json.dumps(payload).encode())
+            data = handover.memfd("sockvisor-hook-context", json.dumps(payload).encode())
         except BaseException:
             os.close(source)
             raise
@@ -532,20 +532,6 @@ class _Conversation:
             return True
         self.problem = "sent a message sockvisor does not understand"
         return False
-
-
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous file holding `data`, read from its start by the hook."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _kill_group(pid: int) -> None:

@@ -204,6 +204,30 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+class FailingSyscalls:
+    """strace attached to one thread of `pid` (sockvisor's main thread: its
+    children are not traced), making `syscalls` fail with `error` -- a fault
+    injected into the real process.  Skips the test where strace is missing or
+    may not trace.  `detach()` when done."""
+
+    def __init__(self, pid: int, syscalls: str, error: str):
+        strace = shutil.which("strace")
+        if strace is None:
+            pytest.skip(f"strace is needed to make {syscalls} fail")
+        self.process = subprocess.Popen(
+            [strace, "-p", str(pid), "-e", f"trace={syscalls}",
+             "-e", f"inject={syscalls}:error={error}", "-o", "/dev/null"],
+            stderr=subprocess.PIPE, text=True)
+        said = self.process.stderr.readline()
+        if "attached" not in said:
+            self.detach()
+            pytest.skip(f"strace cannot trace sockvisor here: {said.strip()}")
+
+    def detach(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(10)
+
+
 class Sockvisor:
     """One running `sockvisor start`, with helpers to look at it from outside."""
 

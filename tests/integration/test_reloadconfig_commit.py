@@ -17,17 +17,14 @@ workers are not traced: strace follows only the supervisor's thread).
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
 import stat
-import subprocess
 import textwrap
 
 import psutil
 import pytest
 
-from conftest import fd_targets, free_port, unix_http_get, wait_for
+from conftest import FailingSyscalls, fd_targets, free_port, unix_http_get, wait_for
 from control_client_helpers import (call, echo_worker_cmd, endpoint_of, fd_link, ok,
                                     pids_of, sockets_of)
 
@@ -81,25 +78,9 @@ EXTRA = """
 """
 
 
-class FailingChown:
+def failing_chown(pid: int) -> FailingSyscalls:
     """strace attached to sockvisor, failing every chown()/fchownat() with EPERM."""
-
-    def __init__(self, pid: int):
-        strace = shutil.which("strace")
-        if strace is None:
-            pytest.skip("strace is needed to make chown() fail")
-        self.process = subprocess.Popen(
-            [strace, "-p", str(pid), "-e", "trace=chown,fchownat,lchown",
-             "-e", "inject=chown,fchownat,lchown:error=EPERM", "-o", "/dev/null"],
-            stderr=subprocess.PIPE, text=True)
-        said = self.process.stderr.readline()
-        if "attached" not in said:
-            self.detach()
-            pytest.skip(f"strace cannot trace sockvisor here: {said.strip()}")
-
-    def detach(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(10)
+    return FailingSyscalls(pid, "chown,fchownat,lchown", "EPERM")
 
 
 def held(pid: int) -> tuple[list[str], int]:
@@ -138,7 +119,7 @@ def test_a_failing_chown_leaves_config_sockets_and_workers_as_they_were(sockviso
     rewrite(sv, config(cmd, str(app), web_port=new_port, version="2",
                        app_extra="mode = 0600\n        owner = nobody", sockets="web, app, extra",
                        extra=EXTRA))
-    tracer = FailingChown(sv.pid)
+    tracer = failing_chown(sv.pid)
     try:
         reply = call(endpoint, "reloadconfig", timeout=30)
     finally:

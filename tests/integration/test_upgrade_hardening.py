@@ -14,8 +14,6 @@ import json
 import os
 import pwd
 import socket
-import shutil
-import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -24,7 +22,7 @@ import psutil
 import pytest
 
 from sockvisor import paths
-from conftest import Scripts, Sockvisor, http_get, wait_for
+from conftest import FailingSyscalls, Scripts, Sockvisor, http_get, wait_for
 from control_helpers import (ServeWorker, control, ctl, run_ctl, socket_section,
                              watcher_section, worker_pids)
 from test_watcher_lifecycle import OTHER_ADDRESS, rewrite
@@ -269,28 +267,6 @@ def _fds(pid: int) -> tuple[Counter, int]:
     return found, len(psutil.Process(pid).net_connections(kind="tcp"))
 
 
-class _FailingExec:
-    """strace attached to sockvisor's main thread, failing its execve() with ENOENT
-    (its children are not traced: a worker's or a probe's exec is untouched)."""
-
-    def __init__(self, pid: int):
-        strace = shutil.which("strace")
-        if strace is None:
-            pytest.skip("strace is needed to make the upgrade's execve() fail")
-        self.process = subprocess.Popen(
-            [strace, "-p", str(pid), "-e", "trace=execve",
-             "-e", "inject=execve:error=ENOENT", "-o", "/dev/null"],
-            stderr=subprocess.PIPE, text=True)
-        said = self.process.stderr.readline()
-        if "attached" not in said:
-            self.detach()
-            pytest.skip(f"strace cannot trace sockvisor here: {said.strip()}")
-
-    def detach(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(10)
-
-
 @pytest.mark.timeout(90)
 def test_a_failed_exec_leaves_sockvisor_serving_as_before(tmp_path):
     """execve of the new sockvisor fails after the pre-flight passed: the old
@@ -311,7 +287,8 @@ def test_a_failed_exec_leaves_sockvisor_serving_as_before(tmp_path):
         assert http_get(port)["pid"] in pids
         before = _fds(sv.pid)
 
-        failing = _FailingExec(sv.pid)
+        # strace fails sockvisor's own execve (ENOENT), after the pre-flight.
+        failing = FailingSyscalls(sv.pid, "execve", "ENOENT")
         try:
             result = ctl(sv, "upgrade", timeout=60)
         finally:
