@@ -49,11 +49,12 @@ SOCKVISOR_EXIT_CODE.  No sockets, no NOTIFY_SOCKET.  A Python hook's
 interpreter is `hook_python`, else the watcher's virtualenv's python, else
 sockvisor's own; it reads the shim from fd 3 (the worker's user need not be
 able to read sockvisor's installation), its context from fd 4, and talks to
-sockvisor over fd 5 (_Conversation: every line checked and bounded).  Its exit comes through the
-reaper (the one place that waits for children: asyncio's subprocesses would wait
-for themselves and race it), so nothing blocks the event loop; at `hook_timeout`
-its whole process group is SIGKILLed.  Its output goes where the watcher's
-workers' does (the same sinks: prefix, files, `logs`).
+sockvisor over fd 5 (_Conversation: every line checked and bounded).  Its exit
+comes through the reaper (the one place that waits for children: asyncio's
+subprocesses would wait for themselves and race it), so nothing blocks the
+event loop; at `hook_timeout` its whole process group is SIGKILLed.  Its
+output goes where the watcher's workers' does (the same sinks: prefix, files,
+`logs`).
 
 before_reap and after_reap: sockvisor reaps an exited worker at once (holding a
 zombie for a hook would hold its pid), so both run after the exit was seen, in

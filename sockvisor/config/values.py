@@ -367,8 +367,9 @@ TYPO_CUTOFF = 0.85
 # Options whose misspelling, ignored as Circus ignores it, would leave a worker
 # running as root or a socket file open to more users than meant: for these a
 # key two edits away, however short (`grp` for group, `ui` for uid), or one
-# that contains the name (`setuid`, `username`) counts as a misspelling.  (A misspelt endpoint_group, http or curve key
-# errs on the safe side: less access, or a config error of its own.)
+# that contains the name (`setuid`, `username`) counts as a misspelling.  (A
+# misspelt endpoint_group, http or curve key errs on the safe side: less
+# access, or a config error of its own.)
 _SENSITIVE = ("uid", "gid", "user", "group", "owner", "mode", "umask", "rlimit_")
 
 
