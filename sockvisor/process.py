@@ -474,3 +474,28 @@ def describe_spawn_error(error: SpawnError, argv0: str) -> str:
     if error.stage == "exec":
         return f"cannot execute {argv0!r}: {error.detail}"
     return f"{error.stage} failed before exec: {error.detail}"
+
+
+def holders_of(pid: int, inodes: set[int]) -> list[int]:
+    """`pid` and those of its descendants that hold a socket of `inodes` (their
+    fd tables, /proc/PID/fd); [] if none or they are gone."""
+    import psutil
+    try:
+        tree = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = []
+    for member in tree:
+        try:
+            fds = os.listdir(f"/proc/{member}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{member}/fd/{fd}") in wanted:
+                    holders.append(member)
+                    break
+            except OSError:
+                continue
+    return holders

@@ -240,7 +240,8 @@ class ListeningSocket:
                 if exc.errno != errno.EINVAL:
                     raise SocketError(f"[socket:{self.name}] a worker shut it down and "
                                       f"its port was taken meanwhile: cannot bind "
-                                      f"{self.address} again: {exc.strerror}") from None
+                                      f"{self.address} again: {exc.strerror}",
+                                      exc.errno) from None
             try:
                 self.sock.listen(self.config.backlog)
             except OSError:
@@ -594,7 +595,7 @@ def keep_listening(sockets: Iterable[ListeningSocket],
                 log.error("%s", exc)
                 publish(f"socket.{listening.name}.broken",
                         {"name": listening.name, "address": listening.address,
-                         "reason": str(exc)})
+                         "reason": str(exc), "errno": exc.errno})
             continue
         except OSError as exc:   # not a worker's doing; say so, keep going
             log.error("socket %s: checking its listen state failed: %s", listening.name,
@@ -689,3 +690,23 @@ def _same_host(actual: str, wanted: str) -> bool:
         return socket.inet_pton(family, actual) == socket.inet_pton(family, wanted)
     except OSError:
         return False
+
+
+def listeners_at(family: int, port: int) -> set[int]:
+    """The inodes of the TCP sockets listening on `port` (any address) in our
+    network namespace, read from /proc/net/tcp{,6}: who holds a port our
+    socket cannot be bound at again (the supervisor's `_evict_squatter`)."""
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines, None)   # the header
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) < 10 or fields[3] != "0A":   # 0A: LISTEN
+                        continue
+                    if int(fields[1].rpartition(":")[2], 16) == port:
+                        found.add(int(fields[9]))
+        except OSError:
+            continue
+    return found

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any, Callable
 
@@ -53,11 +55,12 @@ from sockvisor.exits import (EXIT_FAILURE, EXIT_OK, EXIT_SOCKET, EXIT_START,
 from sockvisor.http import start_console
 from sockvisor.pidfile import PidFile
 from sockvisor.plugin_tasks import PluginRunner
-from sockvisor.process import Worker
+from sockvisor.process import Worker, holders_of
 from sockvisor.readiness import ReadinessListener
 from sockvisor.reconfigure.apply import apply_config
 from sockvisor.reaper import Reaper, become_subreaper
-from sockvisor.sockets import ListeningSocket, SocketError, adopt, bind, take_back
+from sockvisor.sockets import (ListeningSocket, SocketError, adopt, bind, listeners_at,
+                               take_back)
 from sockvisor.states import WatcherState
 from sockvisor.watcher import Watcher, WatcherContext
 
@@ -88,7 +91,7 @@ class Supervisor:
         self.watchers: dict[str, Watcher] = {}
         self.workers_by_pid: dict[int, Worker] = {}
         self.subscribers: list[Callable[[str, dict[str, Any]], None]] = [
-            self._on_socket_replaced]
+            self._on_socket_replaced, self._on_socket_broken]
         self.started_at = time.time()
         self.reaper: Reaper | None = None
         self.cgroups: cgroup.CgroupTree | None = None
@@ -745,6 +748,35 @@ class Supervisor:
         if self.use_fdstore:
             self.notifier.fdstore_remove(name)
             self.notifier.fdstore([self.sockets[name].fd], name)
+
+    def _on_socket_broken(self, topic: str, data: dict[str, Any]) -> None:
+        """A socket a worker took out of service cannot be bound again because the
+        port is taken: if one of our workers listens there itself (it took the
+        shared socket out of LISTEN and bound its own at the same port, to
+        serve the port's clients as its own user), it is killed -- the port is
+        the config's, not a worker's.  Its exit is a crash for its watcher's
+        restart policy, and the next check (at that exit) binds the port anew."""
+        if not (topic.endswith(".broken") and data.get("errno") == errno.EADDRINUSE):
+            return
+        listening = self.sockets.get(data["name"])
+        if listening is None or listening.sock.family == socket.AF_UNIX:
+            return
+        ours = os.fstat(listening.fd).st_ino
+        squatters = listeners_at(listening.sock.family, listening.bound_at[1]) - {ours}
+        if not squatters:
+            return
+        for worker in list(self.workers_by_pid.values()):
+            if not worker.alive:
+                continue
+            holders = holders_of(worker.pid, squatters)
+            if holders:
+                log.error("socket %s: %s (pid %s) listens on %s itself, after taking "
+                          "the shared socket out of service: killed", data["name"],
+                          worker.label, ", ".join(map(str, holders)), listening.address)
+                self.publish(f"socket.{data['name']}.squatter",
+                             {"name": data["name"], "address": listening.address,
+                              "pid": worker.pid, "holders": holders})
+                worker.kill_group()
 
     def _on_socket_replaced(self, topic: str, data: dict[str, Any]) -> None:
         """A socket a worker took out of service was bound anew

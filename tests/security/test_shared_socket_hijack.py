@@ -36,7 +36,7 @@ import pytest
 
 from sockvisor.control.client import ControlClient
 
-from conftest import http_get, is_gone, unix_http_get, wait_for
+from conftest import free_port, http_get, is_gone, unix_http_get, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from control_helpers import endpoint, subscribed, sync_events  # noqa: E402
@@ -63,6 +63,19 @@ signal.sigwait({signal.SIGUSR1})
 shared = socket.socket(fileno=3)
 if sequence == "unix":
     shared.shutdown(socket.SHUT_RD)
+elif sequence == "squat":
+    # Out of LISTEN, and a listener of our own at the very address: the port's
+    # clients are served by nobody's socket.
+    address = shared.getsockname()
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = struct.pack("=H14s", socket.AF_UNSPEC, b"")
+    if libc.connect(3, unspec, len(unspec)) != 0:
+        sys.exit(f"connect(AF_UNSPEC): {os.strerror(ctypes.get_errno())}")
+    mine = socket.socket(shared.family, socket.SOCK_STREAM)
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    mine.bind(address)
+    mine.listen(16)
 else:
     loopback = "::1" if shared.family == socket.AF_INET6 else "127.0.0.1"
     mine = socket.socket(shared.family, socket.SOCK_STREAM)
@@ -224,3 +237,36 @@ def test_running_workers_on_a_unix_socket_shut_down_are_replaced(
     entry = _socket_entry(sv)
     assert entry["listening"] and entry["relistened"] == 1, entry
 
+
+
+@pytest.mark.parametrize("fixed_port", [False, True])
+def test_a_worker_listening_on_the_port_itself_is_killed_and_the_port_taken_back(
+        sockvisor, tmp_path, world_readable_dir, fixed_port):
+    """The attacker takes the shared socket out of LISTEN and binds a listener of
+    its own at the same address: clients would reach nobody's socket, and no
+    new socket of sockvisor's can be bound there.  sockvisor finds the worker
+    holding the listener (/proc/net/tcp, its fds), kills it, binds the port anew
+    and replaces the workers on the dead socket."""
+    sv, marker = _start(sockvisor, tmp_path, world_readable_dir,
+                        ["host = 127.0.0.1", f"port = {free_port() if fixed_port else 0}"],
+                        "squat", "stay")
+    port = sv.port("web")
+    with subscribed(f"ipc://{sv.directory}/ctl.events") as events:
+        good_before = _attack(sv, events, marker)
+        [attacker] = sv.worker_pids("attacker.py")
+        _socket_entry(sv)   # checks: the port is taken -> the squatter is found
+        squatter = events.wait("socket.web.squatter", timeout=15)
+        assert squatter["pid"] == attacker, squatter
+        event = events.wait("socket.web.relisten", timeout=15)
+    assert event["address"] == f"127.0.0.1:{port}", event
+    wait_for(lambda: is_gone(attacker), 10)
+    if event["replaced"]:   # bound anew: the workers on the dead socket are rolled
+        _replaced_by_new_workers(sv, good_before, lambda: http_get(port))
+    else:   # the port was free again: the same socket listens again
+        good = set(sv.wait_workers(2, "survivor.py"))
+        for _ in range(20):
+            assert http_get(port)["pid"] in good
+    entry = _socket_entry(sv)
+    assert (entry["port"], entry["listening"]) == (port, True), entry
+    sv.wait_log(rf"socket web: bad\[{attacker}\] \(pid {attacker}\) listens on "
+                rf"127.0.0.1:{port} itself.*: killed")
