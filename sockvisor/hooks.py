@@ -106,8 +106,8 @@ class HookHost(Protocol):
     config's, and it may signal only workers running as it does."""
 
     def hook_view(self, config: WatcherConfig) -> dict[str, Any]:
-        """numprocesses, env_changes, processes {pid: {wid, started}}, fields,
-        options: the stand-in's contents, JSON-ready."""
+        """numprocesses, env (watcher.env), processes {pid: {wid, started}},
+        fields, options: the stand-in's contents, JSON-ready."""
 
     def hook_signal(self, pid: int, signum: int, config: WatcherConfig) -> str:
         """Signal worker `pid` of this watcher: "" or why not."""
@@ -228,14 +228,16 @@ class HookRunner:
         """Run a command hook: (None, None) for True (exit 0); (why, None) if it
         said False (another exit status); (None, why) if it never answered."""
         status, failure = await self._spawn_and_wait(
-            config, point, list(argv), self._hook_env(config, point, context), [])
+            config, point, list(argv),
+            self._hook_env(self.watcher_env(config), point, context), [])
         if failure is None and status != 0:
             return f"{argv[0]} exited with status {os.WEXITSTATUS(status)}", None
         return None, failure
 
-    def _hook_env(self, config: WatcherConfig, point: str,
+    def _hook_env(self, watcher_env: dict[str, str], point: str,
                   context: dict[str, Any]) -> dict[str, str]:
-        env = self.watcher_env(config)
+        """A hook process's environment: watcher.env and the hook's context."""
+        env = dict(watcher_env)
         env.update(SOCKVISOR_HOOK=point, SOCKVISOR_WATCHER=self.name)
         for key, variable in (("pid", "SOCKVISOR_PID"), ("wid", "SOCKVISOR_WID"),
                               ("signum", "SOCKVISOR_SIGNAL"),
@@ -245,15 +247,11 @@ class HookRunner:
         return env
 
     def watcher_env(self, config: WatcherConfig) -> dict[str, str]:
-        """Circus's watcher.env: the config's, as Python hooks left it."""
-        env = process.identity_env(config)
-        view = self.host.hook_view(config) if self.host is not None else {}
-        for key, value in view.get("env_changes", {}).items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        return env
+        """Circus's watcher.env: the config's, as Python hooks left it (the
+        host's; without one, the config's)."""
+        if self.host is None:
+            return process.identity_env(config)
+        return self.host.hook_view(config)["env"]
 
     async def _execute_python(self, config: WatcherConfig, point: str, hook: HookPython,
                               context: dict[str, Any]
@@ -261,9 +259,9 @@ class HookRunner:
         """Call a Python hook through circus_hook_shim.py: (said False, could not
         answer, its answer) as _execute, and the answer it sent."""
         interpreter = python_for_hooks(config)
-        env = python_hook_env(self._hook_env(config, point, context))
         view = self.host.hook_view(config) if self.host is not None else {}
-        watcher_env = self.watcher_env(config)
+        watcher_env = view["env"] if view else process.identity_env(config)
+        env = python_hook_env(self._hook_env(watcher_env, point, context))
         kwargs = circus_arguments(point, context)
         payload = {"watcher": self.name, "env": watcher_env, "kwargs": kwargs,
                    "numprocesses": view.get("numprocesses", config.numprocesses),

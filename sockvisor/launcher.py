@@ -149,17 +149,26 @@ class Launcher:
         """The hooks' changes that apply to `config` (none for another config)."""
         return dict(self.env_changes) if config is self.env_changes_config else {}
 
+    def with_env_changes(self, env: dict[str, str], config: WatcherConfig) -> dict[str, str]:
+        """`env` as the hooks' changes for `config` leave it (in place; returned)."""
+        for key, value in self.current_env_changes(config).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def watcher_env(self, config: WatcherConfig) -> dict[str, str]:
+        """Circus's watcher.env for `config`: its environment (with HOME, USER of
+        its user), as the hooks changed it -- what a hook sees and runs with."""
+        return self.with_env_changes(process.identity_env(config), config)
+
     def hook_env(self, generation: Generation) -> dict[str, str]:
         """The environment a worker of `generation` gets (before its wid): its
         config's, as the hooks changed it -- except the variables sockvisor sets
         for the worker (sockets, notify), which a hook cannot override."""
         base = self._base_env(generation)
-        env = dict(base)
-        for key, value in self.current_env_changes(generation.config).items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
+        env = self.with_env_changes(dict(base), generation.config)
         for key in _SOCKVISOR_VARIABLES:
             if key in base:
                 env[key] = base[key]

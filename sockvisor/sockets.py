@@ -183,7 +183,7 @@ class ListeningSocket:
         fd = self.unix_file()
         before = os.fstat(fd)
         try:
-            _chmod_chown(fd, config.mode, config.owner, config.group)
+            chmod_chown(fd, config.mode, config.owner, config.group)
         except OSError as exc:
             PermissionChange(self.name, fd, before).undo()
             raise SocketError(f"[socket:{self.name}] cannot set mode/owner of "
@@ -320,7 +320,7 @@ class PermissionChange:
             now = os.fstat(self._fd)
             before = self._before
             mode = stat.S_IMODE(before.st_mode)
-            _chmod_chown(self._fd, None if stat.S_IMODE(now.st_mode) == mode else mode,
+            chmod_chown(self._fd, None if stat.S_IMODE(now.st_mode) == mode else mode,
                          None if now.st_uid == before.st_uid else before.st_uid,
                          None if now.st_gid == before.st_gid else before.st_gid)
         except OSError as exc:
@@ -418,7 +418,7 @@ def _describe(st: os.stat_result) -> str:
     return f"{kind} owned by uid {st.st_uid}"
 
 
-def _chmod_chown(fd: int, mode: int | None, owner: int | None, group: int | None) -> None:
+def chmod_chown(fd: int, mode: int | None, owner: int | None, group: int | None) -> None:
     """chmod/chown the inode an O_PATH fd refers to.  /proc/self/fd/N is a magic
     link to that very inode: a later swap of the name cannot redirect it."""
     target = f"/proc/self/fd/{fd}"
@@ -452,7 +452,7 @@ def _bind_unix(sock: socket.socket, config: SocketConfig) -> tuple[int, int]:
     try:
         st = os.fstat(fd)
         try:
-            _chmod_chown(fd, config.mode, config.owner, config.group)
+            chmod_chown(fd, config.mode, config.owner, config.group)
         except OSError as exc:
             listening = ListeningSocket(config, sock, unix_inode=(st.st_dev, st.st_ino))
             listening._unlink_file()

@@ -118,7 +118,7 @@ class Watcher:
         """What a Circus Python hook run for `config` sees of this watcher
         (hooks.HookHost)."""
         return {"numprocesses": self.numprocesses,
-                "env_changes": self.launcher.current_env_changes(config),
+                "env": self.launcher.watcher_env(config),
                 "processes": {str(pid): {"wid": worker.wid, "started": worker.started_wall}
                               for pid, worker in self.workers.items() if worker.alive},
                 "fields": {"uid": config.uid, "gid": config.gid,

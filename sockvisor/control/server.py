@@ -60,6 +60,7 @@ import zmq
 import zmq.asyncio
 
 from sockvisor import paths
+from sockvisor.sockets import chmod_chown
 from sockvisor.control import access, discover, protocol, relay
 from sockvisor.control.commands import load_commands
 from sockvisor.control.dispatch import run_command
@@ -500,7 +501,7 @@ def set_socket_file_mode(dir_fd: int, name: str, mode: int, group: int | None) -
     would change whatever that user points the name at (a link to /etc/shadow
     swapped in between the bind and the chmod).  The name is opened O_PATH |
     O_NOFOLLOW and must be a socket; mode and group are set on that very inode
-    (through /proc/self/fd, as sockets.py does for unix sockets)."""
+    (sockets.chmod_chown, as for the unix sockets of [socket:NAME])."""
     try:
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
@@ -511,9 +512,7 @@ def set_socket_file_mode(dir_fd: int, name: str, mode: int, group: int | None) -
             raise EndpointError(f"{name}: not the control socket any more (replaced after "
                                 "the bind: someone else can write its folder); its mode "
                                 "and owner were not changed")
-        os.chmod(f"/proc/self/fd/{fd}", mode)
-        if group is not None:
-            os.chown(f"/proc/self/fd/{fd}", -1, group)
+        chmod_chown(fd, mode, None, group)
     finally:
         os.close(fd)
 

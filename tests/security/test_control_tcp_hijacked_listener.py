@@ -24,18 +24,15 @@ it repairs a worker's shutdown(): that needs a fresh socket on the same port.
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 
 import pytest
-import zmq
 
-from sockvisor.control.client import ControlClient
-from sockvisor.control.protocol import ErrNo
 
-from conftest import Sockvisor, free_port, wait_for
+from conftest import Sockvisor, free_port
 from group_member import SYSTEM_PYTHON
+from hijack import assert_add_refused_through
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user")]
@@ -102,30 +99,9 @@ def test_worker_cannot_pass_for_root_with_its_listening_socket(world_readable_di
         gid = nogroup
         respawn = false
         """))
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
     try:
         sv.wait_ready()
-        wait_for(lambda: proxy.exists() or sv.proc.poll() is not None, 20)
-        assert proxy.exists(), sv.describe()
-        dealer.connect(f"ipc://{proxy}")
-        evil = f"/bin/sh -c 'id > {marker}'"
-        dealer.send(json.dumps({"id": "hijack-1", "command": "add",
-                                "properties": {"name": "evil", "cmd": evil,
-                                               "start": True}}).encode())
-        assert dealer.poll(15000), "no reply through the hijacked socket\n" + sv.describe()
-        reply = json.loads(dealer.recv())
-        assert reply["status"] == "error" and reply["errno"] == ErrNo.FORBIDDEN, \
-            f"a worker's hijacked listening socket was served: {reply}\n" \
-            f"(marker: {marker.read_text() if marker.exists() else 'none yet'})"
-        # Root, on its own connection, still sees only `web`: nothing was added.
-        with ControlClient(endpoint, 10) as client:
-            assert list(client.call("list")["watchers"]) == ["web"]
-        assert not marker.exists()
-        sv.wait_log("a socket sockvisor hands to workers")
-        assert sv.proc.poll() is None
+        assert_add_refused_through(sv, proxy, endpoint, marker, ["web"],
+                                   "a worker's hijacked listening socket")
     finally:
-        dealer.close()
-        context.term()
         sv.cleanup()

@@ -21,7 +21,6 @@ out, and serve the peer as a stranger.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -29,13 +28,12 @@ import sys
 import textwrap
 
 import pytest
-import zmq
 
 from sockvisor.control.client import ControlClient
-from sockvisor.control.protocol import ErrNo
 
 from conftest import Sockvisor, _clean_env, free_port, wait_for
 from group_member import SYSTEM_PYTHON
+from hijack import assert_add_refused_through
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user")]
@@ -156,9 +154,6 @@ def test_upgrade_does_not_forget_a_retired_socket_a_worker_still_holds(world_rea
     directory = world_readable_dir / "sv"
     directory.mkdir()
     sv = Sockvisor(directory, _config(control, events, giver, keeper))
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
     try:
         sv.wait_ready()
         address = sv.address("old")
@@ -184,25 +179,7 @@ def test_upgrade_does_not_forget_a_retired_socket_a_worker_still_holds(world_rea
 
         # The keeper, a worker still, hijacks the retired socket now.
         trigger.write_text("")
-        wait_for(lambda: proxy.exists() or sv.proc.poll() is not None, 20,
-                 message=sv.describe)
-        assert proxy.exists(), sv.describe()
-        dealer.connect(f"ipc://{proxy}")
-        evil = f"/bin/sh -c 'id > {marker}'"
-        dealer.send(json.dumps({"id": "hijack-1", "command": "add",
-                                "properties": {"name": "evil", "cmd": evil,
-                                               "start": True}}).encode())
-        assert dealer.poll(15000), "no reply through the hijacked socket\n" + sv.describe()
-        reply = json.loads(dealer.recv())
-        assert reply["status"] == "error" and reply["errno"] == ErrNo.FORBIDDEN, \
-            f"after an upgrade, a retired listening socket was served as root: " \
-            f"{reply}\n(marker: {marker.read_text() if marker.exists() else 'none yet'})"
-        with ControlClient(endpoint, 10) as client:
-            assert list(client.call("list")["watchers"]) == ["keeper"]
-        assert not marker.exists()
-        sv.wait_log("a socket sockvisor hands to workers")
-        assert sv.proc.poll() is None
+        assert_add_refused_through(sv, proxy, endpoint, marker, ["keeper"],
+                                   "after an upgrade, a retired listening socket")
     finally:
-        dealer.close()
-        context.term()
         sv.cleanup()

@@ -479,8 +479,9 @@ def test_workers_on_a_socket_bound_anew_are_replaced_by_a_rolling_reload(send_hu
                 [worker.signals for worker in old]
             assert [t for t, _ in rig.events if t.startswith("watcher.web.reload")] == [
                 "watcher.web.reload.started", "watcher.web.reload.finished"]
-            w.socket_replaced(elsewhere)   # a socket it does not use
-            await asyncio.sleep(0.05)
+            await rig.until(lambda: not w._background, what="the roll's task done")
+            w.socket_replaced(elsewhere)   # a socket it does not use: nothing scheduled
+            assert not w._background
             assert len(rig.launcher.launched) == 4
         finally:
             elsewhere.close()
@@ -509,9 +510,10 @@ def test_a_socket_broken_again_and_again_rolls_the_workers_a_bounded_number_of_t
                 await rig.until(lambda: sum(t == "watcher.web.reload.finished"
                                             for t, _ in rig.events) == rolled,
                                 what=f"roll {rolled} finished")
+            await rig.until(lambda: not w._background, what="the last roll's task done")
             for _ in range(3):
                 w.socket_replaced(listening)
-                await asyncio.sleep(0.05)
+                assert not w._background   # no roll scheduled past the limit
             reloads = [t for t, _ in rig.events if t == "watcher.web.reload.finished"]
             assert len(reloads) == RENEW_LIMIT, rig.events
             assert len(rig.launcher.launched) == 2 * (RENEW_LIMIT + 1)
